@@ -1,0 +1,62 @@
+# pontoon — see README.md. Every target installs what it needs first.
+SHELL := /bin/bash
+PYTHON ?= /usr/bin/python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+APT_STAMP := /var/lib/pontoon-apt.stamp
+
+# Debian packages the daemon, tests, lab and benchmarks use.
+APT_PACKAGES := python3 python3-venv iproute2 nftables libnftables1 iptables conntrack \
+	util-linux procps iputils-ping curl jq etcd-server etcd-client \
+	containernetworking-plugins netavark dnsmasq-base iperf3 graphviz tcpdump ethtool socat
+
+.PHONY: install apt demo test unit integration lint format bench clean
+
+install: apt $(STAMP)
+
+apt:
+	@if [ ! -f $(APT_STAMP) ] || [ "$$(cat $(APT_STAMP))" != "$(APT_PACKAGES)" ]; then \
+		missing=$$(dpkg-query -W -f='$${db:Status-Status} $${Package}\n' $(APT_PACKAGES) 2>/dev/null \
+			| awk '$$1 != "installed" {print $$2}'; \
+			for p in $(APT_PACKAGES); do dpkg-query -W $$p >/dev/null 2>&1 || echo $$p; done); \
+		if [ -n "$$missing" ]; then \
+			echo "installing Debian packages: $$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		fi; \
+		echo "$(APT_PACKAGES)" > $(APT_STAMP); \
+	fi
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/python -m pontoon.demo
+
+test: install
+	$(BIN)/ruff check pontoon tests bench
+	$(BIN)/ruff format --check pontoon tests bench
+	$(BIN)/pytest -q -p no:cacheprovider tests
+
+unit: install
+	$(BIN)/pytest -q tests/unit
+
+integration: install
+	$(BIN)/pytest -q tests/integration
+
+lint: install
+	$(BIN)/ruff check pontoon tests bench
+	$(BIN)/ruff format --check pontoon tests bench
+
+format: install
+	$(BIN)/ruff format pontoon tests bench
+	$(BIN)/ruff check --fix pontoon tests bench
+
+bench: install
+	$(BIN)/python bench/attach.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

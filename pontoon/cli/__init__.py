@@ -1,0 +1,1 @@
+"""`pontoon`, the command-line client of pontoond's API."""

@@ -1,0 +1,355 @@
+"""`pontoon`: the CLI (SPEC §4). Errors are one `Error: …` line and exit 1."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from typing import Any
+
+import click
+
+from pontoon.cli.client import ApiError, Client, ref
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+def client(ctx: click.Context) -> Client:
+    return Client(ctx.obj.get("host"))
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=4))
+
+
+def table(headers: list[str], rows: list[list[str]]) -> None:
+    """Docker-style columns, no borders."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(box=None, pad_edge=False, show_edge=False, padding=(0, 3, 0, 0))
+    for h in headers:
+        t.add_column(h, no_wrap=True, overflow="fold")
+    for row in rows:
+        t.add_row(*row)
+    Console(
+        soft_wrap=True, highlight=False, width=max(shutil.get_terminal_size().columns, 200)
+    ).print(t)
+
+
+@click.group(context_settings=CONTEXT)
+@click.option("-H", "--host", envvar="PONTOON_HOST", help="Daemon socket (unix:///PATH).")
+@click.version_option(package_name="pontoon")
+@click.pass_context
+def cli(ctx: click.Context, host: str | None) -> None:
+    """pontoon: container networks for Linux."""
+    ctx.obj = {"host": host}
+
+
+# ---------------------------------------------------------------- networks
+
+
+@cli.group()
+def network() -> None:
+    """Manage networks."""
+
+
+@network.command("create")
+@click.option("-d", "--driver", default="bridge", show_default=True)
+@click.option("--subnet", default="")
+@click.option("--gateway", default="")
+@click.option("--ip-range", default="")
+@click.option("--internal", is_flag=True)
+@click.option("-o", "--opt", "opts", multiple=True, help="Driver option KEY=VALUE.")
+@click.argument("name")
+@click.pass_context
+def network_create(
+    ctx: click.Context,
+    driver: str,
+    subnet: str,
+    gateway: str,
+    ip_range: str,
+    internal: bool,
+    opts: tuple[str, ...],
+    name: str,
+) -> None:
+    """Create a network and print its ID."""
+    options = {}
+    for opt in opts:
+        key, sep, value = opt.partition("=")
+        if not sep or not key:
+            raise click.UsageError(f"invalid option {opt!r}: use KEY=VALUE")
+        options[key] = value
+    out = client(ctx).post(
+        "/networks/create",
+        {
+            "Name": name,
+            "Driver": driver,
+            "Subnet": subnet,
+            "Gateway": gateway,
+            "IPRange": ip_range,
+            "Internal": internal,
+            "Options": options,
+        },
+    )
+    click.echo(out["Id"])
+
+
+@network.command("ls")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+def network_ls(ctx: click.Context, fmt: str) -> None:
+    """List networks."""
+    nets = client(ctx).get("/networks")
+    if fmt == "json":
+        emit_json(nets)
+        return
+    table(
+        ["NETWORK ID", "NAME", "DRIVER", "SCOPE", "SUBNET"],
+        [[n["Id"][:12], n["Name"], n["Driver"], n["Scope"], n["Subnet"]] for n in nets],
+    )
+
+
+@network.command("inspect")
+@click.option("--format", "fmt", type=click.Choice(["json"]), default="json")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+def network_inspect(ctx: click.Context, fmt: str, names: tuple[str, ...]) -> None:
+    """Show networks in detail (a JSON array)."""
+    c = client(ctx)
+    emit_json([c.get(f"/networks/{ref(n)}") for n in names])
+
+
+@network.command("rm")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+def network_rm(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Remove networks."""
+    c = client(ctx)
+    for name in names:
+        c.delete(f"/networks/{ref(name)}")
+        click.echo(name)
+
+
+@network.command("connect")
+@click.option("--ip", default="")
+@click.option("--alias", "aliases", multiple=True)
+@click.argument("net")
+@click.argument("container")
+@click.pass_context
+def network_connect(
+    ctx: click.Context, ip: str, aliases: tuple[str, ...], net: str, container: str
+) -> None:
+    """Connect a running container to a network (hot-plugs ethN)."""
+    client(ctx).post(
+        f"/networks/{ref(net)}/connect",
+        {"Container": container, "IPAddress": ip, "Aliases": list(aliases)},
+    )
+
+
+@network.command("disconnect")
+@click.argument("net")
+@click.argument("container")
+@click.pass_context
+def network_disconnect(ctx: click.Context, net: str, container: str) -> None:
+    """Disconnect a container from a network."""
+    client(ctx).post(f"/networks/{ref(net)}/disconnect", {"Container": container})
+
+
+# -------------------------------------------------------------- containers
+
+
+@cli.command(context_settings={"allow_interspersed_args": False})
+@click.option("-d", "--detach", is_flag=True, help="Run in the background, print the ID.")
+@click.option("--rm", "auto_remove", is_flag=True, help="Remove the container when it exits.")
+@click.option("--name", default="")
+@click.option("--net", "--network", "nets", multiple=True)
+@click.option("--ip", default="")
+@click.option("--network-alias", "aliases", multiple=True)
+@click.option("-p", "--publish", "ports", multiple=True)
+@click.option("--hostname", default="")
+@click.option("--dns", multiple=True)
+@click.option("-e", "--env", "env", multiple=True)
+@click.argument("command", nargs=-1, required=True)
+@click.pass_context
+def run(
+    ctx: click.Context,
+    detach: bool,
+    auto_remove: bool,
+    name: str,
+    nets: tuple[str, ...],
+    ip: str,
+    aliases: tuple[str, ...],
+    ports: tuple[str, ...],
+    hostname: str,
+    dns: tuple[str, ...],
+    env: tuple[str, ...],
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND in a new container."""
+    c = client(ctx)
+    out = c.post(
+        "/containers/run",
+        {
+            "Name": name,
+            "Cmd": list(command),
+            "Networks": list(nets),
+            "IPAddress": ip,
+            "Aliases": list(aliases),
+            "Ports": list(ports),
+            "Hostname": hostname,
+            "Dns": list(dns),
+            "Env": [_env_item(e) for e in env],
+            # Without -d the CLI removes the container itself after reading
+            # its exit status, so the daemon must not race it.
+            "AutoRemove": auto_remove and detach,
+        },
+    )
+    cid = out["Id"]
+    if detach:
+        click.echo(cid)
+        return
+    try:
+        _copy_logs(c, cid, follow=True)
+        code = c.post(f"/containers/{cid}/wait")["StatusCode"]
+    except KeyboardInterrupt:
+        code = 130
+        if auto_remove:
+            c.delete(f"/containers/{cid}", force="1")
+        sys.exit(code)
+    if auto_remove:
+        c.delete(f"/containers/{cid}", force="1")
+    sys.exit(code)
+
+
+def _env_item(item: str) -> str:
+    if "=" in item:
+        return item
+    # Docker semantics: `-e NAME` passes the CLI's own value.
+    return f"{item}={os.environ.get(item, '')}"
+
+
+def _copy_logs(c: Client, cid: str, follow: bool) -> None:
+    out, err = sys.stdout.buffer, sys.stderr.buffer
+    for stream, data in c.stream(f"/containers/{ref(cid)}/logs", follow="1" if follow else "0"):
+        target = out if stream == 1 else err
+        target.write(data)
+        target.flush()
+
+
+@cli.command("exec", context_settings={"allow_interspersed_args": False})
+@click.argument("name")
+@click.argument("command", nargs=-1, required=True)
+@click.pass_context
+def exec_(ctx: click.Context, name: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND inside a running container; its exit status passes through."""
+    info = client(ctx).get(f"/containers/{ref(name)}/json")
+    pid = info["State"]["Pid"]
+    if not info["State"]["Running"] or not pid:
+        raise click.ClickException(f"container {name} is not running")
+    args = ["nsenter", "-t", str(pid), "-n", "-m", "-u", "-i", "-p", "--", *command]
+    sys.stdout.flush()
+    os.execvp("nsenter", args)
+
+
+@cli.command()
+@click.option("-a", "--all", "show_all", is_flag=True, help="Also exited containers.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+def ps(ctx: click.Context, show_all: bool, fmt: str) -> None:
+    """List containers."""
+    ctrs = client(ctx).get("/containers/json", **({"all": "1"} if show_all else {}))
+    if fmt == "json":
+        emit_json(ctrs)
+        return
+    rows = []
+    for c in ctrs:
+        status = c["State"] if c["State"] != "exited" else f"exited ({c['ExitCode']})"
+        rows.append(
+            [
+                c["Id"][:12],
+                c["Name"],
+                " ".join(c["Command"])[:40],
+                status,
+                ",".join(c["Networks"]),
+                ",".join(c["IPs"]),
+            ]
+        )
+    table(["CONTAINER ID", "NAME", "COMMAND", "STATUS", "NETWORKS", "IPS"], rows)
+
+
+@cli.command()
+@click.argument("name")
+@click.pass_context
+def port(ctx: click.Context, name: str) -> None:
+    """List a container's published ports."""
+    info = client(ctx).get(f"/containers/{ref(name)}/json")
+    for cport, bindings in sorted((info["NetworkSettings"]["Ports"] or {}).items()):
+        for b in bindings or []:
+            click.echo(f"{cport} -> {b['HostIp']}:{b['HostPort']}")
+
+
+@cli.command()
+@click.option("-f", "--follow", is_flag=True)
+@click.argument("name")
+@click.pass_context
+def logs(ctx: click.Context, follow: bool, name: str) -> None:
+    """Show a container's output."""
+    _copy_logs(client(ctx), name, follow)
+
+
+@cli.command()
+@click.option("--format", "fmt", type=click.Choice(["json"]), default="json")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+def inspect(ctx: click.Context, fmt: str, names: tuple[str, ...]) -> None:
+    """Show containers or networks in detail (a JSON array)."""
+    c = client(ctx)
+    out = []
+    for name in names:
+        try:
+            out.append(c.get(f"/containers/{ref(name)}/json"))
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            try:
+                out.append(c.get(f"/networks/{ref(name)}"))
+            except ApiError as exc2:
+                if exc2.status != 404:
+                    raise
+                raise ApiError(404, f"no such container or network: {name}") from None
+    emit_json(out)
+
+
+@cli.command()
+@click.option("-f", "--force", is_flag=True, help="Kill a running container first.")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+def rm(ctx: click.Context, force: bool, names: tuple[str, ...]) -> None:
+    """Remove containers."""
+    c = client(ctx)
+    for name in names:
+        c.delete(f"/containers/{ref(name)}", **({"force": "1"} if force else {}))
+        click.echo(name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="pontoon", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        _fail(exc.format_message())
+    except ApiError as exc:
+        _fail(exc.message)
+    except BrokenPipeError:
+        sys.exit(1)
+
+
+def _fail(message: str) -> None:
+    first = message.strip().splitlines()[0] if message.strip() else "unknown error"
+    print(f"Error: {first}", file=sys.stderr)
+    sys.exit(1)

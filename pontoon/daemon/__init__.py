@@ -1,0 +1,1 @@
+"""pontoond: the per-host daemon (API, service, reconciliation)."""

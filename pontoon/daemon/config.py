@@ -1,0 +1,47 @@
+"""Daemon configuration, from pontoond's flags (SPEC §3)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from pontoon import ipam
+
+
+@dataclasses.dataclass
+class DaemonConfig:
+    root: Path = Path("/var/lib/pontoon")
+    exec_root: Path = Path("/run/pontoon")
+    socket: Path = Path("/run/pontoon/pontoon.sock")
+    cluster_store: str = ""
+    cluster_advertise: str = ""
+    userland_proxy: bool = True
+    firewall_backend: str = "nftables"
+    bip: str = ipam.DEFAULT_BIP
+    pools: list[ipam.Pool] = dataclasses.field(default_factory=lambda: list(ipam.DEFAULT_POOLS))
+    vxlan_port: int = 4789
+    log_level: str = "info"
+
+    @property
+    def db_path(self) -> Path:
+        return self.root / "pontoon.db"
+
+    @property
+    def containers_dir(self) -> Path:
+        return self.root / "containers"
+
+    @property
+    def netns_dir(self) -> Path:
+        return self.exec_root / "netns"
+
+    def container_dir(self, container_id: str) -> Path:
+        return self.containers_dir / container_id
+
+
+def parse_host(url: str) -> Path:
+    """-H: only unix sockets (a plaintext TCP API is what not to ship)."""
+    if url.startswith("unix://"):
+        return Path(url.removeprefix("unix://"))
+    if url.startswith("/"):
+        return Path(url)
+    raise ValueError(f"unsupported -H {url!r}: use unix:///PATH (TCP needs mutual TLS, not built)")

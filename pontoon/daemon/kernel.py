@@ -1,0 +1,89 @@
+"""The kernel thread: every netlink and nftables call of the daemon runs here.
+
+pyroute2's synchronous IPRoute drives its own event loop, which cannot run in
+the thread of the daemon's asyncio loop; one dedicated thread also serializes
+kernel changes, so drivers can be plain synchronous code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import ipaddress
+import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pyroute2 import IPRoute
+
+from pontoon.drivers.bridge import BridgeDriver
+from pontoon.firewall import Firewall, create_firewall
+
+T = TypeVar("T")
+
+OUR_VETH = re.compile(r"^veth[0-9a-f]{11}$")
+OUR_BRIDGE = re.compile(r"^pt-[0-9a-f]{12}$")
+
+
+class Kernel:
+    def __init__(self, firewall_backend: str) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pontoon-kernel")
+        self._firewall_backend = firewall_backend
+        # Created on the kernel thread by setup(); used only there.
+        self.ipr: IPRoute
+        self.bridge: BridgeDriver
+        self.firewall: Firewall
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    def setup(self) -> None:
+        self.ipr = IPRoute()
+        self.bridge = BridgeDriver(self.ipr)
+        self.firewall = create_firewall(self._firewall_backend)
+        # Containers reach the outside only if this (host) namespace forwards.
+        Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
+
+    def close(self) -> None:
+        def work() -> None:
+            if hasattr(self, "ipr"):
+                self.ipr.close()
+
+        self._executor.submit(work).result()
+        self._executor.shutdown(wait=True)
+
+    # Host queries used by IPAM and reconciliation ------------------------
+
+    def host_routes(self, exclude_ifnames: set[str]) -> list[ipaddress.IPv4Network]:
+        """Prefixes the host already routes (except the default route and our
+        own bridges): a new network must not shadow them."""
+        names = {link["index"]: link.get("ifname") for link in self.ipr.link("dump")}
+        routes = []
+        for route in self.ipr.route("dump", family=2, table=254):
+            dst = route.get("dst")
+            if dst is None or route["dst_len"] == 0:
+                continue
+            if names.get(route.get("oif")) in exclude_ifnames:
+                continue
+            routes.append(ipaddress.IPv4Network(f"{dst}/{route['dst_len']}", strict=False))
+        return routes
+
+    def link_names(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for link in self.ipr.link("dump"):
+            info = link.get(("IFLA_LINKINFO", "IFLA_INFO_KIND"))
+            out[link.get("ifname")] = {"index": link["index"], "kind": info}
+        return out
+
+    def link_exists(self, ifname: str) -> bool:
+        return bool(self.ipr.link_lookup(ifname=ifname))
+
+    def delete_link(self, ifname: str) -> None:
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        with contextlib.suppress(NetlinkError):
+            self.ipr.link("del", ifname=ifname)

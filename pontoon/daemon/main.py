@@ -1,0 +1,169 @@
+"""`pontoond`: parse flags, take the host, reconcile, serve the API."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from pontoon import ipam
+from pontoon.daemon.config import DaemonConfig, parse_host
+from pontoon.errors import PontoonError
+from pontoon.sandbox import netns
+
+log = logging.getLogger("pontoond")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--root", default="/var/lib/pontoon", show_default=True, help="State directory.")
+@click.option("--exec-root", default="/run/pontoon", show_default=True, help="Runtime directory.")
+@click.option(
+    "-H",
+    "--host",
+    "host",
+    default="unix:///run/pontoon/pontoon.sock",
+    show_default=True,
+    help="API socket (unix:///PATH).",
+)
+@click.option("--cluster-store", default="", help="etcd://HOST:PORT[,HOST:PORT...][/PREFIX]")
+@click.option("--cluster-advertise", default="", help="Interface or IP other hosts reach us at.")
+@click.option("--userland-proxy", type=click.BOOL, default=True, show_default=True)
+@click.option(
+    "--firewall-backend",
+    type=click.Choice(["nftables", "iptables"]),
+    default="nftables",
+    show_default=True,
+)
+@click.option("--bip", default=ipam.DEFAULT_BIP, show_default=True, help="Default bridge CIDR.")
+@click.option(
+    "--default-address-pool", "pools", multiple=True, help="base=CIDR,size=N (repeatable)."
+)
+@click.option("--vxlan-port", type=click.IntRange(1, 65535), default=4789, show_default=True)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+def cli(
+    root: str,
+    exec_root: str,
+    host: str,
+    cluster_store: str,
+    cluster_advertise: str,
+    userland_proxy: bool,
+    firewall_backend: str,
+    bip: str,
+    pools: tuple[str, ...],
+    vxlan_port: int,
+    log_level: str,
+) -> None:
+    """The pontoon daemon: container networks for this host."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # pyroute2 logs every netlink message at debug level: far too much for ours.
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
+    logging.getLogger("asyncio").setLevel(logging.WARNING)
+    try:
+        config = DaemonConfig(
+            root=Path(root).resolve(),
+            exec_root=Path(exec_root).resolve(),
+            socket=parse_host(host).resolve(),
+            cluster_store=cluster_store,
+            cluster_advertise=cluster_advertise,
+            userland_proxy=userland_proxy,
+            firewall_backend=firewall_backend,
+            bip=_check_bip(bip),
+            pools=[ipam.parse_pool(p) for p in pools] or list(ipam.DEFAULT_POOLS),
+            vxlan_port=vxlan_port,
+            log_level=log_level,
+        )
+    except (ValueError, PontoonError) as exc:
+        raise click.UsageError(str(exc)) from None
+    if firewall_backend != "nftables":
+        raise click.UsageError("--firewall-backend iptables is not implemented yet")
+    if cluster_store:
+        raise click.UsageError("--cluster-store is not implemented yet")
+    if os.geteuid() != 0:
+        raise click.UsageError("pontoond must run as root")
+    # Before any thread exists: setns(CLONE_NEWNS) refuses threaded processes.
+    netns.join_host_mount_ns()
+    sys.exit(asyncio.run(serve(config)))
+
+
+def _check_bip(bip: str) -> str:
+    import ipaddress
+
+    try:
+        iface = ipaddress.IPv4Interface(bip)
+    except ValueError:
+        raise ValueError(f"invalid --bip {bip!r}: expected an address with prefix") from None
+    if iface.ip in (iface.network.network_address, iface.network.broadcast_address):
+        raise ValueError(f"invalid --bip {bip!r}: the address must be a host address")
+    return bip
+
+
+def take_lock(root: Path) -> int:
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / "pontoond.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise click.ClickException(f"another pontoond is using --root {root}") from None
+    return fd
+
+
+async def serve(config: DaemonConfig) -> int:
+    from aiohttp import web
+
+    from pontoon.daemon.api import Api
+    from pontoon.daemon.kernel import Kernel
+    from pontoon.daemon.reconcile import reconcile
+    from pontoon.daemon.service import Service
+    from pontoon.store.sqlite import SQLiteStore
+
+    lock_fd = take_lock(config.root)
+    config.exec_root.mkdir(parents=True, exist_ok=True)
+    config.netns_dir.mkdir(parents=True, exist_ok=True)
+    store = SQLiteStore(config.db_path)
+    kernel = Kernel(config.firewall_backend)
+    await kernel.call(kernel.setup)
+    svc = Service(config, store, kernel)
+    await svc.load()
+    await reconcile(svc)
+    await svc.ensure_default_network()
+
+    runner = web.AppRunner(Api(svc).app(), access_log=None)
+    await runner.setup()
+    config.socket.parent.mkdir(parents=True, exist_ok=True)
+    config.socket.unlink(missing_ok=True)
+    site = web.UnixSite(runner, str(config.socket))
+    await site.start()
+    os.chmod(config.socket, 0o660)
+    (config.exec_root / "pontoond.pid").write_text(f"{os.getpid()}\n")
+    log.info("pontoond ready on %s (root %s)", config.socket, config.root)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down; containers keep running")
+    await runner.cleanup()
+    await svc.close()
+    await store.close()
+    kernel.close()
+    config.socket.unlink(missing_ok=True)
+    os.close(lock_fd)
+    return 0
+
+
+def main() -> None:
+    cli(standalone_mode=True)

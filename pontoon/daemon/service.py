@@ -1,0 +1,608 @@
+"""The service layer: networks, containers and endpoints, over store and kernel.
+
+Every mutating operation runs under one lock and follows the same shape:
+write an intent record (status "creating"), change the kernel, then mark the
+record done; on failure undo in reverse. Restart reconciliation
+(reconcile.py) finishes or rolls back whatever a killed daemon left half-way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TypeVar
+
+from pontoon import ipam, model
+from pontoon.daemon.config import DaemonConfig
+from pontoon.daemon.kernel import Kernel
+from pontoon.drivers import mac_for
+from pontoon.errors import Conflict, InvalidArgument, NotFound, PontoonError
+from pontoon.firewall import NetworkRules
+from pontoon.model import Container, Endpoint, Network, NetworkRequest
+from pontoon.runtime import process
+from pontoon.sandbox import files, netns
+from pontoon.store import Store
+
+log = logging.getLogger(__name__)
+T = TypeVar("T", Network, Container)
+
+DEFAULT_NETWORK = "bridge"
+DEFAULT_BRIDGE = "pontoon0"
+BRIDGE_NAME_OPTIONS = ("com.docker.network.bridge.name", "bridge.name")
+MTU_OPTIONS = ("com.docker.network.driver.mtu", "mtu")
+KNOWN_OPTIONS = (*BRIDGE_NAME_OPTIONS, *MTU_OPTIONS)
+
+
+def net_key(network_id: str) -> str:
+    return f"/networks/{network_id}"
+
+
+def ep_key(endpoint_id: str) -> str:
+    return f"/endpoints/{endpoint_id}"
+
+
+def ctr_key(container_id: str) -> str:
+    return f"/containers/{container_id}"
+
+
+def network_rules(net: Network) -> NetworkRules:
+    return NetworkRules(bridge=net.bridge, subnet=net.subnet, internal=net.internal)
+
+
+class Service:
+    def __init__(self, config: DaemonConfig, store: Store, kernel: Kernel) -> None:
+        self.config = config
+        self.store = store
+        self.kernel = kernel
+        self.ipam = ipam.Ipam(store)
+        self.lock = asyncio.Lock()
+        self.networks: dict[str, Network] = {}
+        self.containers: dict[str, Container] = {}
+        self.endpoints: dict[str, Endpoint] = {}
+        self.exited: dict[str, asyncio.Event] = {}
+        self._shims: dict[str, subprocess.Popen[bytes]] = {}
+        self._pidfds: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ load
+
+    async def load(self) -> None:
+        for value in await self.store.values("/networks/"):
+            net = Network.loads(value)
+            self.networks[net.id] = net
+        for value in await self.store.values("/endpoints/"):
+            ep = Endpoint.loads(value)
+            self.endpoints[ep.id] = ep
+        for value in await self.store.values("/containers/"):
+            c = Container.loads(value)
+            self.containers[c.id] = c
+
+    # --------------------------------------------------------------- lookups
+
+    def find_network(self, ref: str) -> Network:
+        return _find(self.networks.values(), ref, "network")
+
+    def find_container(self, ref: str) -> Container:
+        return _find(self.containers.values(), ref, "container")
+
+    def container_endpoints(self, c: Container) -> list[Endpoint]:
+        return [self.endpoints[e] for e in c.endpoints.values() if e in self.endpoints]
+
+    def network_endpoints(self, net: Network) -> list[Endpoint]:
+        return [ep for ep in self.endpoints.values() if ep.network_id == net.id]
+
+    # ------------------------------------------------------------- persisting
+
+    async def save_network(self, net: Network) -> None:
+        self.networks[net.id] = net
+        await self.store.put(net_key(net.id), net.dumps())
+
+    async def save_container(self, c: Container) -> None:
+        self.containers[c.id] = c
+        await self.store.put(ctr_key(c.id), c.dumps())
+
+    async def save_endpoint(self, ep: Endpoint) -> None:
+        self.endpoints[ep.id] = ep
+        await self.store.put(ep_key(ep.id), ep.dumps())
+
+    # -------------------------------------------------------------- networks
+
+    async def ensure_default_network(self) -> None:
+        if any(n.default for n in self.networks.values()):
+            return
+        iface = ipaddress.IPv4Interface(self.config.bip)
+        await self.create_network(
+            DEFAULT_NETWORK,
+            subnet=str(iface.network),
+            gateway=str(iface.ip),
+            options={"com.docker.network.bridge.name": DEFAULT_BRIDGE},
+            default=True,
+        )
+
+    async def create_network(
+        self,
+        name: str,
+        *,
+        driver: str = "bridge",
+        subnet: str = "",
+        gateway: str = "",
+        ip_range: str = "",
+        internal: bool = False,
+        options: dict[str, str] | None = None,
+        default: bool = False,
+    ) -> Network:
+        async with self.lock:
+            return await self._create_network(
+                name, driver, subnet, gateway, ip_range, internal, options or {}, default
+            )
+
+    async def _create_network(
+        self,
+        name: str,
+        driver: str,
+        subnet: str,
+        gateway: str,
+        ip_range: str,
+        internal: bool,
+        options: dict[str, str],
+        default: bool,
+    ) -> Network:
+        model.check_name("network", name)
+        if any(n.name == name for n in self.networks.values()):
+            raise Conflict(f"network with name {name} already exists")
+        if driver == "overlay":
+            raise InvalidArgument(
+                "overlay networks need a cluster store: start pontoond with "
+                "--cluster-store etcd://HOST:PORT"
+            )
+        if driver != "bridge":
+            raise InvalidArgument(f"unknown network driver {driver!r} (known: bridge, overlay)")
+        for key in options:
+            if key not in KNOWN_OPTIONS:
+                raise InvalidArgument(f"unknown network option {key!r}")
+        mtu = _mtu_option(options)
+        net_id = model.new_id()
+        bridge = _bridge_name_option(options) or f"pt-{net_id[:12]}"
+        if any(n.bridge == bridge for n in self.networks.values()):
+            raise Conflict(f"bridge {bridge} is already used by another network")
+        if await self.kernel.call(self.kernel.link_exists, bridge) and not default:
+            raise Conflict(f"a device named {bridge} already exists on this host")
+
+        taken = [ipaddress.IPv4Network(n.subnet) for n in self.networks.values() if n.subnet]
+        ours = {n.bridge for n in self.networks.values()}
+        routes = await self.kernel.call(self.kernel.host_routes, ours)
+        if subnet:
+            chosen = ipam.parse_network(subnet)
+            ipam.check_subnet(chosen, taken, routes)
+        else:
+            if gateway or ip_range:
+                raise InvalidArgument("--gateway and --ip-range need --subnet")
+            chosen = ipam.choose_subnet(self.config.pools, taken + routes)
+        plan = ipam.SubnetPlan.build(chosen, gateway, ip_range)
+
+        net = Network(
+            id=net_id,
+            name=name,
+            driver=driver,
+            subnet=str(plan.subnet),
+            gateway=str(plan.gateway),
+            ip_range=ip_range and str(plan.ip_range),
+            internal=internal,
+            options=dict(options),
+            bridge=bridge,
+            mtu=mtu,
+            default=default,
+        )
+        await self.save_network(net)  # intent: status "creating"
+        try:
+            await self.kernel.call(self.kernel.bridge.create_network, net)
+            await self.kernel.call(self.kernel.firewall.add_network, network_rules(net))
+            await self.ipam.open(net.id, plan)
+            net.status = model.READY
+            await self.save_network(net)
+        except BaseException:
+            await self._destroy_network(net)
+            raise
+        log.info("network %s (%s) created: %s on %s", name, net.id[:12], net.subnet, bridge)
+        return net
+
+    async def remove_network(self, ref: str) -> None:
+        async with self.lock:
+            net = self.find_network(ref)
+            if net.default:
+                raise Conflict(f"{net.name} is a pre-defined network and cannot be removed")
+            users = sorted(ep.container_name for ep in self.network_endpoints(net))
+            if users:
+                raise Conflict(f"network {net.name} has active endpoints ({', '.join(users)})")
+            await self._destroy_network(net)
+            log.info("network %s (%s) removed", net.name, net.id[:12])
+
+    async def _destroy_network(self, net: Network) -> None:
+        """Remove every trace of a network; safe on a half-made one."""
+        with contextlib.suppress(Exception):
+            await self.kernel.call(self.kernel.firewall.remove_network, network_rules(net))
+        await self.kernel.call(self.kernel.bridge.delete_network, net)
+        await self.ipam.release_all(net.id)
+        await self.store.delete(net_key(net.id))
+        self.networks.pop(net.id, None)
+
+    async def restore_network(self, net: Network) -> None:
+        await self.kernel.call(self.kernel.bridge.create_network, net)
+        await self.ipam.open(net.id, _plan(net))
+
+    # ------------------------------------------------------------ containers
+
+    async def run_container(
+        self,
+        *,
+        name: str,
+        command: list[str],
+        networks: list[str],
+        ip: str = "",
+        aliases: list[str] | None = None,
+        hostname: str = "",
+        env: list[str] | None = None,
+        dns: list[str] | None = None,
+        auto_remove: bool = False,
+        ports: list[str] | None = None,
+    ) -> Container:
+        async with self.lock:
+            c = self._validate_run(
+                name,
+                command,
+                networks,
+                ip,
+                aliases or [],
+                hostname,
+                env or [],
+                dns or [],
+                auto_remove,
+                ports or [],
+            )
+            await self.save_container(c)  # intent: state "creating"
+            try:
+                await self._start(c)
+            except BaseException:
+                await self._destroy_container(c)
+                raise
+        log.info("container %s (%s) running, pid %d", c.name, c.id[:12], c.pid)
+        return c
+
+    def _validate_run(
+        self,
+        name: str,
+        command: list[str],
+        networks: list[str],
+        ip: str,
+        aliases: list[str],
+        hostname: str,
+        env: list[str],
+        dns: list[str],
+        auto_remove: bool,
+        ports: list[str],
+    ) -> Container:
+        cid = model.new_id()
+        name = name or f"ctr-{cid[:8]}"
+        model.check_name("container", name)
+        if any(c.name == name for c in self.containers.values()):
+            raise Conflict(f"container name {name} is already in use")
+        if not command or not command[0]:
+            raise InvalidArgument("no command given: pontoon run [OPTIONS] -- COMMAND [ARG...]")
+        if ports:
+            raise InvalidArgument("publishing ports (-p) is not supported yet")
+        for item in env:
+            key = item.partition("=")[0]
+            if not key or "=" not in item or "\0" in item:
+                raise InvalidArgument(f"invalid environment variable {item!r}: use KEY=VALUE")
+        for server in dns:
+            ipam.parse_address(server, "DNS server")
+        hostname = model.check_hostname(hostname) if hostname else cid[:12]
+        nets = [self.find_network(ref) for ref in (networks or [DEFAULT_NETWORK])]
+        if len({n.id for n in nets}) != len(nets):
+            raise InvalidArgument("a network is given twice")
+        for alias in aliases:
+            model.check_name("alias", alias)
+        if aliases and nets[0].default:
+            raise InvalidArgument("network-scoped aliases need a user-defined network")
+        if ip:
+            ipam.parse_address(ip)
+            if nets[0].default:
+                raise InvalidArgument("a fixed --ip needs a user-defined network")
+            if not ipam.SubnetPlan.build(
+                ipaddress.IPv4Network(nets[0].subnet), nets[0].gateway
+            ).usable(ipaddress.IPv4Address(ip)):
+                raise InvalidArgument(f"IP address {ip} is not usable in network {nets[0].name}")
+        requests = [NetworkRequest(n.id) for n in nets]
+        requests[0].ip = ip
+        requests[0].aliases = list(aliases)
+        return Container(
+            id=cid,
+            name=name,
+            hostname=hostname,
+            command=list(command),
+            env=list(env),
+            networks=requests,
+            dns=list(dns),
+            auto_remove=auto_remove,
+            sandbox=str(self.config.netns_dir / cid[:12]),
+        )
+
+    async def _start(self, c: Container) -> None:
+        sandbox = Path(c.sandbox)
+        await self.kernel.call(netns.create, sandbox)
+        for index, req in enumerate(c.networks):
+            await self._attach(c, self.networks[req.network_id], req, f"eth{index}", index == 0)
+        cdir = self.config.container_dir(c.id)
+        cdir.mkdir(parents=True, exist_ok=True)
+        self._write_etc(c, cdir, initial=True)
+        proc = process.spawn(
+            command=c.command,
+            env=c.env,
+            hostname=c.hostname,
+            netns=sandbox,
+            files=cdir,
+            exitfile=cdir / "exit",
+            stdout=cdir / "stdout.log",
+            stderr=cdir / "stderr.log",
+        )
+        self._shims[c.id] = proc
+        c.shim_pid = proc.pid
+        c.shim_start = process.start_time(proc.pid) or 0
+        c.pid = await asyncio.to_thread(process.find_init, proc.pid)
+        c.pid_start = process.start_time(c.pid) or 0 if c.pid else 0
+        c.state = model.RUNNING
+        c.started_at = model.now()
+        await self.save_container(c)
+        self.watch_exit(c)
+
+    def _write_etc(self, c: Container, cdir: Path, initial: bool = False) -> None:
+        entries = [
+            (ep.ip, [c.hostname] + ([c.name] if c.name != c.hostname else []))
+            for ep in self.container_endpoints(c)
+        ]
+        files.write_in_place(cdir / "hosts", files.hosts_text(entries))
+        if initial:
+            files.write_in_place(cdir / "hostname", c.hostname + "\n")
+            try:
+                host_resolv = Path("/etc/resolv.conf").read_text()
+            except OSError:
+                host_resolv = ""
+            files.write_in_place(
+                cdir / "resolv.conf", files.resolv_text(host_resolv, c.dns or None)
+            )
+
+    async def _attach(
+        self, c: Container, net: Network, req: NetworkRequest, ifname: str, primary: bool
+    ) -> Endpoint:
+        ep = Endpoint(
+            id=model.new_id(),
+            network_id=net.id,
+            container_id=c.id,
+            container_name=c.name,
+            ifname=ifname,
+            ip="",
+            mac="",
+            prefixlen=ipaddress.IPv4Network(net.subnet).prefixlen,
+            gateway=net.gateway,
+            aliases=list(req.aliases),
+            default_route=primary and not net.internal,
+        )
+        addr = await self.ipam.allocate(net.id, ep.id, req.ip)
+        ep.ip = str(addr)
+        ep.mac = mac_for(ep.ip)
+        c.endpoints[net.id] = ep.id
+        await self.save_endpoint(ep)  # before the kernel: a crash leaves a findable record
+        await self.save_container(c)
+        try:
+            await self.kernel.call(self.kernel.bridge.join, net, ep, Path(c.sandbox))
+            await self.save_endpoint(ep)
+        except BaseException:
+            await self._detach(c, ep)
+            raise
+        return ep
+
+    async def _detach(self, c: Container, ep: Endpoint) -> None:
+        net = self.networks.get(ep.network_id)
+        if net is not None:
+            await self.kernel.call(self.kernel.bridge.leave, net, ep)
+        if ep.ip:
+            await self.ipam.release(ep.network_id, ep.ip)
+        await self.store.delete(ep_key(ep.id))
+        self.endpoints.pop(ep.id, None)
+        if c.endpoints.get(ep.network_id) == ep.id:
+            del c.endpoints[ep.network_id]
+        if c.id in self.containers:
+            await self.save_container(c)
+
+    async def _release_network(self, c: Container) -> None:
+        for ep in self.container_endpoints(c):
+            await self._detach(c, ep)
+        for ep_id in list(c.endpoints.values()):  # records already gone
+            self.endpoints.pop(ep_id, None)
+        c.endpoints.clear()
+        if c.sandbox:
+            await self.kernel.call(netns.remove, Path(c.sandbox))
+
+    async def _destroy_container(self, c: Container) -> None:
+        """Remove every trace of a container; safe on a half-made one."""
+        process.kill_tree(c.pid, c.pid_start, c.shim_pid, c.shim_start)
+        await self._reap(c)
+        await self._release_network(c)
+        await self.store.delete(ctr_key(c.id))
+        self.containers.pop(c.id, None)
+        self._unwatch(c.id)
+        shutil.rmtree(self.config.container_dir(c.id), ignore_errors=True)
+
+    async def _reap(self, c: Container, timeout: float = 10.0) -> None:
+        """Wait until the shim is gone (it ends right after the container)."""
+        proc = self._shims.pop(c.id, None)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            if proc is not None:
+                if proc.poll() is not None:
+                    return
+            elif not process.alive(c.shim_pid, c.shim_start):
+                return
+            await asyncio.sleep(0.005)
+        log.warning("container %s: shim %d did not exit", c.name, c.shim_pid)
+
+    # --------------------------------------------------------- exit watching
+
+    def watch_exit(self, c: Container) -> None:
+        self.exited.setdefault(c.id, asyncio.Event())
+        fd = process.pidfd_open(c.shim_pid) if process.alive(c.shim_pid, c.shim_start) else None
+        if fd is None:
+            asyncio.get_running_loop().call_soon(self._exit_soon, c.id)
+            return
+        self._pidfds[c.id] = fd
+        asyncio.get_running_loop().add_reader(fd, self._exit_soon, c.id)
+
+    def _unwatch(self, cid: str) -> None:
+        fd = self._pidfds.pop(cid, None)
+        if fd is not None:
+            asyncio.get_running_loop().remove_reader(fd)
+            os.close(fd)
+
+    def _exit_soon(self, cid: str) -> None:
+        self._unwatch(cid)
+        asyncio.get_running_loop().create_task(self.on_exit(cid))
+
+    async def on_exit(self, cid: str) -> None:
+        async with self.lock:
+            c = self.containers.get(cid)
+            if c is None or c.state != model.RUNNING:
+                return
+            await self._reap(c)
+            await self._finish(c)
+
+    async def _finish(self, c: Container) -> None:
+        """The main process ended: release the network as Docker does."""
+        c.exit_code = process.read_exit_code(self.config.container_dir(c.id) / "exit")
+        if c.exit_code is None:
+            c.exit_code = -1  # ended while nothing could record it
+        await self._release_network(c)
+        c.state = model.EXITED
+        c.finished_at = model.now()
+        c.pid = 0
+        await self.save_container(c)
+        log.info("container %s (%s) exited with %s", c.name, c.id[:12], c.exit_code)
+        if c.auto_remove:
+            await self._destroy_container(c)
+        self.exited.setdefault(c.id, asyncio.Event()).set()
+
+    async def wait(self, ref: str) -> int:
+        c = self.find_container(ref)
+        if c.state == model.RUNNING:
+            await self.exited.setdefault(c.id, asyncio.Event()).wait()
+        return c.exit_code if c.exit_code is not None else -1
+
+    async def remove_container(self, ref: str, force: bool = False) -> None:
+        c = self.find_container(ref)
+        if c.state == model.RUNNING:
+            if not force:
+                raise Conflict(f"container {c.name} is running: stop it first or use rm -f")
+            process.kill_tree(c.pid, c.pid_start, c.shim_pid, c.shim_start)
+            try:
+                await asyncio.wait_for(self.wait(c.id), timeout=15)
+            except TimeoutError:
+                log.warning("container %s did not exit after SIGKILL", c.name)
+        async with self.lock:
+            if c.id in self.containers:
+                await self._destroy_container(c)
+        log.info("container %s (%s) removed", c.name, c.id[:12])
+
+    # ------------------------------------------------------- connect/disconnect
+
+    async def connect(
+        self, net_ref: str, ctr_ref: str, ip: str = "", aliases: list[str] | None = None
+    ) -> None:
+        async with self.lock:
+            net = self.find_network(net_ref)
+            c = self.find_container(ctr_ref)
+            if c.state != model.RUNNING:
+                raise Conflict(f"container {c.name} is not running")
+            if net.id in c.endpoints:
+                raise Conflict(f"container {c.name} is already connected to network {net.name}")
+            for alias in aliases or []:
+                model.check_name("alias", alias)
+            if aliases and net.default:
+                raise InvalidArgument("network-scoped aliases need a user-defined network")
+            if ip and net.default:
+                raise InvalidArgument("a fixed --ip needs a user-defined network")
+            used = {self.endpoints[e].ifname for e in c.endpoints.values() if e in self.endpoints}
+            ifname = next(f"eth{i}" for i in range(len(used) + 1) if f"eth{i}" not in used)
+            req = NetworkRequest(net.id, ip, list(aliases or []))
+            await self._attach(c, net, req, ifname, primary=False)
+            c.networks.append(req)
+            await self.save_container(c)
+            self._write_etc(c, self.config.container_dir(c.id))
+
+    async def disconnect(self, net_ref: str, ctr_ref: str) -> None:
+        async with self.lock:
+            net = self.find_network(net_ref)
+            c = self.find_container(ctr_ref)
+            ep_id = c.endpoints.get(net.id)
+            if ep_id is None or ep_id not in self.endpoints:
+                raise Conflict(f"container {c.name} is not connected to network {net.name}")
+            await self._detach(c, self.endpoints[ep_id])
+            c.networks = [r for r in c.networks if r.network_id != net.id]
+            await self.save_container(c)
+            self._write_etc(c, self.config.container_dir(c.id))
+
+    # ------------------------------------------------------------- shutdown
+
+    async def close(self) -> None:
+        """Stop watching; containers keep running without us."""
+        for cid in list(self._pidfds):
+            self._unwatch(cid)
+
+
+def _find(items: Iterable[T], ref: str, kind: str) -> T:
+    items = list(items)
+    for item in items:
+        if item.name == ref or item.id == ref:
+            return item
+    if len(ref) >= 3 and all(ch in "0123456789abcdef" for ch in ref):
+        matches = [item for item in items if item.id.startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise InvalidArgument(f"{kind} ID prefix {ref} is ambiguous")
+    raise NotFound(f"no such {kind}: {ref}")
+
+
+def _plan(net: Network) -> ipam.SubnetPlan:
+    return ipam.SubnetPlan.build(ipaddress.IPv4Network(net.subnet), net.gateway, net.ip_range)
+
+
+def _mtu_option(options: dict[str, str]) -> int:
+    for key in MTU_OPTIONS:
+        if key in options:
+            try:
+                mtu = int(options[key])
+            except ValueError:
+                raise InvalidArgument(f"invalid MTU {options[key]!r}") from None
+            if not 68 <= mtu <= 65535:
+                raise InvalidArgument(f"invalid MTU {mtu}: must be 68-65535")
+            return mtu
+    return 1500
+
+
+def _bridge_name_option(options: dict[str, str]) -> str:
+    for key in BRIDGE_NAME_OPTIONS:
+        if key in options:
+            name = options[key]
+            if not (1 <= len(name) <= 15) or not all(ch.isalnum() or ch in "_.-" for ch in name):
+                raise InvalidArgument(f"invalid bridge name {name!r}: 1-15 of [A-Za-z0-9_.-]")
+            return name
+    return ""
+
+
+__all__ = ["PontoonError", "Service"]

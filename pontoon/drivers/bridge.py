@@ -1,0 +1,135 @@
+"""The bridge driver: one Linux bridge per network, one veth pair per endpoint.
+
+    container netns                 host netns
+    eth0 (IP/prefix, default route) ── vethXXXXXXXXXXX ── <bridge> (gateway IP)
+
+The veth is created with its peer already inside the sandbox and already named
+`eth0` (one netlink request instead of create + move + rename), then the
+sandbox side gets its address and routes through a netlink socket opened in
+that namespace.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+from pathlib import Path
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from pontoon.drivers.base import NetworkDriver
+from pontoon.model import Endpoint, Network
+from pontoon.sandbox import netns
+
+
+def host_ifname(endpoint_id: str) -> str:
+    return "veth" + endpoint_id[:11]
+
+
+def _ignore_missing(exc: NetlinkError) -> None:
+    if exc.code not in (errno.ENODEV, errno.ENOENT, errno.ESRCH):
+        raise exc
+
+
+class BridgeDriver(NetworkDriver):
+    name = "bridge"
+
+    def __init__(self, ipr: IPRoute) -> None:
+        self.ipr = ipr  # bound to the daemon's (host) namespace
+        self._bridge_index: dict[str, int] = {}
+
+    def _lookup(self, ifname: str) -> int | None:
+        found = self.ipr.link_lookup(ifname=ifname)
+        return found[0] if found else None
+
+    def bridge_index(self, bridge: str) -> int:
+        idx = self._bridge_index.get(bridge)
+        if idx is None:
+            idx = self._lookup(bridge)
+            if idx is None:
+                raise RuntimeError(f"bridge {bridge} does not exist")
+            self._bridge_index[bridge] = idx
+        return idx
+
+    def create_network(self, net: Network) -> None:
+        ipr = self.ipr
+        idx = self._lookup(net.bridge)
+        if idx is None:
+            ipr.link("add", ifname=net.bridge, kind="bridge", mtu=net.mtu)
+            idx = self._lookup(net.bridge)
+            assert idx is not None
+        self._bridge_index[net.bridge] = idx
+        subnet = ipaddress.IPv4Network(net.subnet)
+        have = {(a.get("address"), a["prefixlen"]) for a in ipr.addr("dump", index=idx, family=2)}
+        if (net.gateway, subnet.prefixlen) not in have:
+            ipr.addr("add", index=idx, address=net.gateway, prefixlen=subnet.prefixlen)
+        ipr.link("set", index=idx, state="up")
+
+    def delete_network(self, net: Network) -> None:
+        self._bridge_index.pop(net.bridge, None)
+        try:
+            self.ipr.link("del", ifname=net.bridge)
+        except NetlinkError as exc:
+            _ignore_missing(exc)
+
+    def join(self, net: Network, ep: Endpoint, sandbox: Path) -> None:
+        ep.host_ifname = host_ifname(ep.id)
+        master = self.bridge_index(net.bridge)
+        fd = os.open(sandbox, os.O_RDONLY)
+        try:
+            self.ipr.link(
+                "add",
+                ifname=ep.host_ifname,
+                kind="veth",
+                mtu=net.mtu,
+                peer={"ifname": ep.ifname, "net_ns_fd": fd, "address": ep.mac, "mtu": net.mtu},
+            )
+        finally:
+            os.close(fd)
+        try:
+            self.ipr.link("set", ifname=ep.host_ifname, master=master, state="up")
+            configure_container_side(sandbox, ep)
+        except BaseException:
+            self.leave(net, ep)
+            raise
+
+    def leave(self, net: Network, ep: Endpoint) -> None:
+        if not ep.host_ifname:
+            return
+        try:
+            self.ipr.link("del", ifname=ep.host_ifname)  # takes the peer with it
+        except NetlinkError as exc:
+            _ignore_missing(exc)
+
+    def endpoint_present(self, net: Network, ep: Endpoint) -> bool:
+        return bool(ep.host_ifname) and self._lookup(ep.host_ifname) is not None
+
+
+def configure_container_side(sandbox: Path, ep: Endpoint) -> None:
+    """Address, link up and (for the default-route network) the default route."""
+    with netns.iproute(sandbox) as ipr:
+        idx = ipr.link_lookup(ifname=ep.ifname)[0]
+        ipr.addr("add", index=idx, address=ep.ip, prefixlen=ep.prefixlen)
+        ipr.link("set", index=idx, state="up")
+        if ep.default_route and ep.gateway:
+            ipr.route("add", dst="0.0.0.0/0", gateway=ep.gateway, oif=idx)
+
+
+def describe_endpoint(ipr: IPRoute, sandbox: Path, ep: Endpoint) -> dict[str, object]:
+    """What the seed found with `ethtool -S` and `ip link`: both ends of the
+    veth with their ifindexes, and the container side's MTU."""
+    info: dict[str, object] = {"HostInterface": ep.host_ifname}
+    found = ipr.link_lookup(ifname=ep.host_ifname) if ep.host_ifname else []
+    info["HostIfindex"] = found[0] if found else None
+    try:
+        with netns.iproute(sandbox) as nipr:
+            links = nipr.link("get", ifname=ep.ifname)
+            link = links[0]
+            info["Ifindex"] = link["index"]
+            info["PeerIfindex"] = link.get("IFLA_LINK")
+            info["MTU"] = link.get("IFLA_MTU")
+    except (OSError, NetlinkError, IndexError):
+        info["Ifindex"] = None
+    return info

@@ -1,0 +1,1 @@
+"""Container processes: started through a tiny shell shim that outlives the daemon."""

@@ -1,0 +1,1 @@
+"""Sandboxes: network namespaces and the files a container sees in /etc."""
