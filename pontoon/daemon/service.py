@@ -294,6 +294,7 @@ class Service:
             raise Conflict(f"container name {name} is already in use")
         if not command or not command[0]:
             raise InvalidArgument("no command given: pontoon run [OPTIONS] -- COMMAND [ARG...]")
+        process.check_executable(command[0], env)
         if ports:
             raise InvalidArgument("publishing ports (-p) is not supported yet")
         for item in env:
@@ -355,7 +356,10 @@ class Service:
         c.shim_pid = proc.pid
         c.shim_start = process.start_time(proc.pid) or 0
         c.pid = await asyncio.to_thread(process.find_init, proc.pid)
-        c.pid_start = process.start_time(c.pid) or 0 if c.pid else 0
+        if not c.pid:
+            err = _tail(cdir / "stderr.log")
+            raise PontoonError(f"container failed to start{': ' + err if err else ''}")
+        c.pid_start = process.start_time(c.pid) or 0
         c.state = model.RUNNING
         c.started_at = model.now()
         await self.save_container(c)
@@ -576,6 +580,14 @@ def _find(items: Iterable[T], ref: str, kind: str) -> T:
         if len(matches) > 1:
             raise InvalidArgument(f"{kind} ID prefix {ref} is ambiguous")
     raise NotFound(f"no such {kind}: {ref}")
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
 
 
 def _plan(net: Network) -> ipam.SubnetPlan:

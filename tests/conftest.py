@@ -1,0 +1,83 @@
+"""Shared fixtures. Integration tests build throwaway hosts (network
+namespaces named ptt-*) and the session fails if anything they made is left."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pontoon.lab import SimHost
+
+PREFIX = "ptt-"
+WORKDIR = Path("/tmp/pontoon-tests")
+
+
+def _root_state() -> dict[str, set[str]]:
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    mounts = Path("/proc/self/mounts").read_text()
+    procs = subprocess.run(
+        ["pgrep", "-a", "-f", str(WORKDIR)], capture_output=True, text=True
+    ).stdout
+    return {
+        "links": {line.split(":")[1].strip().split("@")[0] for line in links.splitlines()},
+        "nft tables": set(tables.splitlines()),
+        "named netns": {n.split()[0] for n in netns.splitlines() if n.startswith(PREFIX)},
+        "mounts": {m.split()[1] for m in mounts.splitlines() if str(WORKDIR) in m.split()[1]},
+        "processes": set(procs.splitlines()),
+    }
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config._pontoon_before = _root_state()  # type: ignore[attr-defined]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    before = getattr(session.config, "_pontoon_before", None)
+    if before is None or os.geteuid() != 0:
+        return
+    after = _root_state()
+    leaks = {k: sorted(after[k] - before[k]) for k in after if after[k] - before[k]}
+    if leaks:
+        print("\nLEAK CHECK FAILED: tests left behind:")
+        for kind, items in leaks.items():
+            print(f"  {kind}: {items}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def new_host_name() -> str:
+    return PREFIX + uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def make_host() -> Iterator[callable]:
+    """Factory: make_host(start=True, *daemon_args) -> SimHost, all destroyed at teardown."""
+    made: list[SimHost] = []
+
+    def factory(*daemon_args: str, start: bool = True, via: str = "nsenter") -> SimHost:
+        name = new_host_name()
+        host = SimHost(name, WORKDIR / name)
+        made.append(host)
+        host.create()
+        if start:
+            host.start_daemon(*daemon_args, via=via)
+        return host
+
+    yield factory
+    for host in reversed(made):
+        host.destroy()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="integration tests need root")
+    for item in items:
+        if "integration" in item.keywords:
+            item.add_marker(skip)
