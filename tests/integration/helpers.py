@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Callable
@@ -62,6 +63,21 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "
     raise AssertionError(f"timed out waiting for {what or predicate}")
 
 
+def nft_state(host: SimHost) -> list[str]:
+    """The ruleset as a sorted list of objects: equal rulesets compare equal
+    whatever order a rebuild listed them in."""
+    items = json.loads(host.sh("nft", "-j", "list", "ruleset").stdout)["nftables"]
+    out = []
+    for item in items:
+        for body in item.values():
+            if isinstance(body, dict):
+                body.pop("handle", None)
+                if isinstance(body.get("elem"), list):
+                    body["elem"] = sorted(body["elem"], key=json.dumps)
+        out.append(json.dumps(item, sort_keys=True))
+    return sorted(o for o in out if '"metainfo"' not in o)
+
+
 def snapshot(host: SimHost) -> dict[str, object]:
     """Everything a failed command must leave untouched."""
     sandboxes = host.exec_root / "netns"
@@ -83,7 +99,7 @@ def snapshot(host: SimHost) -> dict[str, object]:
             for f in map(str.split, host.sh("ip", "-o", "-4", "addr").stdout.splitlines())
         ),
         "routes": host.sh("ip", "route").stdout,
-        "nft": host.sh("nft", "list", "ruleset").stdout,
+        "nft": nft_state(host),
         "sandboxes": sorted(p.name for p in sandboxes.iterdir()) if sandboxes.is_dir() else [],
         "store": kv,
         "container dirs": sorted(p.name for p in containers.iterdir())
