@@ -285,7 +285,13 @@ def ps(ctx: click.Context, show_all: bool, fmt: str) -> None:
 def port(ctx: click.Context, name: str) -> None:
     """List a container's published ports."""
     info = client(ctx).get(f"/containers/{ref(name)}/json")
-    for cport, bindings in sorted((info["NetworkSettings"]["Ports"] or {}).items()):
+    ports = info["NetworkSettings"]["Ports"] or {}
+
+    def order(item: tuple[str, object]) -> tuple[int, str]:
+        port, _, proto = item[0].partition("/")
+        return int(port), proto
+
+    for cport, bindings in sorted(ports.items(), key=order):
         for b in bindings or []:
             click.echo(f"{cport} -> {b['HostIp']}:{b['HostPort']}")
 

@@ -28,10 +28,18 @@ OUR_VETH = re.compile(r"^veth[0-9a-f]{11}$")
 OUR_BRIDGE = re.compile(r"^pt-[0-9a-f]{12}$")
 
 
+def _sysctl(name: str, value: str, missing_ok: bool = False) -> None:
+    path = Path("/proc/sys") / name
+    if missing_ok and not path.exists():
+        return
+    path.write_text(value + "\n")
+
+
 class Kernel:
-    def __init__(self, firewall_backend: str) -> None:
+    def __init__(self, firewall_backend: str, userland_proxy: bool = True) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pontoon-kernel")
         self._firewall_backend = firewall_backend
+        self.userland_proxy = userland_proxy
         # Created on the kernel thread by setup(); used only there.
         self.ipr: IPRoute
         self.bridge: BridgeDriver
@@ -43,10 +51,16 @@ class Kernel:
 
     def setup(self) -> None:
         self.ipr = IPRoute()
-        self.bridge = BridgeDriver(self.ipr)
-        self.firewall = create_firewall(self._firewall_backend)
-        # Containers reach the outside only if this (host) namespace forwards.
-        Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
+        # Without the proxy, the host's connections to 127.0.0.1 are NATed to
+        # containers, which the kernel allows only with route_localnet.
+        self.bridge = BridgeDriver(self.ipr, route_localnet=not self.userland_proxy)
+        self.firewall = create_firewall(self._firewall_backend, self.userland_proxy)
+        # All of these are per network namespace: they change this host only.
+        # Containers reach the outside only if the host forwards; bridged
+        # frames pass netfilter so a hairpin reply is un-NATed (as Docker
+        # relies on br_netfilter too).
+        _sysctl("net/ipv4/ip_forward", "1")
+        _sysctl("net/bridge/bridge-nf-call-iptables", "1", missing_ok=True)
 
     def close(self) -> None:
         def work() -> None:

@@ -133,7 +133,7 @@ async def serve(config: DaemonConfig) -> int:
     config.exec_root.mkdir(parents=True, exist_ok=True)
     config.netns_dir.mkdir(parents=True, exist_ok=True)
     store = SQLiteStore(config.db_path)
-    kernel = Kernel(config.firewall_backend)
+    kernel = Kernel(config.firewall_backend, config.userland_proxy)
     await kernel.call(kernel.setup)
     svc = Service(config, store, kernel)
     await svc.load()

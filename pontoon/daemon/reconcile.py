@@ -10,6 +10,7 @@ traffic does not notice the restart.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -24,11 +25,14 @@ log = logging.getLogger(__name__)
 
 async def reconcile(svc: Service) -> None:
     await _networks(svc)
+    await _containers(svc)
+    running = [c for c in svc.containers.values() if c.state == model.RUNNING]
     await svc.kernel.call(
         svc.kernel.firewall.sync,
         [network_rules(n) for n in svc.networks.values() if n.driver == "bridge"],
+        [rule for c in running for rule in svc.port_rules(c)],
     )
-    await _containers(svc)
+    await _ports(svc, running)
     await _stray_endpoints(svc)
     await _stray_addresses(svc)
     await _stray_sandboxes(svc)
@@ -58,6 +62,32 @@ async def _containers(svc: Service) -> None:
                 await svc._finish(c)
 
 
+async def _ports(svc: Service, running: list[model.Container]) -> None:
+    """Take the host ports of running containers back: in kernel mode the
+    daemon holds them again; in proxy mode the proxy (which survived us) is
+    told exactly the mappings that should exist."""
+    published = [c for c in running if c.ports]
+    if svc.proxy is None:
+        for c in published:
+            try:
+                svc.reserve_existing(c)
+            except Exception as exc:  # someone took the port while we were down
+                log.warning("container %s: cannot reserve its ports again: %s", c.name, exc)
+        return
+    have = await asyncio.to_thread(svc.proxy.list)
+    want = {svc.proxy_id(c, p): c for c in published for p in c.ports}
+    for mapping_id in set(have) - set(want):
+        log.info("proxy: removing stale mapping %s", mapping_id)
+        await asyncio.to_thread(svc.proxy.remove, mapping_id)
+    for c in {id(c): c for mid, c in want.items() if mid not in have}.values():
+        log.info("proxy: restoring the mappings of %s", c.name)
+        try:
+            svc.reserve_existing(c)
+            await svc._hand_to_proxy(c, svc.port_rules(c))
+        except Exception as exc:
+            log.warning("container %s: cannot restore its ports: %s", c.name, exc)
+
+
 async def _replug(svc: Service, c: model.Container) -> None:
     """Re-create endpoints whose devices vanished while we were down."""
     for ep in svc.container_endpoints(c):
@@ -67,6 +97,8 @@ async def _replug(svc: Service, c: model.Container) -> None:
         if not await svc.kernel.call(svc.kernel.bridge.endpoint_present, net, ep):
             log.info("container %s: re-plugging %s on %s", c.name, ep.ifname, net.name)
             await svc.kernel.call(svc.kernel.bridge.join, net, ep, Path(c.sandbox))
+            if c.ports and c.networks and ep.network_id == c.networks[0].network_id:
+                await svc.kernel.call(svc.kernel.bridge.set_hairpin, ep)
             await svc.save_endpoint(ep)
 
 

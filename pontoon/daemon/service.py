@@ -14,18 +14,21 @@ import ipaddress
 import logging
 import os
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from pontoon import ipam, model
 from pontoon.daemon.config import DaemonConfig
 from pontoon.daemon.kernel import Kernel
 from pontoon.drivers import mac_for
 from pontoon.errors import Conflict, InvalidArgument, NotFound, PontoonError
-from pontoon.firewall import NetworkRules
-from pontoon.model import Container, Endpoint, Network, NetworkRequest
+from pontoon.firewall import NetworkRules, PortRule
+from pontoon.model import Container, Endpoint, Network, NetworkRequest, PortMapping
+from pontoon.portmap import conntrack, reserve
+from pontoon.portmap import spec as portspec
 from pontoon.runtime import process
 from pontoon.sandbox import files, netns
 from pontoon.store import Store
@@ -69,6 +72,9 @@ class Service:
         self.exited: dict[str, asyncio.Event] = {}
         self._shims: dict[str, subprocess.Popen[bytes]] = {}
         self._pidfds: dict[str, int] = {}
+        # Host-port reservations we hold (kernel mode, or until handed to the proxy).
+        self._reservations: dict[str, list[socket.socket]] = {}
+        self.proxy: ProxyPort | None = None
 
     # ------------------------------------------------------------------ load
 
@@ -295,8 +301,7 @@ class Service:
         if not command or not command[0]:
             raise InvalidArgument("no command given: pontoon run [OPTIONS] -- COMMAND [ARG...]")
         process.check_executable(command[0], env)
-        if ports:
-            raise InvalidArgument("publishing ports (-p) is not supported yet")
+        port_reqs = portspec.parse_all(ports)
         for item in env:
             key = item.partition("=")[0]
             if not key or "=" not in item or "\0" in item:
@@ -319,6 +324,8 @@ class Service:
                 ipaddress.IPv4Network(nets[0].subnet), nets[0].gateway
             ).usable(ipaddress.IPv4Address(ip)):
                 raise InvalidArgument(f"IP address {ip} is not usable in network {nets[0].name}")
+        if port_reqs and nets[0].internal:
+            raise InvalidArgument(f"cannot publish ports on internal network {nets[0].name}")
         requests = [NetworkRequest(n.id) for n in nets]
         requests[0].ip = ip
         requests[0].aliases = list(aliases)
@@ -332,13 +339,18 @@ class Service:
             dns=list(dns),
             auto_remove=auto_remove,
             sandbox=str(self.config.netns_dir / cid[:12]),
+            ports=[
+                PortMapping(r.host_ip, r.host_port, r.container_port, r.proto) for r in port_reqs
+            ],
         )
 
     async def _start(self, c: Container) -> None:
+        self._reserve_ports(c)  # before any rule exists: a taken port fails here
         sandbox = Path(c.sandbox)
         await self.kernel.call(netns.create, sandbox)
         for index, req in enumerate(c.networks):
             await self._attach(c, self.networks[req.network_id], req, f"eth{index}", index == 0)
+        await self._publish(c)
         cdir = self.config.container_dir(c.id)
         cdir.mkdir(parents=True, exist_ok=True)
         self._write_etc(c, cdir, initial=True)
@@ -424,7 +436,80 @@ class Service:
         if c.id in self.containers:
             await self.save_container(c)
 
+    # ------------------------------------------------------------ ports
+
+    def _reserve_ports(self, c: Container) -> None:
+        reqs = [portspec.PortRequest(p.host_ip, p.host_port, p.container_port, p.proto)
+                for p in c.ports]  # fmt: skip
+        taken = reserve.reserve_all(reqs)
+        for mapping, (_, port) in zip(c.ports, taken, strict=True):
+            mapping.host_port = port
+        self._reservations[c.id] = [sock for sock, _ in taken]
+
+    def reserve_existing(self, c: Container) -> None:
+        """Bind a running container's host ports again (after a restart)."""
+        reqs = [portspec.PortRequest(p.host_ip, p.host_port, p.container_port, p.proto)
+                for p in c.ports]  # fmt: skip
+        self._reservations[c.id] = [sock for sock, _ in reserve.reserve_all(reqs)]
+
+    def port_rules(self, c: Container) -> list[PortRule]:
+        """Firewall rules for a container's ports: DNAT to its first network's address."""
+        if not c.ports or not c.networks:
+            return []
+        primary = c.networks[0].network_id
+        ep = self.endpoints.get(c.endpoints.get(primary, ""))
+        net = self.networks.get(primary)
+        if ep is None or net is None:
+            return []
+        return [
+            PortRule(p.host_ip, p.proto, p.host_port, ep.ip, p.container_port, net.bridge)
+            for p in c.ports
+        ]
+
+    @staticmethod
+    def proxy_id(c: Container, p: PortMapping) -> str:
+        return f"{c.id[:12]}/{p.proto}/{p.host_ip}/{p.host_port}"
+
+    async def _publish(self, c: Container) -> None:
+        rules = self.port_rules(c)
+        if not rules:
+            return
+        primary = self.endpoints[c.endpoints[c.networks[0].network_id]]
+        await self.kernel.call(self.kernel.bridge.set_hairpin, primary)
+        await self.kernel.call(self.kernel.firewall.add_ports, rules)
+        if self.proxy is not None:
+            await self._hand_to_proxy(c, rules)
+
+    async def _hand_to_proxy(self, c: Container, rules: list[PortRule]) -> None:
+        """Give the reserved sockets to the proxy; it owns them from now on."""
+        assert self.proxy is not None
+        socks = self._reservations.pop(c.id, [])
+        try:
+            for mapping, rule, sock in zip(c.ports, rules, socks, strict=True):
+                await asyncio.to_thread(
+                    self.proxy.add, self.proxy_id(c, mapping), mapping.proto, sock,
+                    rule.container_ip, rule.container_port,
+                )  # fmt: skip
+        finally:
+            for sock in socks:
+                sock.close()
+
+    async def _unpublish(self, c: Container) -> None:
+        rules = self.port_rules(c)
+        if rules:
+            await self.kernel.call(self.kernel.firewall.remove_ports, rules)
+        if self.proxy is not None and c.ports:
+            for mapping in c.ports:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self.proxy.remove, self.proxy_id(c, mapping))
+        for sock in self._reservations.pop(c.id, []):
+            sock.close()
+        taken = [(p.host_ip, p.proto, p.host_port) for p in c.ports if p.host_port]
+        if taken:
+            await self.kernel.call(conntrack.flush, taken)
+
     async def _release_network(self, c: Container) -> None:
+        await self._unpublish(c)
         for ep in self.container_endpoints(c):
             await self._detach(c, ep)
         for ep_id in list(c.endpoints.values()):  # records already gone
@@ -566,6 +651,16 @@ class Service:
         """Stop watching; containers keep running without us."""
         for cid in list(self._pidfds):
             self._unwatch(cid)
+
+
+class ProxyPort(Protocol):
+    """What the service needs from the userland proxy (pontoon.proxy.client)."""
+
+    def add(self, mapping_id: str, proto: str, sock: socket.socket, ip: str, port: int) -> None: ...
+
+    def remove(self, mapping_id: str) -> None: ...
+
+    def list(self) -> dict[str, dict]: ...
 
 
 def _find(items: Iterable[T], ref: str, kind: str) -> T:

@@ -99,6 +99,11 @@ def container_view(
         nets[net.name] = entry
     default = next((nets[n.name] for n in networks.values() if n.default and n.name in nets), {})
     running = c.state == "running"
+    bindings: dict[str, list[dict[str, str]]] = {}
+    for p in c.ports:
+        bindings.setdefault(f"{p.container_port}/{p.proto}", []).append(
+            {"HostIp": p.host_ip, "HostPort": str(p.host_port) if p.host_port else ""}
+        )
     return {
         "Id": c.id,
         "Name": c.name,
@@ -114,10 +119,10 @@ def container_view(
             "FinishedAt": c.finished_at,
         },
         "Config": {"Hostname": c.hostname, "Cmd": c.command, "Env": c.env},
-        "HostConfig": {"AutoRemove": c.auto_remove, "Dns": c.dns, "PortBindings": {}},
+        "HostConfig": {"AutoRemove": c.auto_remove, "Dns": c.dns, "PortBindings": bindings},
         "NetworkSettings": {
             "SandboxKey": c.sandbox if running else "",
-            "Ports": {},
+            "Ports": bindings if running else {},
             "IPAddress": default.get("IPAddress", ""),
             "Gateway": default.get("Gateway", ""),
             "MacAddress": default.get("MacAddress", ""),

@@ -36,8 +36,9 @@ def _ignore_missing(exc: NetlinkError) -> None:
 class BridgeDriver(NetworkDriver):
     name = "bridge"
 
-    def __init__(self, ipr: IPRoute) -> None:
+    def __init__(self, ipr: IPRoute, route_localnet: bool = False) -> None:
         self.ipr = ipr  # bound to the daemon's (host) namespace
+        self.route_localnet = route_localnet
         self._bridge_index: dict[str, int] = {}
 
     def _lookup(self, ifname: str) -> int | None:
@@ -66,6 +67,9 @@ class BridgeDriver(NetworkDriver):
         if (net.gateway, subnet.prefixlen) not in have:
             ipr.addr("add", index=idx, address=net.gateway, prefixlen=subnet.prefixlen)
         ipr.link("set", index=idx, state="up")
+        if self.route_localnet:
+            # Read by the kernel thread's namespace: this host's bridge only.
+            Path(f"/proc/sys/net/ipv4/conf/{net.bridge}/route_localnet").write_text("1\n")
 
     def delete_network(self, net: Network) -> None:
         self._bridge_index.pop(net.bridge, None)
@@ -102,6 +106,12 @@ class BridgeDriver(NetworkDriver):
             self.ipr.link("del", ifname=ep.host_ifname)  # takes the peer with it
         except NetlinkError as exc:
             _ignore_missing(exc)
+
+    def set_hairpin(self, ep: Endpoint) -> None:
+        """Let the bridge send a frame back out the port it came in on. A
+        container reaching its own published port needs it: br_netfilter
+        DNATs that frame back to the container and bridges it, not routes it."""
+        self.ipr.brport("set", index=self.ipr.link_lookup(ifname=ep.host_ifname)[0], mode=1)
 
     def endpoint_present(self, net: Network, ep: Endpoint) -> bool:
         return bool(ep.host_ifname) and self._lookup(ep.host_ifname) is not None

@@ -7,15 +7,19 @@ transaction per change. `create_firewall` picks the backend from the daemon's
 
 from __future__ import annotations
 
-from pontoon.firewall.base import Firewall, NetworkRules
+from pontoon.firewall.base import Firewall, NetworkRules, PortRule
 
 
-def create_firewall(backend: str) -> Firewall:
+def create_firewall(backend: str, userland_proxy: bool = True) -> Firewall:
     if backend == "nftables":
         from pontoon.firewall.nftables import NftablesFirewall
 
-        return NftablesFirewall()
+        return NftablesFirewall(userland_proxy)
+    if backend == "iptables":
+        from pontoon.firewall.iptables import IptablesFirewall
+
+        return IptablesFirewall(userland_proxy)
     raise ValueError(f"unknown firewall backend {backend!r}")
 
 
-__all__ = ["Firewall", "NetworkRules", "create_firewall"]
+__all__ = ["Firewall", "NetworkRules", "PortRule", "create_firewall"]

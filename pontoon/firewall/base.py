@@ -16,11 +16,41 @@ class NetworkRules:
     masquerade: bool = True
 
 
+@dataclasses.dataclass(frozen=True)
+class PortRule:
+    """One published port: host (ip, proto, port) -> container (ip, port).
+
+    host_ip "0.0.0.0" means every local address of the host. `bridge` is the
+    device the container sits behind (for hairpin NAT)."""
+
+    host_ip: str
+    proto: str
+    host_port: int
+    container_ip: str
+    container_port: int
+    bridge: str
+
+
 class Firewall(abc.ABC):
+    """`userland_proxy` picks the port-mapping mode (SPEC §6): with the proxy,
+    the host's own connections to 127.0.0.1 are left to it; without, every
+    path is kernel NAT (route_localnet on bridges, loopback guarded)."""
+
+    def __init__(self, userland_proxy: bool = True) -> None:
+        self.userland_proxy = userland_proxy
+
     @abc.abstractmethod
-    def sync(self, networks: list[NetworkRules]) -> None:
+    def sync(self, networks: list[NetworkRules], ports: list[PortRule]) -> None:
         """Replace everything we own with exactly this state, atomically.
         Used at start-up: established flows keep their conntrack entries."""
+
+    @abc.abstractmethod
+    def add_ports(self, rules: list[PortRule]) -> None:
+        """Publish ports, all in one transaction."""
+
+    @abc.abstractmethod
+    def remove_ports(self, rules: list[PortRule]) -> None:
+        """Unpublish ports, all in one transaction; missing ones are fine."""
 
     @abc.abstractmethod
     def add_network(self, net: NetworkRules) -> None: ...

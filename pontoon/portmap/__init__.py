@@ -1,0 +1,1 @@
+"""Published ports: parsing -p, reserving host ports, flushing conntrack."""
