@@ -161,7 +161,9 @@ class Ipam:
         self.spaces.pop(network_id, None)
 
     async def allocate(self, network_id: str, owner: str, requested: str = "") -> IPv4Addr:
-        space = self.spaces[network_id]
+        space = self.spaces.get(network_id)
+        if space is None:
+            raise Unavailable(f"addresses of network {network_id[:12]} are not loaded on this host")
         if requested:
             addr = parse_address(requested)
             if not space.plan.usable(addr):

@@ -17,8 +17,9 @@ from typing import Any, Self
 
 from pontoon.errors import InvalidArgument
 
-NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$")
-HOSTNAME_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
+# Used with fullmatch: `$` would also accept a trailing newline.
+NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}")
+HOSTNAME_RE = re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
 
 # Lifecycle markers. A record written in a "creating" state is an intent:
 # if the daemon dies before it turns "ready"/"running", restart rolls it back.
@@ -37,7 +38,7 @@ def now() -> str:
 
 
 def check_name(kind: str, name: str) -> str:
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise InvalidArgument(
             f"invalid {kind} name {name!r}: use 1-64 characters [a-zA-Z0-9_.-], "
             "starting with a letter or digit"
@@ -46,7 +47,7 @@ def check_name(kind: str, name: str) -> str:
 
 
 def check_hostname(name: str) -> str:
-    if not HOSTNAME_RE.match(name):
+    if not HOSTNAME_RE.fullmatch(name):
         raise InvalidArgument(f"invalid hostname {name!r}: use a DNS label of 1-63 characters")
     return name
 

@@ -63,6 +63,8 @@ class Client:
             raise ApiError(
                 0, f"cannot reach pontoond at {self.path}: is the daemon running?"
             ) from None
+        except OSError as exc:
+            raise ApiError(0, f"cannot talk to pontoond at {self.path}: {exc}") from None
         if resp.status >= 400:
             raw = resp.read()
             try:

@@ -221,10 +221,11 @@ class Api:
                     offsets[stream] += len(chunk)
                     await resp.write(struct.pack(">BxxxL", stream, len(chunk)) + chunk)
                     sent = True
-            if not follow or (finished and not sent):
+            if sent:
+                continue  # drain what is there before deciding anything
+            if not follow or finished:
                 break
-            if not sent:
-                await asyncio.sleep(LOG_POLL_SECONDS)
+            await asyncio.sleep(LOG_POLL_SECONDS)
         await resp.write_eof()
         return resp
 

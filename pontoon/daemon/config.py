@@ -41,7 +41,10 @@ class DaemonConfig:
 def parse_host(url: str) -> Path:
     """-H: only unix sockets (a plaintext TCP API is what not to ship)."""
     if url.startswith("unix://"):
-        return Path(url.removeprefix("unix://"))
+        path = url.removeprefix("unix://")
+        if not path.startswith("/"):
+            raise ValueError(f"invalid -H {url!r}: use unix:///ABSOLUTE/PATH")
+        return Path(path)
     if url.startswith("/"):
         return Path(url)
     raise ValueError(f"unsupported -H {url!r}: use unix:///PATH (TCP needs mutual TLS, not built)")

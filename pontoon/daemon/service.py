@@ -13,6 +13,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -41,6 +42,7 @@ DEFAULT_BRIDGE = "pontoon0"
 BRIDGE_NAME_OPTIONS = ("com.docker.network.bridge.name", "bridge.name")
 MTU_OPTIONS = ("com.docker.network.driver.mtu", "mtu")
 KNOWN_OPTIONS = (*BRIDGE_NAME_OPTIONS, *MTU_OPTIONS)
+BRIDGE_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # IFNAMSIZ, ASCII only
 
 
 def net_key(network_id: str) -> str:
@@ -706,7 +708,7 @@ def _bridge_name_option(options: dict[str, str]) -> str:
     for key in BRIDGE_NAME_OPTIONS:
         if key in options:
             name = options[key]
-            if not (1 <= len(name) <= 15) or not all(ch.isalnum() or ch in "_.-" for ch in name):
+            if not BRIDGE_NAME_RE.fullmatch(name) or name in (".", ".."):
                 raise InvalidArgument(f"invalid bridge name {name!r}: 1-15 of [A-Za-z0-9_.-]")
             return name
     return ""

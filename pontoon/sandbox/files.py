@@ -51,7 +51,9 @@ def resolv_text(host_resolv: str, nameservers: list[str] | None = None) -> str:
         elif fields[0] == "options":
             options.extend(fields[1:])
     if nameservers is None:
-        nameservers = [ns for ns in host_ns if not _is_loopback(ns)] or list(FALLBACK_NAMESERVERS)
+        # Loopback servers are unreachable from another namespace, and
+        # containers have no IPv6: keep what they can actually reach.
+        nameservers = [ns for ns in host_ns if _reachable(ns)] or list(FALLBACK_NAMESERVERS)
     out = [f"nameserver {ns}\n" for ns in nameservers]
     if search:
         out.append(f"search {' '.join(search)}\n")
@@ -60,8 +62,9 @@ def resolv_text(host_resolv: str, nameservers: list[str] | None = None) -> str:
     return "".join(out)
 
 
-def _is_loopback(addr: str) -> bool:
+def _reachable(addr: str) -> bool:
     try:
-        return ipaddress.ip_address(addr.split("%")[0]).is_loopback
+        ip = ipaddress.ip_address(addr)
     except ValueError:
         return False
+    return ip.version == 4 and not ip.is_loopback

@@ -48,12 +48,13 @@ class SQLiteStore(Store):
         return KeyValue(*row) if row else None
 
     async def list_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
-        # Range scan on the primary key: prefix <= key < prefix + U+FFFF.
-        rows = self._db.execute(
-            "SELECT key, value, create_rev, mod_rev FROM kv WHERE key >= ? AND key < ? "
-            "ORDER BY key",
-            (prefix, prefix + "\uffff"),
-        ).fetchall()
+        # Range scan on the primary key: prefix <= key < the next prefix.
+        query = "SELECT key, value, create_rev, mod_rev FROM kv WHERE key >= ?"
+        args: tuple[str, ...] = (prefix,)
+        if prefix:
+            query += " AND key < ?"
+            args += (prefix[:-1] + chr(ord(prefix[-1]) + 1),)
+        rows = self._db.execute(query + " ORDER BY key", args).fetchall()
         return [KeyValue(*r) for r in rows], self._revision()
 
     async def txn(self, compares: Sequence[Compare], ops: Sequence[Put | Delete]) -> bool:

@@ -1,0 +1,178 @@
+"""The HTTP API's request validation, error format and log framing, served by
+aiohttp's test server over a Service with no kernel (nothing here touches one)."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from pontoon import model
+from pontoon.daemon.api import Api
+from pontoon.daemon.config import DaemonConfig
+from pontoon.daemon.service import Service
+from pontoon.store.sqlite import SQLiteStore
+
+CID = "ab" * 32
+
+
+@pytest.fixture
+def svc(tmp_path: Path) -> Service:
+    cfg = DaemonConfig(root=tmp_path / "root", exec_root=tmp_path / "run")
+    service = Service(cfg, SQLiteStore(cfg.db_path), kernel=None)  # type: ignore[arg-type]
+    yield service
+    asyncio.run(service.store.close())
+
+
+def add_container(svc: Service, state: str = model.EXITED, **logs: bytes) -> model.Container:
+    c = model.Container(
+        id=CID, name="web", hostname="web", command=["sleep", "1"], state=state, exit_code=3
+    )
+    svc.containers[c.id] = c
+    cdir = svc.config.container_dir(c.id)
+    cdir.mkdir(parents=True)
+    for stream, data in logs.items():
+        (cdir / f"{stream}.log").write_bytes(data)
+    return c
+
+
+def call(svc: Service, method: str, path: str, **kwargs: Any) -> tuple[int, str, bytes]:
+    async def go() -> tuple[int, str, bytes]:
+        async with TestClient(TestServer(Api(svc).app())) as client:
+            resp = await client.request(method, path, **kwargs)
+            return resp.status, resp.headers.get("Content-Type", ""), await resp.read()
+
+    return asyncio.run(go())
+
+
+def frames(data: bytes) -> list[tuple[int, bytes]]:
+    out = []
+    while data:
+        stream, length = struct.unpack(">BxxxL", data[:8])
+        out.append((stream, data[8 : 8 + length]))
+        data = data[8 + length :]
+    return out
+
+
+def test_ping(svc):
+    assert call(svc, "GET", "/_ping")[::2] == (200, b"OK")
+
+
+def test_version_reports_configuration(svc):
+    status, _, body = call(svc, "GET", "/version")
+    assert status == 200
+    assert b'"FirewallBackend": "nftables"' in body and b'"UserlandProxy": true' in body
+
+
+def test_unknown_network_is_404_with_json_message(svc):
+    status, ctype, body = call(svc, "GET", "/networks/nope")
+    assert (status, body) == (404, b'{"message": "no such network: nope"}')
+    assert ctype.startswith("application/json")
+
+
+def test_invalid_json_body_is_400(svc):
+    status, _, body = call(svc, "POST", "/networks/create", data=b"{oops")
+    assert (status, body) == (400, b'{"message": "request body is not valid JSON"}')
+
+
+def test_non_object_body_is_400(svc):
+    status, _, body = call(svc, "POST", "/networks/create", json=["x"])
+    assert (status, body) == (400, b'{"message": "request body must be a JSON object"}')
+
+
+def test_wrongly_typed_field_is_400(svc):
+    status, _, body = call(svc, "POST", "/networks/create", json={"Name": 5})
+    assert (status, body) == (400, b'{"message": "Name must be a string"}')
+
+
+def test_options_must_map_strings_to_strings(svc):
+    status, _, _ = call(svc, "POST", "/networks/create", json={"Name": "n", "Options": {"a": 1}})
+    assert status == 400
+
+
+def test_invalid_network_name_is_400(svc):
+    status, _, body = call(svc, "POST", "/networks/create", json={"Name": "bad name"})
+    assert status == 400 and b"invalid network name" in body
+
+
+def test_malformed_port_spec_is_400(svc):
+    payload = {"Name": "web", "Cmd": ["true"], "Ports": ["80:80:80:80"]}
+    status, _, body = call(svc, "POST", "/containers/run", json=payload)
+    assert status == 400 and b"invalid port specification" in body
+
+
+def test_unknown_route_is_aiohttp_plain_text_404(svc):
+    status, ctype, body = call(svc, "GET", "/nothing/here")
+    assert (status, body) == (404, b"404: Not Found")
+    assert ctype.startswith("text/plain")
+
+
+def test_wrong_method_is_405(svc):
+    assert call(svc, "PUT", "/networks")[0] == 405
+
+
+def test_unexpected_exception_is_500_with_message(svc, monkeypatch):
+    def boom(ref: str) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(svc, "find_network", boom)
+    status, _, body = call(svc, "GET", "/networks/x")
+    assert (status, body) == (500, b'{"message": "internal error: boom"}')
+
+
+def test_container_list_hides_exited_unless_all(svc):
+    add_container(svc)
+    assert call(svc, "GET", "/containers/json")[2] == b"[]"
+    assert b'"State": "exited"' in call(svc, "GET", "/containers/json?all=1")[2]
+
+
+def test_inspect_exited_container(svc):
+    add_container(svc)
+    status, _, body = call(svc, "GET", "/containers/web/json")
+    assert status == 200
+    assert b'"Status": "exited", "Running": false, "Pid": 0, "ExitCode": 3' in body
+
+
+def test_wait_returns_exit_status(svc):
+    add_container(svc)
+    assert call(svc, "POST", "/containers/web/wait")[::2] == (200, b'{"StatusCode": 3}')
+
+
+def test_removing_a_running_container_without_force_is_409(svc):
+    add_container(svc, state=model.RUNNING)
+    status, _, body = call(svc, "DELETE", "/containers/web")
+    assert status == 409 and b"use rm -f" in body
+
+
+def test_remove_exited_container_then_it_is_gone(svc):
+    add_container(svc)
+    assert call(svc, "DELETE", "/containers/web")[0] == 204
+    assert call(svc, "GET", "/containers/web/json")[0] == 404
+
+
+def test_logs_are_framed_with_stream_and_length(svc):
+    add_container(svc, stdout=b"hello\n", stderr=b"oops\n")
+    status, ctype, body = call(svc, "GET", "/containers/web/logs")
+    assert (status, ctype) == (200, "application/vnd.pontoon.raw-stream")
+    assert body == b"\x01\0\0\0\0\0\0\x06hello\n\x02\0\0\0\0\0\0\x05oops\n"
+
+
+def test_logs_of_a_container_without_output_is_empty(svc):
+    add_container(svc)
+    assert call(svc, "GET", "/containers/web/logs")[::2] == (200, b"")
+
+
+def test_followed_logs_of_exited_container_return_everything(svc):
+    add_container(svc, stdout=b"x" * (3 << 20))
+    got = frames(call(svc, "GET", "/containers/web/logs?follow=1")[2])
+    assert sum(len(chunk) for _, chunk in got) == 3 << 20
+
+
+def test_logs_without_follow_return_everything(svc):
+    add_container(svc, stdout=b"x" * (3 << 20))
+    got = frames(call(svc, "GET", "/containers/web/logs")[2])
+    assert sum(len(chunk) for _, chunk in got) == 3 << 20
