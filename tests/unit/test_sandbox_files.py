@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from pontoon.sandbox.files import HOSTS_HEADER, hosts_text, resolv_text, write_in_place
 
 HOST_RESOLV = """\
