@@ -113,6 +113,7 @@ class Endpoint(Record):
     host_ifname: str = ""
     aliases: list[str] = dataclasses.field(default_factory=list)
     default_route: bool = False
+    dns_names: list[str] = dataclasses.field(default_factory=list)  # what peers resolve
     host: str = ""  # the host (daemon) holding the container, for global networks
 
 
@@ -137,6 +138,7 @@ class Container(Record):
     ports: list[PortMapping] = dataclasses.field(default_factory=list)
     dns: list[str] = dataclasses.field(default_factory=list)
     auto_remove: bool = False
+    embedded_dns: bool = False  # on a user-defined network: resolver at 127.0.0.11
     state: str = CREATING
     sandbox: str = ""
     pid: int = 0  # PID 1 of the container, as the host sees it

@@ -44,6 +44,7 @@ log = logging.getLogger("pontoond")
 @click.option(
     "--default-address-pool", "pools", multiple=True, help="base=CIDR,size=N (repeatable)."
 )
+@click.option("--dns", "dns", multiple=True, help="Upstream DNS server for containers.")
 @click.option("--vxlan-port", type=click.IntRange(1, 65535), default=4789, show_default=True)
 @click.option(
     "--log-level",
@@ -61,6 +62,7 @@ def cli(
     firewall_backend: str,
     bip: str,
     pools: tuple[str, ...],
+    dns: tuple[str, ...],
     vxlan_port: int,
     log_level: str,
 ) -> None:
@@ -83,6 +85,7 @@ def cli(
             bip=_check_bip(bip),
             pools=[ipam.parse_pool(p) for p in pools] or list(ipam.DEFAULT_POOLS),
             vxlan_port=vxlan_port,
+            dns=[str(ipam.parse_address(d, "DNS server")) for d in dns],
             log_level=log_level,
         )
     except (ValueError, PontoonError) as exc:

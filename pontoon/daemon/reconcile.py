@@ -57,6 +57,8 @@ async def _containers(svc: Service) -> None:
             if process.alive(c.shim_pid, c.shim_start):
                 await _replug(svc, c)
                 svc.watch_exit(c)
+                if c.embedded_dns:
+                    await svc.resolver.start(c.id, Path(c.sandbox))
             else:
                 log.info("container %s exited while the daemon was down", c.name)
                 await svc._finish(c)

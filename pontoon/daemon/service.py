@@ -24,6 +24,8 @@ from typing import Protocol, TypeVar
 from pontoon import ipam, model
 from pontoon.daemon.config import DaemonConfig
 from pontoon.daemon.kernel import Kernel
+from pontoon.dns import upstream
+from pontoon.dns.server import LISTEN_ADDR, Resolver, View
 from pontoon.drivers import mac_for
 from pontoon.errors import Conflict, InvalidArgument, NotFound, PontoonError
 from pontoon.firewall import NetworkRules, PortRule
@@ -77,6 +79,8 @@ class Service:
         # Host-port reservations we hold (kernel mode, or until handed to the proxy).
         self._reservations: dict[str, list[socket.socket]] = {}
         self.proxy: ProxyPort | None = None
+        self.resolver = Resolver(self.dns_view)
+        self._dns_views: dict[str, View] = {}  # cache, dropped on any endpoint change
 
     # ------------------------------------------------------------------ load
 
@@ -116,6 +120,7 @@ class Service:
         await self.store.put(ctr_key(c.id), c.dumps())
 
     async def save_endpoint(self, ep: Endpoint) -> None:
+        self._dns_views.clear()
         self.endpoints[ep.id] = ep
         await self.store.put(ep_key(ep.id), ep.dumps())
 
@@ -341,6 +346,7 @@ class Service:
             dns=list(dns),
             auto_remove=auto_remove,
             sandbox=str(self.config.netns_dir / cid[:12]),
+            embedded_dns=any(not n.default for n in nets),
             ports=[
                 PortMapping(r.host_ip, r.host_port, r.container_port, r.proto) for r in port_reqs
             ],
@@ -353,6 +359,8 @@ class Service:
         for index, req in enumerate(c.networks):
             await self._attach(c, self.networks[req.network_id], req, f"eth{index}", index == 0)
         await self._publish(c)
+        if c.embedded_dns:
+            await self.resolver.start(c.id, sandbox)
         cdir = self.config.container_dir(c.id)
         cdir.mkdir(parents=True, exist_ok=True)
         self._write_etc(c, cdir, initial=True)
@@ -391,8 +399,12 @@ class Service:
                 host_resolv = Path("/etc/resolv.conf").read_text()
             except OSError:
                 host_resolv = ""
+            if c.embedded_dns:
+                servers, options = [LISTEN_ADDR], ["ndots:0"]
+            else:
+                servers, options = (c.dns or self.config.dns or None), []
             files.write_in_place(
-                cdir / "resolv.conf", files.resolv_text(host_resolv, c.dns or None)
+                cdir / "resolv.conf", files.resolv_text(host_resolv, servers, options)
             )
 
     async def _attach(
@@ -410,6 +422,7 @@ class Service:
             gateway=net.gateway,
             aliases=list(req.aliases),
             default_route=primary and not net.internal,
+            dns_names=list(dict.fromkeys([c.name, c.hostname, c.id[:12], *req.aliases])),
         )
         addr = await self.ipam.allocate(net.id, ep.id, req.ip)
         ep.ip = str(addr)
@@ -433,6 +446,7 @@ class Service:
             await self.ipam.release(ep.network_id, ep.ip)
         await self.store.delete(ep_key(ep.id))
         self.endpoints.pop(ep.id, None)
+        self._dns_views.clear()
         if c.endpoints.get(ep.network_id) == ep.id:
             del c.endpoints[ep.network_id]
         if c.id in self.containers:
@@ -511,6 +525,7 @@ class Service:
             await self.kernel.call(conntrack.flush, taken)
 
     async def _release_network(self, c: Container) -> None:
+        await self.resolver.stop(c.id)
         await self._unpublish(c)
         for ep in self.container_endpoints(c):
             await self._detach(c, ep)
@@ -647,12 +662,47 @@ class Service:
             await self.save_container(c)
             self._write_etc(c, self.config.container_dir(c.id))
 
+    # ------------------------------------------------------------------ dns
+
+    def dns_view(self, cid: str) -> View | None:
+        """Names a container may resolve: peers on the user-defined networks it
+        is on, by name, hostname, short ID and alias."""
+        view = self._dns_views.get(cid)
+        if view is not None:
+            return view
+        c = self.containers.get(cid)
+        if c is None or c.state != model.RUNNING:
+            return None
+        names: dict[str, list[str]] = {}
+        reverse: dict[str, str] = {}
+        mine = self.container_endpoints(c)
+        shared = {ep.network_id for ep in mine}
+        for ep in self.endpoints.values():
+            net = self.networks.get(ep.network_id)
+            if ep.network_id not in shared or net is None or net.default:
+                continue
+            for name in ep.dns_names:
+                addrs = names.setdefault(name.lower(), [])
+                if ep.ip not in addrs:
+                    addrs.append(ep.ip)
+            reverse.setdefault(ep.ip, ep.container_name)
+        nets = [self.networks[n] for n in shared if n in self.networks]
+        view = View(
+            names=names,
+            reverse=reverse,
+            upstreams=c.dns or self.config.dns or upstream.host_nameservers(),
+            external=any(not n.internal for n in nets),
+        )
+        self._dns_views[cid] = view
+        return view
+
     # ------------------------------------------------------------- shutdown
 
     async def close(self) -> None:
         """Stop watching; containers keep running without us."""
         for cid in list(self._pidfds):
             self._unwatch(cid)
+        await self.resolver.close()
 
 
 class ProxyPort(Protocol):

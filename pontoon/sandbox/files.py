@@ -34,7 +34,9 @@ def hosts_text(entries: Iterable[tuple[str, Iterable[str]]]) -> str:
     return "".join(lines)
 
 
-def resolv_text(host_resolv: str, nameservers: list[str] | None = None) -> str:
+def resolv_text(
+    host_resolv: str, nameservers: list[str] | None = None, extra_options: list[str] | None = None
+) -> str:
     """resolv.conf for a container: the given nameservers, or the host's minus
     loopback ones (unreachable from another namespace), as Docker does."""
     search: list[str] = []
@@ -57,6 +59,7 @@ def resolv_text(host_resolv: str, nameservers: list[str] | None = None) -> str:
     out = [f"nameserver {ns}\n" for ns in nameservers]
     if search:
         out.append(f"search {' '.join(search)}\n")
+    options += [o for o in extra_options or [] if o not in options]
     if options:
         out.append(f"options {' '.join(options)}\n")
     return "".join(out)

@@ -1,0 +1,251 @@
+"""The embedded resolver, listening on 127.0.0.11:53 inside each sandbox.
+
+Docker's embedded DNS and aardvark-dns, in one asyncio component of the
+daemon: for every container on a user-defined network the daemon opens a UDP
+and a TCP socket inside the container's namespace (so the asker is known from
+the socket it used) and serves them all from its event loop. Names are looked
+up in the daemon's live view of endpoints, so a new or removed container is
+seen by the next query.
+
+Rules (Docker's): a name (container name, hostname, short ID or alias)
+resolves to the address of the endpoint on a network the asker shares with
+it; AAAA for such names is an empty answer (IPv4 only); PTR for those
+addresses gives the name; everything else goes upstream, except from a
+container whose networks are all --internal, which gets REFUSED (no way out,
+and no DNS tunnel either).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.opcode
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+from pontoon.dns import upstream
+from pontoon.sandbox import netns
+
+log = logging.getLogger(__name__)
+
+LISTEN_ADDR = "127.0.0.11"
+TTL = 600
+MAX_INFLIGHT = 64  # upstream queries per container; beyond that, drop (flood guard)
+MAX_TCP_CLIENTS = 16
+
+
+@dataclass
+class View:
+    """What one asking container may resolve."""
+
+    names: dict[str, list[str]]  # lowercased name -> addresses
+    reverse: dict[str, str]  # address -> name
+    upstreams: list[str]
+    external: bool  # False when every network is --internal
+
+
+@dataclass
+class Listener:
+    udp: asyncio.DatagramTransport
+    tcp: asyncio.Server
+    inflight: int = 0
+    tcp_clients: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+def build_reply(query: dns.message.Message, view: View) -> dns.message.Message | None:
+    """A local answer, or None when the query must go upstream."""
+    if query.opcode() != dns.opcode.QUERY or len(query.question) != 1:
+        reply = dns.message.make_response(query)
+        reply.set_rcode(
+            dns.rcode.NOTIMP if query.opcode() != dns.opcode.QUERY else dns.rcode.FORMERR
+        )
+        return reply
+    question = query.question[0]
+    qname = question.name.to_text(omit_final_dot=True).lower()
+    if question.rdclass != dns.rdataclass.IN:
+        return None
+    reply = dns.message.make_response(query)
+    reply.flags |= dns.flags.AA | dns.flags.RA
+    if question.rdtype == dns.rdatatype.PTR:
+        addr = _ptr_address(qname)
+        if addr is not None and addr in view.reverse:
+            target = dns.name.from_text(view.reverse[addr])
+            reply.answer.append(
+                dns.rrset.from_text(question.name, TTL, "IN", "PTR", target.to_text())
+            )
+            return reply
+        return None
+    addrs = view.names.get(qname)
+    if addrs is None:
+        return None
+    if question.rdtype in (dns.rdatatype.A, dns.rdatatype.ANY):
+        reply.answer.append(dns.rrset.from_text_list(question.name, TTL, "IN", "A", addrs))
+    # AAAA and other types for a known name: an empty NOERROR answer.
+    return reply
+
+
+def _ptr_address(qname: str) -> str | None:
+    suffix = ".in-addr.arpa"
+    if not qname.endswith(suffix):
+        return None
+    parts = qname[: -len(suffix)].split(".")
+    if len(parts) != 4:
+        return None
+    try:
+        return str(ipaddress.IPv4Address(".".join(reversed(parts))))
+    except ValueError:
+        return None
+
+
+def formerr(wire: bytes) -> bytes | None:
+    """FORMERR for a message whose header parses; None (drop) otherwise."""
+    if len(wire) < 12:
+        return None
+    qid, flags = struct.unpack(">HH", wire[:4])
+    if flags & 0x8000:  # a response: never answer those
+        return None
+    return struct.pack(">HHHHHH", qid, 0x8000 | (flags & 0x7900) | dns.rcode.FORMERR, 0, 0, 0, 0)
+
+
+class Resolver:
+    def __init__(self, view_for: Callable[[str], View | None]) -> None:
+        self.view_for = view_for  # container id -> what it may resolve
+        self.listeners: dict[str, Listener] = {}
+
+    async def answer(self, cid: str, wire: bytes, tcp: bool = False) -> bytes | None:
+        try:
+            query = dns.message.from_wire(wire)
+        except dns.exception.DNSException:
+            return formerr(wire)
+        if query.flags & dns.flags.QR:
+            return None
+        # UDP answers fit 512 bytes or the EDNS size the asker announced.
+        max_size = (
+            65535 if tcp else (max(512, min(query.payload, 4096)) if query.edns >= 0 else 512)
+        )
+        view = self.view_for(cid)
+        if view is None:
+            return None
+        reply = build_reply(query, view)
+        if reply is None:
+            if not view.external or not view.upstreams:
+                reply = dns.message.make_response(query)
+                reply.set_rcode(dns.rcode.REFUSED if not view.external else dns.rcode.SERVFAIL)
+            else:
+                listener = self.listeners.get(cid)
+                if listener is not None and listener.inflight >= MAX_INFLIGHT:
+                    return None
+                if listener is not None:
+                    listener.inflight += 1
+                try:
+                    reply = await upstream.forward(query, view.upstreams)
+                finally:
+                    if listener is not None:
+                        listener.inflight -= 1
+                reply.id = query.id
+        try:
+            return reply.to_wire(max_size=max_size)
+        except dns.exception.TooBig:
+            reply.flags |= dns.flags.TC
+            reply.answer.clear()
+            return reply.to_wire(max_size=max_size)
+
+    # listening -----------------------------------------------------------
+
+    async def start(self, cid: str, sandbox: Path) -> None:
+        if cid in self.listeners:
+            return
+        udp_sock, tcp_sock = await asyncio.to_thread(netns.run_in, sandbox, _open_sockets)
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _UdpProtocol(self, cid), sock=udp_sock
+        )
+        server = await asyncio.start_server(lambda r, w: self._serve_tcp(cid, r, w), sock=tcp_sock)
+        self.listeners[cid] = Listener(transport, server)  # type: ignore[arg-type]
+
+    async def stop(self, cid: str) -> None:
+        listener = self.listeners.pop(cid, None)
+        if listener is None:
+            return
+        listener.udp.close()
+        listener.tcp.close()
+        for task in list(listener.tcp_clients):
+            task.cancel()
+
+    async def close(self) -> None:
+        for cid in list(self.listeners):
+            await self.stop(cid)
+
+    async def _serve_tcp(
+        self, cid: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        listener = self.listeners.get(cid)
+        task = asyncio.current_task()
+        if listener is None or task is None or len(listener.tcp_clients) >= MAX_TCP_CLIENTS:
+            writer.close()
+            return
+        listener.tcp_clients.add(task)
+        try:
+            while True:
+                header = await asyncio.wait_for(reader.readexactly(2), timeout=10)
+                wire = await reader.readexactly(struct.unpack(">H", header)[0])
+                out = await self.answer(cid, wire, tcp=True)
+                if out is None:
+                    break
+                writer.write(struct.pack(">H", len(out)) + out)
+                await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            listener.tcp_clients.discard(task)
+            writer.close()
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, resolver: Resolver, cid: str) -> None:
+        self.resolver = resolver
+        self.cid = cid
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        asyncio.get_running_loop().create_task(self._reply(data, addr))
+
+    async def _reply(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            out = await self.resolver.answer(self.cid, data)
+        except Exception:
+            log.exception("dns: answering %s failed", self.cid[:12])
+            out = formerr(data)
+        if out is not None and self.transport is not None:
+            with contextlib.suppress(OSError):
+                self.transport.sendto(out, addr)
+
+
+def _open_sockets() -> tuple[socket.socket, socket.socket]:
+    """Run inside the sandbox: the resolver's UDP and TCP sockets."""
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind((LISTEN_ADDR, 53))
+    udp.setblocking(False)
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    tcp.bind((LISTEN_ADDR, 53))
+    tcp.listen(16)
+    tcp.setblocking(False)
+    return udp, tcp
