@@ -89,6 +89,8 @@ class Network(Record):
     created: str = dataclasses.field(default_factory=now)
     status: str = CREATING
     default: bool = False  # the built-in `bridge` network (no embedded DNS there)
+    icc: bool = True  # containers may talk to each other (False on the gateway bridge)
+    gateway_bridge: bool = False  # pontoon_gwbridge: outside access for overlay containers
 
 
 @dataclasses.dataclass
@@ -115,6 +117,7 @@ class Endpoint(Record):
     default_route: bool = False
     dns_names: list[str] = dataclasses.field(default_factory=list)  # what peers resolve
     host: str = ""  # the host (daemon) holding the container, for global networks
+    vtep: str = ""  # that host's VXLAN tunnel endpoint
 
 
 @dataclasses.dataclass

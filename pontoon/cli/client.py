@@ -37,6 +37,13 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 
 def socket_path(host: str | None) -> str:
     url = host or os.environ.get("PONTOON_HOST") or DEFAULT_HOST
+    if url.startswith("lab://"):
+        from pontoon.lab.cluster import LabError, socket_for
+
+        try:
+            return socket_for(url)
+        except LabError as exc:
+            raise ApiError(0, str(exc)) from None
     if url.startswith("unix://"):
         return url.removeprefix("unix://")
     if url.startswith("/"):

@@ -340,6 +340,72 @@ def rm(ctx: click.Context, force: bool, names: tuple[str, ...]) -> None:
         click.echo(name)
 
 
+# -------------------------------------------------------------------- lab
+
+
+@cli.group()
+def lab() -> None:
+    """Simulated hosts on this machine: namespaces, an etcd, a pontoond each."""
+
+
+@lab.command("up")
+@click.option("--hosts", "count", type=click.IntRange(1, 50), default=2, show_default=True)
+@click.option("--subnet", default="10.10.0.0/24", show_default=True, help="The underlay.")
+@click.option("--name", default="lab", show_default=True)
+@click.option("--userland-proxy", type=click.BOOL, default=True, show_default=True)
+def lab_up(count: int, subnet: str, name: str, userland_proxy: bool) -> None:
+    """Build N hosts on an underlay bridge, start etcd and one pontoond per host."""
+    from pontoon.lab import cluster
+
+    state = _lab_call(
+        cluster.up, name, count, subnet, [f"--userland-proxy={str(userland_proxy).lower()}"]
+    )
+    prefix = "lab://" if name == "lab" else f"lab://{name}/"
+    for host in state.hosts:
+        click.echo(f"{host.name}  {host.address:<15} pontoon -H {prefix}{host.name}")
+    click.echo(f"etcd {state.etcd_url}")
+
+
+@lab.command("down")
+@click.option("--name", default="lab", show_default=True)
+def lab_down(name: str) -> None:
+    """Remove every host, daemon, container and etcd of the lab."""
+    from pontoon.lab import cluster
+
+    _lab_call(cluster.down, name)
+
+
+@lab.command("status")
+@click.option("--name", default="lab", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def lab_status(name: str, fmt: str) -> None:
+    """Hosts, daemons and etcd of the lab."""
+    from pontoon.lab import cluster
+
+    info = _lab_call(cluster.status, name)
+    if fmt == "json":
+        emit_json(info)
+        return
+    click.echo(f"lab {info['lab']}: underlay {info['subnet']}, etcd {info['etcd']['url']} "
+               f"({'healthy' if info['etcd']['healthy'] else 'DOWN'})")  # fmt: skip
+    table(
+        ["HOST", "ADDRESS", "DAEMON", "NETNS", "USE"],
+        [[h["host"], h["address"], h["daemon"], h["netns"], f"-H {h['ref']}"]
+         for h in info["hosts"]],
+    )  # fmt: skip
+
+
+def _lab_call(fn: Any, *args: Any) -> Any:
+    from pontoon.lab.cluster import LabError
+
+    if os.geteuid() != 0:
+        raise click.ClickException("the lab needs root (it builds network namespaces)")
+    try:
+        return fn(*args)
+    except (LabError, RuntimeError, TimeoutError) as exc:
+        raise click.ClickException(str(exc).splitlines()[0]) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="pontoon", standalone_mode=False)

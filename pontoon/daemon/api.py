@@ -130,8 +130,14 @@ class Api:
         return web.json_response({"Id": net.id}, status=201)
 
     async def network_inspect(self, request: web.Request) -> web.Response:
-        net = self.svc.find_network(request.match_info["ref"])
-        return web.json_response(views.network_view(net, self.svc.network_endpoints(net)))
+        svc = self.svc
+        net = svc.find_network(request.match_info["ref"])
+        view = views.network_view(net, svc.network_endpoints(net))
+        if net.driver == "overlay":
+            view["VNI"] = net.vni
+            overlay = svc.kernel.overlay
+            view["Overlay"] = await svc.kernel.call(overlay.describe, net) if overlay else {}
+        return web.json_response(view)
 
     async def network_remove(self, request: web.Request) -> web.Response:
         await self.svc.remove_network(request.match_info["ref"])

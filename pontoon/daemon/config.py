@@ -20,6 +20,7 @@ class DaemonConfig:
     bip: str = ipam.DEFAULT_BIP
     pools: list[ipam.Pool] = dataclasses.field(default_factory=lambda: list(ipam.DEFAULT_POOLS))
     vxlan_port: int = 4789
+    cluster_ttl: int = 15
     dns: list[str] = dataclasses.field(default_factory=list)  # default upstream resolvers
     log_level: str = "info"
 

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from pyroute2 import IPRoute
 
 from pontoon.drivers.bridge import BridgeDriver
+from pontoon.drivers.overlay import OverlayDriver
 from pontoon.firewall import Firewall, create_firewall
 
 T = TypeVar("T")
@@ -40,6 +41,7 @@ class Kernel:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pontoon-kernel")
         self._firewall_backend = firewall_backend
         self.userland_proxy = userland_proxy
+        self.overlay: OverlayDriver | None = None
         # Created on the kernel thread by setup(); used only there.
         self.ipr: IPRoute
         self.bridge: BridgeDriver
@@ -61,6 +63,36 @@ class Kernel:
         # relies on br_netfilter too).
         _sysctl("net/ipv4/ip_forward", "1")
         _sysctl("net/bridge/bridge-nf-call-iptables", "1", missing_ok=True)
+
+    def setup_overlay(self, netns_dir: Path, advertise: str, vxlan_port: int) -> tuple[str, int]:
+        """Find our VTEP address (an interface name or an address of ours), check
+        the VXLAN port is free, and make the overlay driver. Returns the VTEP
+        address and the underlay MTU."""
+        vtep, mtu = self.underlay(advertise)
+        for link in self.ipr.link("dump"):
+            kind = link.get(("IFLA_LINKINFO", "IFLA_INFO_KIND"))
+            if kind != "vxlan":
+                continue
+            port = link.get(("IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_VXLAN_PORT"))
+            if port == vxlan_port:
+                raise ValueError(
+                    f"VXLAN port {vxlan_port} is already used by device {link.get('ifname')} "
+                    "on this host: pick another with --vxlan-port"
+                )
+        self.overlay = OverlayDriver(self.ipr, netns_dir, vtep, vxlan_port)
+        return vtep, mtu
+
+    def underlay(self, advertise: str) -> tuple[str, int]:
+        links = {link["index"]: link for link in self.ipr.link("dump")}
+        for addr in self.ipr.addr("dump", family=2):
+            link = links.get(addr["index"])
+            if link is None:
+                continue
+            if advertise in (link.get("ifname"), addr.get("address")):
+                return addr.get("address"), link.get("IFLA_MTU") or 1500
+        raise ValueError(
+            f"--cluster-advertise {advertise!r} is no interface or address of this host"
+        )
 
     def close(self) -> None:
         def work() -> None:

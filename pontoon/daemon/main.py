@@ -14,6 +14,7 @@ import click
 
 from pontoon import ipam
 from pontoon.daemon.config import DaemonConfig, parse_host
+from pontoon.daemon.service import Service
 from pontoon.errors import PontoonError
 from pontoon.sandbox import netns
 
@@ -47,6 +48,14 @@ log = logging.getLogger("pontoond")
 @click.option("--dns", "dns", multiple=True, help="Upstream DNS server for containers.")
 @click.option("--vxlan-port", type=click.IntRange(1, 65535), default=4789, show_default=True)
 @click.option(
+    "--cluster-ttl",
+    type=click.IntRange(2, 3600),
+    default=15,
+    show_default=True,
+    hidden=True,
+    help="Seconds before a silent host's endpoints are removed cluster-wide.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -64,6 +73,7 @@ def cli(
     pools: tuple[str, ...],
     dns: tuple[str, ...],
     vxlan_port: int,
+    cluster_ttl: int,
     log_level: str,
 ) -> None:
     """The pontoon daemon: container networks for this host."""
@@ -85,15 +95,19 @@ def cli(
             bip=_check_bip(bip),
             pools=[ipam.parse_pool(p) for p in pools] or list(ipam.DEFAULT_POOLS),
             vxlan_port=vxlan_port,
+            cluster_ttl=cluster_ttl,
             dns=[str(ipam.parse_address(d, "DNS server")) for d in dns],
             log_level=log_level,
         )
     except (ValueError, PontoonError) as exc:
         raise click.UsageError(str(exc)) from None
-    if firewall_backend != "nftables":
-        raise click.UsageError("--firewall-backend iptables is not implemented yet")
     if cluster_store:
-        raise click.UsageError("--cluster-store is not implemented yet")
+        from pontoon.store.etcd import parse_url
+
+        try:
+            parse_url(cluster_store)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
     if os.geteuid() != 0:
         raise click.UsageError("pontoond must run as root")
     # Before any thread exists: setns(CLONE_NEWNS) refuses threaded processes.
@@ -139,9 +153,17 @@ async def serve(config: DaemonConfig) -> int:
     kernel = Kernel(config.firewall_backend, config.userland_proxy)
     await kernel.call(kernel.setup)
     svc = Service(config, store, kernel)
+    if config.userland_proxy:
+        from pontoon.proxy.client import DaemonProxy
+
+        svc.proxy = DaemonProxy(config.exec_root / "proxy.sock", config.exec_root / "proxy.log")
     await svc.load()
+    if config.cluster_store:
+        await join_cluster(config, svc)
     await reconcile(svc)
     await svc.ensure_default_network()
+    if svc.cluster is not None:
+        await svc.cluster.start()
 
     runner = web.AppRunner(Api(svc).app(), access_log=None)
     await runner.setup()
@@ -157,6 +179,7 @@ async def serve(config: DaemonConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
     await stop.wait()
     log.info("shutting down; containers keep running")
     await runner.cleanup()
@@ -166,6 +189,52 @@ async def serve(config: DaemonConfig) -> int:
     config.socket.unlink(missing_ok=True)
     os.close(lock_fd)
     return 0
+
+
+async def join_cluster(config: DaemonConfig, svc: Service) -> None:
+    """Overlay support: our VTEP, the etcd store and the cluster agent."""
+    from pontoon.daemon.cluster import ClusterAgent
+    from pontoon.store.etcd import EtcdStore
+
+    try:
+        vtep, mtu = await svc.kernel.call(
+            svc.kernel.setup_overlay,
+            config.netns_dir,
+            config.cluster_advertise or "eth0",
+            config.vxlan_port,
+        )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    svc.underlay_mtu = mtu
+    store = EtcdStore.from_url(config.cluster_store)
+    svc.cluster = ClusterAgent(svc, store, host_id(config.root), vtep, config.cluster_ttl)
+    log.info("cluster store %s, VTEP %s, VXLAN port %d", config.cluster_store, vtep,
+             config.vxlan_port)  # fmt: skip
+
+
+def host_id(root: Path) -> str:
+    """This host's identity in the cluster, stable across restarts."""
+    path = root / "host-id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        import secrets
+
+        value = secrets.token_hex(16)
+        path.write_text(value + "\n")
+        return value
+
+
+def dump_tasks() -> None:
+    """`kill -USR1 <pontoond>` logs where every task and thread is waiting."""
+    import faulthandler
+    import io
+
+    for task in asyncio.all_tasks():
+        out = io.StringIO()
+        task.print_stack(file=out)
+        log.warning("task %s:\n%s", task.get_name(), out.getvalue())
+    faulthandler.dump_traceback(all_threads=True)
 
 
 def main() -> None:

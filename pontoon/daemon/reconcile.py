@@ -41,6 +41,8 @@ async def reconcile(svc: Service) -> None:
 
 async def _networks(svc: Service) -> None:
     for net in list(svc.networks.values()):
+        if net.scope == "global":
+            continue  # an overlay's namespace comes back with its first endpoint
         if net.status == model.CREATING:
             log.info("rolling back half-created network %s", net.name)
             await svc._destroy_network(net)
@@ -96,9 +98,12 @@ async def _replug(svc: Service, c: model.Container) -> None:
         net = svc.networks.get(ep.network_id)
         if net is None:
             continue
-        if not await svc.kernel.call(svc.kernel.bridge.endpoint_present, net, ep):
+        driver = svc.driver(net)
+        if net.driver == "overlay":
+            await svc.kernel.call(driver.create_network, net)  # idempotent
+        if not await svc.kernel.call(driver.endpoint_present, net, ep):
             log.info("container %s: re-plugging %s on %s", c.name, ep.ifname, net.name)
-            await svc.kernel.call(svc.kernel.bridge.join, net, ep, Path(c.sandbox))
+            await svc.kernel.call(driver.join, net, ep, Path(c.sandbox))
             if c.ports and c.networks and ep.network_id == c.networks[0].network_id:
                 await svc.kernel.call(svc.kernel.bridge.set_hairpin, ep)
             await svc.save_endpoint(ep)
@@ -116,9 +121,11 @@ async def _stray_endpoints(svc: Service) -> None:
             continue
         log.info("removing stray endpoint %s of %s", ep.id[:12], ep.container_name)
         net = svc.networks.get(ep.network_id)
-        if net is not None:
+        if net is not None and net.driver == "bridge":
             await svc.kernel.call(svc.kernel.bridge.leave, net, ep)
             await svc.ipam.release(ep.network_id, ep.ip)
+        elif net is not None and svc.kernel.overlay is not None:
+            await svc.kernel.call(svc.kernel.overlay.leave, net, ep)  # the cluster side: resync
         await svc.store.delete(ep_key(ep.id))
         del svc.endpoints[ep.id]
 
@@ -134,6 +141,11 @@ async def _stray_addresses(svc: Service) -> None:
 
 async def _stray_sandboxes(svc: Service) -> None:
     keep = {c.sandbox for c in svc.containers.values() if c.state == model.RUNNING}
+    if svc.kernel.overlay is not None:
+        keep |= {
+            str(svc.kernel.overlay.namespace(svc.networks[ep.network_id]))
+            for ep in svc.local_overlay_endpoints()
+        }
     directory = svc.config.netns_dir
     if not directory.is_dir():
         return

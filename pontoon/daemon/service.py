@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from pontoon import ipam, model
+from pontoon.daemon.cluster import ClusterAgent
 from pontoon.daemon.config import DaemonConfig
 from pontoon.daemon.kernel import Kernel
 from pontoon.dns import upstream
 from pontoon.dns.server import LISTEN_ADDR, Resolver, View
-from pontoon.drivers import mac_for
-from pontoon.errors import Conflict, InvalidArgument, NotFound, PontoonError
+from pontoon.drivers import NetworkDriver, mac_for
+from pontoon.errors import Conflict, InvalidArgument, NotFound, PontoonError, Unavailable
 from pontoon.firewall import NetworkRules, PortRule
 from pontoon.model import Container, Endpoint, Network, NetworkRequest, PortMapping
 from pontoon.portmap import conntrack, reserve
@@ -41,6 +42,11 @@ T = TypeVar("T", Network, Container)
 
 DEFAULT_NETWORK = "bridge"
 DEFAULT_BRIDGE = "pontoon0"
+# docker_gwbridge's counterpart. The device name is shorter than the network
+# name because Linux caps interface names at 15 characters.
+GW_NETWORK = "pontoon_gwbridge"
+GW_BRIDGE = "pontoon_gwbr"
+OVERLAY_OVERHEAD = 50  # outer Ethernet + IP + UDP + VXLAN headers
 BRIDGE_NAME_OPTIONS = ("com.docker.network.bridge.name", "bridge.name")
 MTU_OPTIONS = ("com.docker.network.driver.mtu", "mtu")
 KNOWN_OPTIONS = (*BRIDGE_NAME_OPTIONS, *MTU_OPTIONS)
@@ -60,7 +66,7 @@ def ctr_key(container_id: str) -> str:
 
 
 def network_rules(net: Network) -> NetworkRules:
-    return NetworkRules(bridge=net.bridge, subnet=net.subnet, internal=net.internal)
+    return NetworkRules(bridge=net.bridge, subnet=net.subnet, internal=net.internal, icc=net.icc)
 
 
 class Service:
@@ -80,6 +86,8 @@ class Service:
         self._reservations: dict[str, list[socket.socket]] = {}
         self.proxy: ProxyPort | None = None
         self.resolver = Resolver(self.dns_view)
+        self.cluster: ClusterAgent | None = None
+        self.underlay_mtu = 1500
         self._dns_views: dict[str, View] = {}  # cache, dropped on any endpoint change
 
     # ------------------------------------------------------------------ load
@@ -88,6 +96,11 @@ class Service:
         for value in await self.store.values("/networks/"):
             net = Network.loads(value)
             self.networks[net.id] = net
+        # Overlays this host is on, as last seen: enough to keep their datapath
+        # up across a restart while etcd is away.
+        for value in await self.store.values("/global/networks/"):
+            net = Network.loads(value)
+            self.networks.setdefault(net.id, net)
         for value in await self.store.values("/endpoints/"):
             ep = Endpoint.loads(value)
             self.endpoints[ep.id] = ep
@@ -107,7 +120,19 @@ class Service:
         return [self.endpoints[e] for e in c.endpoints.values() if e in self.endpoints]
 
     def network_endpoints(self, net: Network) -> list[Endpoint]:
-        return [ep for ep in self.endpoints.values() if ep.network_id == net.id]
+        """Every endpoint of a network, on this host and (overlays) on others."""
+        return [ep for ep in self._all_endpoints() if ep.network_id == net.id]
+
+    def _all_endpoints(self) -> list[Endpoint]:
+        remote = list(self.cluster.remote.values()) if self.cluster is not None else []
+        return [*self.endpoints.values(), *remote]
+
+    def driver(self, net: Network) -> NetworkDriver:
+        if net.driver == "overlay":
+            if self.kernel.overlay is None:
+                raise Unavailable("overlay networks need --cluster-store on this host")
+            return self.kernel.overlay
+        return self.kernel.bridge
 
     # ------------------------------------------------------------- persisting
 
@@ -151,9 +176,41 @@ class Service:
         default: bool = False,
     ) -> Network:
         async with self.lock:
+            if driver == "overlay":
+                return await self._create_overlay(
+                    name, subnet, gateway, ip_range, internal, options or {}
+                )
             return await self._create_network(
                 name, driver, subnet, gateway, ip_range, internal, options or {}, default
             )
+
+    async def _create_overlay(
+        self,
+        name: str,
+        subnet: str,
+        gateway: str,
+        ip_range: str,
+        internal: bool,
+        options: dict[str, str],
+    ) -> Network:
+        model.check_name("network", name)
+        if self.cluster is None:
+            raise InvalidArgument(
+                "overlay networks need a cluster store: start pontoond with "
+                "--cluster-store etcd://HOST:PORT"
+            )
+        if any(n.name == name for n in self.networks.values()):
+            raise Conflict(f"network with name {name} already exists")
+        for key in options:
+            if key not in MTU_OPTIONS:
+                raise InvalidArgument(f"unknown overlay network option {key!r}")
+        mtu = _mtu_option(options, self.underlay_mtu - OVERLAY_OVERHEAD)
+        net = await self.cluster.create_network(
+            name, subnet, gateway, ip_range, internal, options, mtu
+        )
+        log.info("overlay network %s (%s) created: %s VNI %d", name, net.id[:12], net.subnet,
+                 net.vni)  # fmt: skip
+        return net
 
     async def _create_network(
         self,
@@ -165,6 +222,8 @@ class Service:
         internal: bool,
         options: dict[str, str],
         default: bool,
+        icc: bool = True,
+        gateway_bridge: bool = False,
     ) -> Network:
         model.check_name("network", name)
         if any(n.name == name for n in self.networks.values()):
@@ -211,6 +270,8 @@ class Service:
             bridge=bridge,
             mtu=mtu,
             default=default,
+            icc=icc,
+            gateway_bridge=gateway_bridge,
         )
         await self.save_network(net)  # intent: status "creating"
         try:
@@ -233,7 +294,12 @@ class Service:
             users = sorted(ep.container_name for ep in self.network_endpoints(net))
             if users:
                 raise Conflict(f"network {net.name} has active endpoints ({', '.join(users)})")
-            await self._destroy_network(net)
+            if net.scope == "global":
+                assert self.cluster is not None
+                await self.cluster.remove_network(net)
+                await self._drop_overlay(net)
+            else:
+                await self._destroy_network(net)
             log.info("network %s (%s) removed", net.name, net.id[:12])
 
     async def _destroy_network(self, net: Network) -> None:
@@ -358,6 +424,9 @@ class Service:
         await self.kernel.call(netns.create, sandbox)
         for index, req in enumerate(c.networks):
             await self._attach(c, self.networks[req.network_id], req, f"eth{index}", index == 0)
+        if self._needs_gateway(c):
+            gw = await self.gateway_network()
+            await self._attach(c, gw, NetworkRequest(gw.id), f"eth{len(c.networks)}", True)
         await self._publish(c)
         if c.embedded_dns:
             await self.resolver.start(c.id, sandbox)
@@ -421,18 +490,28 @@ class Service:
             prefixlen=ipaddress.IPv4Network(net.subnet).prefixlen,
             gateway=net.gateway,
             aliases=list(req.aliases),
-            default_route=primary and not net.internal,
+            default_route=primary and not net.internal and net.driver == "bridge",
             dns_names=list(dict.fromkeys([c.name, c.hostname, c.id[:12], *req.aliases])),
         )
-        addr = await self.ipam.allocate(net.id, ep.id, req.ip)
+        overlay = net.driver == "overlay"
+        if overlay:
+            assert self.cluster is not None
+            addr = await self.cluster.allocate(net, ep.id, req.ip)
+        else:
+            addr = await self.ipam.allocate(net.id, ep.id, req.ip)
         ep.ip = str(addr)
         ep.mac = mac_for(ep.ip)
         c.endpoints[net.id] = ep.id
         await self.save_endpoint(ep)  # before the kernel: a crash leaves a findable record
         await self.save_container(c)
         try:
-            await self.kernel.call(self.kernel.bridge.join, net, ep, Path(c.sandbox))
+            if overlay:
+                await self._ensure_overlay(net)
+            await self.kernel.call(self.driver(net).join, net, ep, Path(c.sandbox))
             await self.save_endpoint(ep)
+            if overlay:
+                assert self.cluster is not None
+                await self.cluster.publish(ep)
         except BaseException:
             await self._detach(c, ep)
             raise
@@ -440,9 +519,12 @@ class Service:
 
     async def _detach(self, c: Container, ep: Endpoint) -> None:
         net = self.networks.get(ep.network_id)
+        overlay = net is not None and net.driver == "overlay"
         if net is not None:
-            await self.kernel.call(self.kernel.bridge.leave, net, ep)
-        if ep.ip:
+            await self.kernel.call(self.driver(net).leave, net, ep)
+        if overlay:
+            await self._release_overlay_endpoint(ep)
+        elif ep.ip:
             await self.ipam.release(ep.network_id, ep.ip)
         await self.store.delete(ep_key(ep.id))
         self.endpoints.pop(ep.id, None)
@@ -451,6 +533,115 @@ class Service:
             del c.endpoints[ep.network_id]
         if c.id in self.containers:
             await self.save_container(c)
+        if overlay and net is not None and not self.participating(net.id):
+            await self._drop_overlay(net)
+
+    async def _release_overlay_endpoint(self, ep: Endpoint) -> None:
+        """Withdraw from the cluster. With etcd away the local teardown goes on
+        and the next resync deletes what is left under our name."""
+        assert self.cluster is not None
+        try:
+            await self.cluster.withdraw(ep)
+            if ep.ip:
+                await self.cluster.release(ep.network_id, ep.ip)
+        except Unavailable as exc:
+            log.warning("endpoint %s: cluster cleanup deferred: %s", ep.id[:12], exc)
+
+    # ------------------------------------------------------------ overlays
+
+    def participating(self, net_id: str) -> bool:
+        """This host has containers on the network (so it holds its namespace)."""
+        return any(ep.network_id == net_id for ep in self.endpoints.values())
+
+    def local_overlay_endpoints(self) -> list[Endpoint]:
+        return [
+            ep
+            for ep in self.endpoints.values()
+            if (net := self.networks.get(ep.network_id)) is not None and net.driver == "overlay"
+        ]
+
+    async def _ensure_overlay(self, net: Network) -> None:
+        """The network's namespace, bridge and VTEP on this host, with every
+        known peer programmed (first local container on the network)."""
+        assert self.kernel.overlay is not None
+        if self.participating(net.id) and await self.kernel.call(self.kernel.overlay.present, net):
+            await self.kernel.call(self.kernel.overlay.create_network, net)
+            return
+        await self.kernel.call(self.kernel.overlay.create_network, net)
+        # Kept locally so a restart with etcd away still knows the network.
+        await self.store.put(f"/global/networks/{net.id}", net.dumps())
+        for peer in self._remote_on(net.id):
+            await self.kernel.call(self.kernel.overlay.add_peer, net, peer.ip, peer.mac, peer.vtep)
+
+    async def _drop_overlay(self, net: Network) -> None:
+        if self.kernel.overlay is not None:
+            await self.kernel.call(self.kernel.overlay.delete_network, net)
+        await self.store.delete(f"/global/networks/{net.id}")
+
+    def _remote_on(self, net_id: str) -> list[Endpoint]:
+        if self.cluster is None:
+            return []
+        return [ep for ep in self.cluster.remote.values() if ep.network_id == net_id]
+
+    async def global_network_seen(self, net: Network) -> None:
+        self.networks[net.id] = net
+
+    async def global_network_gone(self, net: Network) -> None:
+        if self.participating(net.id):
+            log.warning("overlay network %s vanished from the store while in use here", net.name)
+            return
+        self.networks.pop(net.id, None)
+        await self._drop_overlay(net)
+
+    async def reprogram_peers(self) -> None:
+        """Kernel peers of every overlay network we are on = the store's view."""
+        self._dns_views.clear()
+        overlay = self.kernel.overlay
+        if overlay is None:
+            return
+        for net_id in {ep.network_id for ep in self.local_overlay_endpoints()}:
+            net = self.networks[net_id]
+            want = {p.ip: (p.mac, p.vtep) for p in self._remote_on(net_id)}
+            have = await self.kernel.call(overlay.peers, net)
+            for ip, (mac, vtep) in want.items():
+                if have.get(ip) != (mac, vtep):
+                    await self.kernel.call(overlay.add_peer, net, ip, mac, vtep)
+            for ip, (mac, _) in have.items():
+                if ip not in want:
+                    await self.kernel.call(overlay.remove_peer, net, ip, mac)
+
+    async def peer_added(self, ep: Endpoint) -> None:
+        self._dns_views.clear()
+        net = self.networks.get(ep.network_id)
+        if net is not None and self.kernel.overlay is not None and self.participating(net.id):
+            await self.kernel.call(self.kernel.overlay.add_peer, net, ep.ip, ep.mac, ep.vtep)
+
+    async def peer_removed(self, ep: Endpoint) -> None:
+        self._dns_views.clear()
+        net = self.networks.get(ep.network_id)
+        if net is not None and self.kernel.overlay is not None and self.participating(net.id):
+            await self.kernel.call(self.kernel.overlay.remove_peer, net, ep.ip, ep.mac)
+
+    async def gateway_network(self) -> Network:
+        """pontoon_gwbridge, made on first need: the default route and outbound
+        NAT of overlay containers (docker_gwbridge in the seed). Containers on
+        it cannot reach each other through it (icc off)."""
+        for net in self.networks.values():
+            if net.gateway_bridge:
+                return net
+        return await self._create_network(
+            GW_NETWORK, "bridge", "", "", "", False,
+            {"com.docker.network.bridge.name": GW_BRIDGE}, default=False, icc=False,
+            gateway_bridge=True,
+        )  # fmt: skip
+
+    def _needs_gateway(self, c: Container) -> bool:
+        """Overlay containers reach the outside through eth<N> on the gateway
+        bridge, unless a bridge network already gives them a default route."""
+        nets = [self.networks[r.network_id] for r in c.networks]
+        wants_out = any(n.driver == "overlay" and not n.internal for n in nets)
+        has_route = any(ep.default_route for ep in self.container_endpoints(c))
+        return wants_out and not has_route
 
     # ------------------------------------------------------------ ports
 
@@ -473,8 +664,11 @@ class Service:
         if not c.ports or not c.networks:
             return []
         primary = c.networks[0].network_id
-        ep = self.endpoints.get(c.endpoints.get(primary, ""))
         net = self.networks.get(primary)
+        if net is not None and net.driver == "overlay":
+            # Published through the gateway bridge, as Docker does.
+            net = next((n for n in self.networks.values() if n.gateway_bridge), None)
+        ep = self.endpoints.get(c.endpoints.get(net.id, "")) if net is not None else None
         if ep is None or net is None:
             return []
         return [
@@ -490,7 +684,7 @@ class Service:
         rules = self.port_rules(c)
         if not rules:
             return
-        primary = self.endpoints[c.endpoints[c.networks[0].network_id]]
+        primary = next(ep for ep in self.container_endpoints(c) if ep.ip == rules[0].container_ip)
         await self.kernel.call(self.kernel.bridge.set_hairpin, primary)
         await self.kernel.call(self.kernel.firewall.add_ports, rules)
         if self.proxy is not None:
@@ -502,6 +696,8 @@ class Service:
         socks = self._reservations.pop(c.id, [])
         try:
             for mapping, rule, sock in zip(c.ports, rules, socks, strict=True):
+                if mapping.proto == "sctp":
+                    continue  # kernel path only: the proxy speaks TCP and UDP
                 await asyncio.to_thread(
                     self.proxy.add, self.proxy_id(c, mapping), mapping.proto, sock,
                     rule.container_ip, rule.container_port,
@@ -585,8 +781,12 @@ class Service:
             c = self.containers.get(cid)
             if c is None or c.state != model.RUNNING:
                 return
-            await self._reap(c)
-            await self._finish(c)
+            try:
+                await self._reap(c)
+                await self._finish(c)
+            except Exception:
+                log.exception("container %s: cleaning up after its exit failed", c.name)
+                self.exited.setdefault(c.id, asyncio.Event()).set()
 
     async def _finish(self, c: Container) -> None:
         """The main process ended: release the network as Docker does."""
@@ -677,7 +877,7 @@ class Service:
         reverse: dict[str, str] = {}
         mine = self.container_endpoints(c)
         shared = {ep.network_id for ep in mine}
-        for ep in self.endpoints.values():
+        for ep in self._all_endpoints():
             net = self.networks.get(ep.network_id)
             if ep.network_id not in shared or net is None or net.default:
                 continue
@@ -700,6 +900,8 @@ class Service:
 
     async def close(self) -> None:
         """Stop watching; containers keep running without us."""
+        if self.cluster is not None:
+            await self.cluster.close()
         for cid in list(self._pidfds):
             self._unwatch(cid)
         await self.resolver.close()
@@ -741,7 +943,7 @@ def _plan(net: Network) -> ipam.SubnetPlan:
     return ipam.SubnetPlan.build(ipaddress.IPv4Network(net.subnet), net.gateway, net.ip_range)
 
 
-def _mtu_option(options: dict[str, str]) -> int:
+def _mtu_option(options: dict[str, str], default: int = 1500) -> int:
     for key in MTU_OPTIONS:
         if key in options:
             try:
@@ -751,7 +953,7 @@ def _mtu_option(options: dict[str, str]) -> int:
             if not 68 <= mtu <= 65535:
                 raise InvalidArgument(f"invalid MTU {mtu}: must be 68-65535")
             return mtu
-    return 1500
+    return default
 
 
 def _bridge_name_option(options: dict[str, str]) -> str:

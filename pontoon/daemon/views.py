@@ -49,6 +49,7 @@ def network_view(net: Network, endpoints: list[Endpoint]) -> dict[str, Any]:
                 "IPv4Address": f"{ep.ip}/{ep.prefixlen}",
                 "Interface": ep.ifname,
                 "HostInterface": ep.host_ifname,
+                **({"Host": ep.host, "VTEP": ep.vtep} if ep.host else {}),
             }
             for ep in endpoints
         },

@@ -239,13 +239,47 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 
 
 def _open_sockets() -> tuple[socket.socket, socket.socket]:
-    """Run inside the sandbox: the resolver's UDP and TCP sockets."""
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind((LISTEN_ADDR, 53))
-    udp.setblocking(False)
-    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    tcp.bind((LISTEN_ADDR, 53))
-    tcp.listen(16)
-    tcp.setblocking(False)
-    return udp, tcp
+    """Run inside the sandbox: the resolver's UDP and TCP sockets, on a random
+    port of 127.0.0.11 that a DNAT rule exposes as port 53.
+
+    Port 53 itself stays free for the container: a DNS server of its own on
+    0.0.0.0:53 must be able to bind (Docker does the same)."""
+    for _ in range(20):
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind((LISTEN_ADDR, 0))
+        port = udp.getsockname()[1]
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            tcp.bind((LISTEN_ADDR, port))
+        except OSError:
+            udp.close()
+            tcp.close()
+            continue
+        tcp.listen(16)
+        udp.setblocking(False)
+        tcp.setblocking(False)
+        _redirect_port_53(port)
+        return udp, tcp
+    raise OSError("no port of 127.0.0.11 is free for both UDP and TCP")
+
+
+def _redirect_port_53(port: int) -> None:
+    """Inside the sandbox: 127.0.0.11:53 -> 127.0.0.11:port, in a table of our
+    own replaced atomically (a restarted daemon picks a new port)."""
+    import nftables
+
+    script = f"""
+add table ip pontoon_dns
+delete table ip pontoon_dns
+table ip pontoon_dns {{
+    chain output {{
+        type nat hook output priority -100; policy accept;
+        ip daddr {LISTEN_ADDR} udp dport 53 dnat to {LISTEN_ADDR}:{port}
+        ip daddr {LISTEN_ADDR} tcp dport 53 dnat to {LISTEN_ADDR}:{port}
+    }}
+}}
+"""
+    rc, _, err = nftables.Nftables().cmd(script)
+    if rc != 0:
+        raise OSError(f"cannot redirect DNS in the sandbox: {err.strip()}")

@@ -14,6 +14,7 @@ class NetworkRules:
     subnet: str
     internal: bool = False
     masquerade: bool = True
+    icc: bool = True  # False: containers on this bridge cannot reach each other
 
 
 @dataclasses.dataclass(frozen=True)

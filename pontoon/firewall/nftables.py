@@ -104,11 +104,9 @@ def _quote(ifname: str) -> str:
 def network_commands(net: NetworkRules) -> list[str]:
     chain = _chain(net.bridge)
     br = _quote(net.bridge)
-    cmds = [
-        f"add chain {T} {chain}",
-        f"flush chain {T} {chain}",
-        f"add rule {T} {chain} oifname {br} accept",
-    ]
+    cmds = [f"add chain {T} {chain}", f"flush chain {T} {chain}"]
+    if net.icc:
+        cmds.append(f"add rule {T} {chain} oifname {br} accept")
     if net.internal:
         cmds.append(f"add rule {T} {chain} drop")
     cmds += [

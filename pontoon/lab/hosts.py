@@ -148,8 +148,15 @@ class SimHost:
         if check and proc.returncode != 0:
             raise AssertionError(
                 f"pontoon {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}"
+                f"--- daemon log (tail):\n{self.log_tail()}"
             )
         return proc
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
 
     def cli_json(self, *args: str) -> Any:
         return json.loads(self.cli(*args).stdout)

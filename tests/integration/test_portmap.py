@@ -10,7 +10,7 @@ from tests.integration.portmap_helpers import PROBE, SERVER
 
 pytestmark = pytest.mark.integration
 
-MODES = ["--userland-proxy=false"]
+MODES = ["--userland-proxy=true", "--userland-proxy=false"]
 
 
 def probe(where: SimHost, addr: str, port: int, proto: str = "tcp", timeout: float = 5) -> str:

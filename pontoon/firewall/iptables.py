@@ -1,0 +1,518 @@
+"""iptables backend: Docker-like chains, written with iptables-restore.
+
+The binaries are the system's `iptables-restore` / `iptables-save` (RESTORE
+and SAVE below). On Debian 12 the alternatives point them at iptables-nft
+(`iptables-restore v1.8.9 (nf_tables)`), which stores the rules in the
+nftables tables `ip raw`, `ip nat` and `ip filter`; `iptables-legacy-restore`
+exists as well but is not used (set IptablesFirewall.restore_cmd/save_cmd to
+choose it). The rules make the same decisions as the nftables backend
+(pontoon/firewall/nftables.py), laid out as Docker lays out its own so the two
+can be read side by side:
+
+    raw PREROUTING              -j PONTOON-GUARD
+    raw PONTOON-GUARD           -d 127.0.0.0/8 ! -i lo -j DROP
+    nat PREROUTING              -m addrtype --dst-type LOCAL -j PONTOON
+    nat OUTPUT                  [proxy mode: ! -d 127.0.0.0/8] -m addrtype --dst-type LOCAL
+                                -j PONTOON
+    nat POSTROUTING             -j PONTOON-POSTROUTING
+    nat PONTOON                 -d HOST_IP/32 -p P -m P --dport N -j DNAT --to-destination
+                                CIP:CPORT (host address given: inserted first, as the
+                                nftables backend looks @portmap_ip up before @portmap_any)
+                                -p P -m P --dport N -j DNAT ...         (0.0.0.0: appended)
+    nat PONTOON-POSTROUTING     [kernel mode: -s 127.0.0.0/8 -o BR -j MASQUERADE]  per bridge
+                                ! -s SUBNET -o BR -j RETURN                          per bridge
+                                -s SUBNET ! -o BR -j MASQUERADE          per NATed network
+                                -s CIP/32 -d CIP/32 -p P -m P --dport CPORT -j MASQUERADE
+                                                                  per port (self hairpin)
+    filter FORWARD              -j PONTOON-FORWARD
+    filter PONTOON-FORWARD      -j PONTOON-ISOLATION-STAGE-1
+                                -i BR -j ACCEPT                                      per bridge
+                                -o BR -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+                                -o BR -j PONTOON                   (both: per non-internal)
+                                -o BR -j DROP                          per internal bridge
+    filter PONTOON-ISOLATION-STAGE-1
+                                -i BR ! -o BR -j PONTOON-ISOLATION-STAGE-2   per non-internal
+                                -i BR ! -o BR -j DROP                        per internal
+    filter PONTOON-ISOLATION-STAGE-2
+                                -m conntrack --ctstate DNAT -j RETURN  (published ports)
+                                -o BR -j DROP                                        per bridge
+    filter PONTOON              -d CIP/32 ! -i BR -o BR -p P -m P --dport CPORT -j ACCEPT
+
+How that maps onto the nftables backend:
+- from-<bridge> "same bridge accept / [internal: drop] / ct status dnat accept /
+  oifname @bridges drop" is STAGE-1 + STAGE-2 and then `-i BR -j ACCEPT`;
+- "oifname @internal drop" (traffic from elsewhere into an internal network)
+  is `-o BR -j DROP`, after every `-i BR -j ACCEPT`, so a published port of
+  an internal container stays reachable from the other bridges, as there;
+- "oifname != @bridges" of the subnet masquerade is the per-bridge RETURN in
+  front of the MASQUERADE rules: nothing entering one of our bridges is
+  masqueraded except the self-hairpin and the loopback source (kernel mode).
+  The RETURN spares the bridge's own subnet, so hairpin rules may sit below it.
+Where the nftables backend merely does not drop, these chains ACCEPT, like
+Docker's, so pontoon also works under a FORWARD policy of DROP: such packets
+leave the filter FORWARD chain at our jump (inserted first) and skip the
+host's later FORWARD rules. Nothing the nftables backend drops is accepted.
+Other traffic into a non-internal bridge (not published, not a reply) falls
+through to the host's FORWARD rules and policy, where the nftables backend's
+own chain has policy accept.
+
+Order inside our chains matters in three places and is kept on every change:
+`-i BR -j ACCEPT` is inserted at position 2 of PONTOON-FORWARD (after the
+isolation jump, before any `-o BR -j DROP`); the per-bridge RETURN and then the
+loopback MASQUERADE are inserted at position 1 of PONTOON-POSTROUTING; DNAT for
+a given host address at position 1 of nat PONTOON. Everything else is appended.
+
+Every change is one `iptables-restore --noflush` run (argument list, text on
+stdin, no shell). It never flushes a chain we do not own, touches built-in
+chains only to insert or delete our own jumps, and never declares a built-in
+chain (which would reset its policy). iptables-nft commits each `*table ...
+COMMIT` section as its own transaction, so a change is atomic per table
+(legacy iptables likewise), not across tables: sections are ordered so that a
+failure half-way leaves the safer state (filter before nat when adding, nat
+before filter when removing), and the next sync() repairs the rest. Only
+validated device names, parsed addresses and checked numbers are written.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import ipaddress
+import re
+import subprocess
+
+from pontoon.firewall.base import Firewall, NetworkRules, PortRule
+from pontoon.portmap.spec import ANY, PROTOCOLS
+
+RESTORE = "iptables-restore"
+SAVE = "iptables-save"
+
+FORWARD = "PONTOON-FORWARD"
+STAGE1 = "PONTOON-ISOLATION-STAGE-1"
+STAGE2 = "PONTOON-ISOLATION-STAGE-2"
+PORTS = "PONTOON"  # filter: ACCEPT published ports; nat: their DNAT
+POSTROUTING = "PONTOON-POSTROUTING"
+GUARD = "PONTOON-GUARD"
+
+# Our chains per table, in the order the tables are written by sync().
+OUR_CHAINS: dict[str, tuple[str, ...]] = {
+    "raw": (GUARD,),
+    "filter": (FORWARD, STAGE1, STAGE2, PORTS),
+    "nat": (PORTS, POSTROUTING),
+}
+BUILTIN_CHAINS: dict[str, tuple[str, ...]] = {
+    "raw": ("PREROUTING", "OUTPUT"),
+    "filter": ("INPUT", "FORWARD", "OUTPUT"),
+    "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+}
+# Section order: adding things opens the filter before NAT sends traffic in;
+# removing things stops the NAT before the filter closes.
+ADD_ORDER = ("raw", "filter", "nat")
+REMOVE_ORDER = ("nat", "filter", "raw")
+
+LOOPBACK = "127.0.0.0/8"
+_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+
+
+class IptablesError(RuntimeError):
+    pass
+
+
+# -- validation: nothing reaches the restore text without passing these -------
+
+
+def _ifname(name: str) -> str:
+    # A leading "-" would read as an option, "+" is iptables' wildcard.
+    if (
+        not isinstance(name, str)
+        or not _IFNAME.fullmatch(name)
+        or name.startswith("-")
+        or name in (".", "..")
+    ):
+        raise ValueError(f"invalid interface name {name!r}")
+    return name
+
+
+def _subnet(text: str) -> str:
+    return str(ipaddress.IPv4Network(text))
+
+
+def _addr(text: str) -> str:
+    return str(ipaddress.IPv4Address(text))
+
+
+def _port(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError(f"invalid port {value!r}")
+    return value
+
+
+def _proto(proto: str) -> str:
+    if proto not in PROTOCOLS:
+        raise ValueError(f"invalid protocol {proto!r}: use one of {', '.join(PROTOCOLS)}")
+    return proto
+
+
+# -- rules ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """One rule in one of our chains. `spec` is written exactly as iptables-save
+    prints it (so presence checks compare text); `insert` is the position for
+    an incremental add (None: append)."""
+
+    table: str
+    chain: str
+    spec: str
+    insert: int | None = None
+
+    def add_line(self) -> str:
+        if self.insert is None:
+            return f"-A {self.chain} {self.spec}"
+        return f"-I {self.chain} {self.insert} {self.spec}"
+
+    def delete_line(self) -> str:
+        return f"-D {self.chain} {self.spec}"
+
+
+def jump_rules(userland_proxy: bool) -> list[Rule]:
+    """The jumps from built-in chains into ours (inserted first, once)."""
+    local = "-m addrtype --dst-type LOCAL -j PONTOON"
+    # With the proxy the host's own connections to 127.0.0.1 are the proxy's.
+    output = f"! -d {LOOPBACK} {local}" if userland_proxy else local
+    return [
+        Rule("raw", "PREROUTING", f"-j {GUARD}", 1),
+        Rule("filter", "FORWARD", f"-j {FORWARD}", 1),
+        Rule("nat", "PREROUTING", local, 1),
+        Rule("nat", "OUTPUT", output, 1),
+        Rule("nat", "POSTROUTING", f"-j {POSTROUTING}", 1),
+    ]
+
+
+def skeleton_rules() -> list[Rule]:
+    """The rules of our chains that do not depend on networks or ports."""
+    return [
+        # Other hosts must never reach 127.0.0.0/8 (route_localnet, both modes).
+        Rule("raw", GUARD, f"-d {LOOPBACK} ! -i lo -j DROP"),
+        Rule("filter", FORWARD, f"-j {STAGE1}"),
+        # Published ports are reachable across bridges.
+        Rule("filter", STAGE2, "-m conntrack --ctstate DNAT -j RETURN"),
+    ]
+
+
+def network_rules(net: NetworkRules, userland_proxy: bool) -> list[Rule]:
+    """Every rule of one network, in the order an incremental add writes them."""
+    br = _ifname(net.bridge)
+    subnet = _subnet(net.subnet)
+    rules = []
+    if net.internal:
+        rules.append(Rule("filter", STAGE1, f"-i {br} ! -o {br} -j DROP"))
+    else:
+        rules.append(Rule("filter", STAGE1, f"-i {br} ! -o {br} -j {STAGE2}"))
+    rules += [
+        Rule("filter", STAGE2, f"-o {br} -j DROP"),
+        Rule("filter", FORWARD, f"-i {br} -j ACCEPT", 2),
+    ]
+    if net.internal:
+        rules.append(Rule("filter", FORWARD, f"-o {br} -j DROP"))
+    else:
+        rules += [
+            Rule(
+                "filter", FORWARD, f"-o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+            ),
+            Rule("filter", FORWARD, f"-o {br} -j {PORTS}"),
+        ]
+    rules.append(Rule("nat", POSTROUTING, f"! -s {subnet} -o {br} -j RETURN", 1))
+    if not userland_proxy:
+        # Inserted after (so above) the RETURN: the host's 127.0.0.1 connections
+        # NATed to a container leave with the bridge address.
+        rules.append(Rule("nat", POSTROUTING, f"-s {LOOPBACK} -o {br} -j MASQUERADE", 1))
+    if net.masquerade and not net.internal:
+        rules.append(Rule("nat", POSTROUTING, f"-s {subnet} ! -o {br} -j MASQUERADE"))
+    return rules
+
+
+def _match(proto: str, port: int) -> str:
+    return f"-p {proto} -m {proto} --dport {port}"
+
+
+def port_rules(rule: PortRule) -> list[Rule]:
+    """The DNAT, the filter ACCEPT and the self-hairpin MASQUERADE of one port.
+    The DNAT comes first: it is the port's identity (one per host ip/proto/port)."""
+    proto = _proto(rule.proto)
+    host_port = _port(rule.host_port)
+    cip = _addr(rule.container_ip)
+    cport = _port(rule.container_port)
+    br = _ifname(rule.bridge)
+    dnat = f"{_match(proto, host_port)} -j DNAT --to-destination {cip}:{cport}"
+    if rule.host_ip == ANY:
+        nat = Rule("nat", PORTS, dnat)
+    else:
+        nat = Rule("nat", PORTS, f"-d {_addr(rule.host_ip)}/32 {dnat}", 1)
+    return [
+        nat,
+        Rule("filter", PORTS, f"-d {cip}/32 ! -i {br} -o {br} {_match(proto, cport)} -j ACCEPT"),
+        Rule("nat", POSTROUTING, f"-s {cip}/32 -d {cip}/32 {_match(proto, cport)} -j MASQUERADE"),
+    ]
+
+
+# -- iptables-save parsing -----------------------------------------------------
+
+
+@dataclasses.dataclass
+class Saved:
+    """What iptables-save shows: per table, the chains and (chain, spec) rules."""
+
+    chains: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    rules: dict[str, list[tuple[str, str]]] = dataclasses.field(default_factory=dict)
+
+    def has_chain(self, table: str, chain: str) -> bool:
+        return chain in self.chains.get(table, [])
+
+    def counts(self) -> collections.Counter[tuple[str, str, str]]:
+        return collections.Counter(
+            (table, chain, spec) for table, rules in self.rules.items() for chain, spec in rules
+        )
+
+    def jumps(self, table: str) -> list[tuple[str, str]]:
+        """Rules in built-in chains of `table` that jump to one of our chains."""
+        ours = OUR_CHAINS.get(table, ())
+        return [
+            (chain, spec)
+            for chain, spec in self.rules.get(table, [])
+            if chain in BUILTIN_CHAINS.get(table, ()) and _target(spec) in ours
+        ]
+
+
+def _target(spec: str) -> str | None:
+    tokens = spec.split()
+    for i, token in enumerate(tokens[:-1]):
+        if token in ("-j", "--jump", "-g", "--goto"):
+            return tokens[i + 1]
+    return None
+
+
+def parse_save(text: str) -> Saved:
+    saved = Saved()
+    table = None
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("*"):
+            table = line[1:]
+            saved.chains.setdefault(table, [])
+            saved.rules.setdefault(table, [])
+        elif table is None or not line or line.startswith("#"):
+            continue
+        elif line.startswith(":"):
+            saved.chains[table].append(line[1:].split()[0])
+        elif line.startswith("-A "):
+            _, chain, *rest = line.split(" ", 2)
+            saved.rules[table].append((chain, rest[0] if rest else ""))
+    return saved
+
+
+def dump_text(save_text: str) -> str:
+    """Only our chains, their rules and the jumps into them, as iptables-save
+    prints them."""
+    saved = parse_save(save_text)
+    out = []
+    for table in ADD_ORDER:
+        ours = [c for c in saved.chains.get(table, []) if c in OUR_CHAINS[table]]
+        jumps = saved.jumps(table)
+        if not ours and not jumps:
+            continue
+        out.append(f"*{table}")
+        out += [f":{c} - [0:0]" for c in ours]
+        out += [
+            f"-A {chain} {spec}"
+            for chain, spec in saved.rules[table]
+            if chain in ours or (chain, spec) in jumps
+        ]
+        out.append("COMMIT")
+    return "".join(line + "\n" for line in out)
+
+
+# -- restore scripts -------------------------------------------------------------
+
+
+def render(sections: dict[str, list[str]], order: tuple[str, ...] = ADD_ORDER) -> str:
+    """iptables-restore text: one `*table ... COMMIT` section per non-empty table."""
+    out = []
+    for table in order:
+        lines = sections.get(table)
+        if lines:
+            out += [f"*{table}", *lines, "COMMIT"]
+    return "".join(line + "\n" for line in out)
+
+
+def sync_script(
+    networks: list[NetworkRules], ports: list[PortRule], userland_proxy: bool, saved: Saved
+) -> str:
+    """Declare (create or, under --noflush, flush) and refill all our chains,
+    and make the jumps into them exactly jump_rules(): the stale ones (other
+    proxy mode, duplicates) deleted, the missing ones inserted first."""
+    skeleton = skeleton_rules()
+    rules = skeleton + [r for n in networks for r in network_rules(n, userland_proxy)]
+    rules += [r for p in ports for r in port_rules(p)]
+
+    def rank(rule: Rule) -> int:
+        # The order incremental changes keep (see the module docstring): the
+        # fixed rules first, the loopback MASQUERADE above every RETURN, then
+        # what is inserted at the top, then what is appended.
+        if rule in skeleton:
+            return 0
+        if rule.chain == POSTROUTING and rule.spec.startswith(f"-s {LOOPBACK} "):
+            return 1
+        return 2 if rule.insert is not None else 3
+
+    # Chain by chain; stable, so networks and ports keep their given order.
+    rules.sort(key=lambda r: (OUR_CHAINS[r.table].index(r.chain), rank(r)))
+
+    sections: dict[str, list[str]] = {
+        t: [f":{c} - [0:0]" for c in OUR_CHAINS[t]] for t in OUR_CHAINS
+    }
+    for table in OUR_CHAINS:
+        sections[table] += [f"-F {c}" for c in OUR_CHAINS[table]]
+        want = [r for r in jump_rules(userland_proxy) if r.table == table]
+        keep = set()
+        for chain, spec in saved.jumps(table):
+            rule = Rule(table, chain, spec, 1)
+            if rule in want and rule not in keep:
+                keep.add(rule)
+            else:
+                sections[table].append(f"-D {chain} {spec}")
+        sections[table] += [r.add_line() for r in want if r not in keep]
+        sections[table] += [f"-A {r.chain} {r.spec}" for r in rules if r.table == table]
+    return render(sections)
+
+
+def add_script(rules: list[Rule], saved: Saved) -> str:
+    """Add the rules that are not there yet (adding is idempotent)."""
+    present = saved.counts()
+    sections: dict[str, list[str]] = collections.defaultdict(list)
+    for rule in rules:
+        key = (rule.table, rule.chain, rule.spec)
+        if present[key] > 0:
+            present[key] -= 1
+            continue
+        sections[rule.table].append(rule.add_line())
+    return render(sections, ADD_ORDER)
+
+
+def remove_script(rules: list[Rule], saved: Saved) -> str:
+    """Delete the rules that are there; missing ones are skipped."""
+    present = saved.counts()
+    sections: dict[str, list[str]] = collections.defaultdict(list)
+    for rule in rules:
+        key = (rule.table, rule.chain, rule.spec)
+        if present[key] > 0:
+            present[key] -= 1
+            sections[rule.table].append(rule.delete_line())
+    return render(sections, REMOVE_ORDER)
+
+
+def add_network_script(net: NetworkRules, userland_proxy: bool, saved: Saved) -> str:
+    return add_script(network_rules(net, userland_proxy), saved)
+
+
+def remove_network_script(net: NetworkRules, saved: Saved) -> str:
+    """Whatever rules this bridge has, whichever flags and mode wrote them."""
+    rules: list[Rule] = []
+    for internal in (False, True):
+        variant = dataclasses.replace(net, internal=internal, masquerade=True)
+        for rule in network_rules(variant, userland_proxy=False):
+            if rule not in rules:
+                rules.append(rule)
+    return remove_script(rules, saved)
+
+
+def _port_plan(ports: list[PortRule], saved: Saved, present: bool) -> list[Rule]:
+    """The rules of the ports whose DNAT rule is there (present=True) or is
+    not. The ACCEPT and hairpin rules of two ports to the same container port
+    are equal: each port owns one copy of them."""
+    counts = saved.counts()
+    out = []
+    for port in ports:
+        rules = port_rules(port)
+        key = (rules[0].table, rules[0].chain, rules[0].spec)
+        if (counts[key] > 0) == present:
+            out += rules
+            # A port listed twice: the second sees what the first did.
+            counts[key] += -1 if present else 1
+    return out
+
+
+def add_ports_script(ports: list[PortRule], saved: Saved) -> str:
+    rules = _port_plan(ports, saved, present=False)
+    sections: dict[str, list[str]] = collections.defaultdict(list)
+    for rule in rules:
+        sections[rule.table].append(rule.add_line())
+    return render(sections, ADD_ORDER)
+
+
+def remove_ports_script(ports: list[PortRule], saved: Saved) -> str:
+    return remove_script(_port_plan(ports, saved, present=True), saved)
+
+
+def teardown_script(saved: Saved) -> str:
+    """Delete the jumps into our chains, then flush and delete the chains."""
+    sections: dict[str, list[str]] = {}
+    for table, chains in OUR_CHAINS.items():
+        ours = [c for c in chains if saved.has_chain(table, c)]
+        lines = [f"-D {chain} {spec}" for chain, spec in saved.jumps(table)]
+        lines += [f"-F {c}" for c in ours] + [f"-X {c}" for c in ours]
+        sections[table] = lines
+    return render(sections, REMOVE_ORDER)
+
+
+# -- the backend -----------------------------------------------------------------
+
+
+class IptablesFirewall(Firewall):
+    restore_cmd: tuple[str, ...] = (RESTORE, "--noflush", "--wait")
+    save_cmd: tuple[str, ...] = (SAVE,)
+
+    def _exec(self, argv: tuple[str, ...], stdin: str | None = None) -> str:
+        try:
+            proc = subprocess.run(
+                list(argv), input=stdin, capture_output=True, text=True, check=False
+            )
+        except OSError as exc:
+            raise IptablesError(f"{argv[0]}: {exc}") from None
+        if proc.returncode != 0:
+            raise IptablesError(
+                proc.stderr.strip() or f"{argv[0]} failed with status {proc.returncode}"
+            )
+        return proc.stdout
+
+    def run(self, script: str) -> None:
+        """One iptables-restore run (each table section is one transaction)."""
+        if script:
+            self._exec(self.restore_cmd, script)
+
+    def saved(self) -> Saved:
+        return parse_save(self._exec(self.save_cmd))
+
+    def sync(self, networks: list[NetworkRules], ports: list[PortRule]) -> None:
+        self.run(sync_script(networks, ports, self.userland_proxy, self.saved()))
+
+    def add_network(self, net: NetworkRules) -> None:
+        self.run(add_network_script(net, self.userland_proxy, self.saved()))
+
+    def remove_network(self, net: NetworkRules) -> None:
+        self.run(remove_network_script(net, self.saved()))
+
+    def add_ports(self, rules: list[PortRule]) -> None:
+        if rules:
+            self.run(add_ports_script(rules, self.saved()))
+
+    def remove_ports(self, rules: list[PortRule]) -> None:
+        if rules:
+            self.run(remove_ports_script(rules, self.saved()))
+
+    def teardown(self) -> None:
+        self.run(teardown_script(self.saved()))
+
+    def dump(self) -> str:
+        return dump_text(self._exec(self.save_cmd))

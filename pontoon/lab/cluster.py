@@ -1,0 +1,286 @@
+"""`pontoon lab`: a cluster of simulated hosts on this machine (SPEC §9).
+
+    switch netns  ptl-<lab>-sw   bridge br0 10.10.0.1/24, etcd on 10.10.0.1:2379
+        │ veth
+    host netns    ptl-<lab>-h1   eth0 10.10.0.11/24, pontoond (--cluster-store etcd://…)
+    host netns    ptl-<lab>-h2   eth0 10.10.0.12/24, pontoond
+    …
+
+The switch namespace is the underlay (and the "outside" the hosts route to);
+nothing is created in the machine's own network namespace. State lives in
+/run/pontoon-lab/<lab>/state.json so `lab down` and `-H lab://h1` work from
+any later command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from pontoon.lab.hosts import SimHost, run
+
+STATE_ROOT = Path("/run/pontoon-lab")
+DEFAULT_SUBNET = "10.10.0.0/24"
+ETCD_PORT = 2379
+ETCD_PEER_PORT = 2380
+CLUSTER_PREFIX = "/pontoon"
+
+
+class LabError(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass
+class LabHost:
+    name: str  # h1, h2, ...
+    netns: str
+    address: str
+    workdir: str
+    daemon_pid: int = 0
+
+    def sim(self) -> SimHost:
+        host = SimHost(self.netns, Path(self.workdir))
+        return host
+
+    @property
+    def socket(self) -> str:
+        return str(Path(self.workdir) / "pontoon.sock")
+
+
+@dataclasses.dataclass
+class LabState:
+    name: str
+    subnet: str
+    switch: str
+    etcd_pid: int = 0
+    etcd_url: str = ""  # what --cluster-store takes: etcd://HOST:PORT
+    etcd_client_url: str = ""  # what etcdctl takes: http://HOST:PORT
+    hosts: list[LabHost] = dataclasses.field(default_factory=list)
+
+    @property
+    def directory(self) -> Path:
+        return STATE_ROOT / self.name
+
+    def save(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / "state.json").write_text(json.dumps(dataclasses.asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, name: str) -> LabState:
+        path = STATE_ROOT / name / "state.json"
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise LabError(f"no lab named {name!r} is up") from None
+        data["hosts"] = [LabHost(**h) for h in data["hosts"]]
+        return cls(**data)
+
+    def host(self, name: str) -> LabHost:
+        for host in self.hosts:
+            if name in (host.name, host.netns):
+                return host
+        raise LabError(f"lab {self.name} has no host {name!r}")
+
+
+def socket_for(spec: str) -> str:
+    """`lab://h1` or `lab://LAB/h1` -> that host's API socket."""
+    rest = spec.removeprefix("lab://")
+    lab, _, host = rest.rpartition("/")
+    return LabState.load(lab or "lab").host(host).socket
+
+
+def _root_routes() -> list[ipaddress.IPv4Network]:
+    """Read-only look at the machine's routes: the lab must not shadow them."""
+    out = run("ip", "-4", "route", "show", "table", "all").stdout
+    nets = []
+    for line in out.splitlines():
+        dest = line.split()[0] if line.split() else ""
+        if dest in ("default", "local", "broadcast", "unreachable", "multicast"):
+            dest = line.split()[1] if dest != "default" and len(line.split()) > 1 else ""
+        with contextlib.suppress(ValueError):
+            if dest:
+                net = ipaddress.IPv4Network(dest, strict=False)
+                if net.prefixlen > 0 and not net.is_loopback:
+                    nets.append(net)
+    return nets
+
+
+def check_subnet(subnet: str, hosts: int) -> ipaddress.IPv4Network:
+    try:
+        net = ipaddress.IPv4Network(subnet)
+    except ValueError as exc:
+        raise LabError(f"invalid lab subnet {subnet!r}: {exc}") from None
+    if net.num_addresses < hosts + 16:
+        raise LabError(f"lab subnet {net} is too small for {hosts} hosts")
+    for route in _root_routes():
+        if net.overlaps(route):
+            raise LabError(f"lab subnet {net} overlaps this machine's route to {route}")
+    return net
+
+
+def up(
+    name: str = "lab",
+    hosts: int = 2,
+    subnet: str = DEFAULT_SUBNET,
+    daemon_args: list[str] | None = None,
+) -> LabState:
+    if not 1 <= hosts <= 50:
+        raise LabError("--hosts must be 1-50")
+    if (STATE_ROOT / name / "state.json").exists():
+        raise LabError(f"lab {name!r} is already up: `pontoon lab down` first")
+    if not name.isalnum() or len(name) > 6:
+        raise LabError("a lab name is 1-6 letters or digits")
+    net = check_subnet(subnet, hosts)
+    addrs = list(net.hosts())
+    switch_ip = addrs[0]
+    state = LabState(name=name, subnet=str(net), switch=f"ptl-{name}-sw")
+    state.save()
+    try:
+        _make_switch(state, f"{switch_ip}/{net.prefixlen}")
+        _start_etcd(state, str(switch_ip))
+        for i in range(1, hosts + 1):
+            _add_host(
+                state, i, f"{addrs[9 + i]}/{net.prefixlen}", str(switch_ip), daemon_args or []
+            )
+            state.save()
+    except BaseException:
+        down(name)
+        raise
+    return state
+
+
+def _make_switch(state: LabState, address: str) -> None:
+    run("ip", "netns", "add", state.switch)
+    sw = ["ip", "-n", state.switch]
+    run(*sw, "link", "set", "lo", "up")
+    run(*sw, "link", "add", "br0", "type", "bridge")
+    run(*sw, "addr", "add", address, "dev", "br0")
+    run(*sw, "link", "set", "br0", "up")
+
+
+def _start_etcd(state: LabState, ip: str) -> None:
+    from pontoon.lab.etcd import EtcdServer
+
+    etcd = EtcdServer(
+        state.directory / "etcd", ip, ETCD_PORT, ETCD_PEER_PORT,
+        netns_path=f"/run/netns/{state.switch}",
+    )  # fmt: skip
+    etcd.start()
+    state.etcd_pid = etcd.pid or 0
+    state.etcd_url = etcd.url
+    state.etcd_client_url = etcd.client_url
+    state.save()
+
+
+def _add_host(state: LabState, index: int, address: str, gateway: str, extra: list[str]) -> None:
+    name = f"h{index}"
+    host = LabHost(name, f"ptl-{state.name}-{name}", address.split("/")[0],
+                   str(state.directory / name))  # fmt: skip
+    state.hosts.append(host)
+    sim = host.sim()
+    sim.create()
+    # The host's eth0 is born in its namespace, its peer on the switch's bridge.
+    run("ip", "link", "add", "eth0", "netns", host.netns, "type", "veth", "peer", "name",
+        f"p{name}", "netns", state.switch)  # fmt: skip
+    run("ip", "-n", state.switch, "link", "set", f"p{name}", "master", "br0", "up")
+    sim.sh("ip", "addr", "add", address, "dev", "eth0")
+    sim.sh("ip", "link", "set", "eth0", "up")
+    sim.sh("ip", "route", "add", "default", "via", gateway)
+    store = f"{state.etcd_url}{CLUSTER_PREFIX}"
+    sim.start_daemon("--cluster-store", store, "--cluster-advertise", "eth0", *extra)
+    assert sim.daemon is not None
+    host.daemon_pid = sim.daemon.pid
+
+
+def down(name: str = "lab") -> None:
+    """Remove everything the lab made; safe on a half-made lab."""
+    try:
+        state = LabState.load(name)
+    except LabError:
+        state = LabState(name=name, subnet="", switch=f"ptl-{name}-sw")
+    for host in state.hosts:
+        sim = host.sim()
+        if host.daemon_pid:
+            _kill(host.daemon_pid)
+        sim.destroy()
+    _kill(state.etcd_pid)
+    # Hosts not yet recorded in the state when `up` failed half-way.
+    for ns in run("ip", "netns", "list", check=False).stdout.split("\n"):
+        ns = ns.split(" ")[0]
+        if ns.startswith(f"ptl-{name}-") and ns != state.switch:
+            SimHost(ns, state.directory / ns.rsplit("-", 1)[1]).destroy()
+    if (Path("/run/netns") / state.switch).exists():
+        run("ip", "netns", "del", state.switch, check=False)
+    shutil.rmtree(state.directory, ignore_errors=True)
+
+
+def _kill(pid: int) -> None:
+    if pid <= 0:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    # Reap it when it is our child (the lab was made by this process), so no
+    # zombie is left behind; anyone else's child is its parent's business.
+    with contextlib.suppress(ChildProcessError):
+        for _ in range(200):
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                break
+            time.sleep(0.01)
+
+
+def status(name: str = "lab") -> dict[str, Any]:
+    state = LabState.load(name)
+    hosts = []
+    for host in state.hosts:
+        alive = _alive(host.daemon_pid)
+        ref = f"lab://{host.name}" if state.name == "lab" else f"lab://{state.name}/{host.name}"
+        hosts.append(
+            {"host": host.name, "netns": host.netns, "address": host.address,
+             "daemon": "running" if alive else "down", "socket": host.socket, "ref": ref}
+        )  # fmt: skip
+    etcd_ok = _alive(state.etcd_pid) and _etcd_healthy(state.switch, state.etcd_client_url)
+    return {
+        "lab": state.name,
+        "subnet": state.subnet,
+        "cluster_store": state.etcd_url + CLUSTER_PREFIX,
+        "switch": state.switch,
+        "etcd": {"url": state.etcd_url, "healthy": etcd_ok},
+        "hosts": hosts,
+    }
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
+
+
+def _etcd_healthy(switch: str, url: str) -> bool:
+    if not url:
+        return False
+    env = dict(os.environ, ETCDCTL_API="3")
+    # etcd listens inside the switch namespace: ask from there.
+    proc = subprocess.run(
+        ["nsenter", f"--net=/run/netns/{switch}", "--",
+         "etcdctl", f"--endpoints={url}", "--dial-timeout=2s", "endpoint", "health"],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    return proc.returncode == 0
