@@ -11,6 +11,8 @@ from tests.integration.portmap_helpers import PROBE, SERVER
 pytestmark = pytest.mark.integration
 
 MODES = ["--userland-proxy=true", "--userland-proxy=false"]
+BACKENDS = ["nftables", "iptables"]
+SETUPS = [(mode, backend) for backend in BACKENDS for mode in MODES]
 
 
 def probe(where: SimHost, addr: str, port: int, proto: str = "tcp", timeout: float = 5) -> str:
@@ -24,11 +26,12 @@ def probe_from(host: SimHost, container: str, addr: str, port: int, proto: str =
     return proc.stdout.strip()
 
 
-@pytest.fixture(params=MODES)
+@pytest.fixture(params=SETUPS, ids=lambda s: f"{s[1]}-{s[0].rsplit('-', 1)[1]}")
 def published(request, make_host):
     """A host with `web` publishing 12580->80/tcp, 5353->53/udp and
     127.0.0.1:8080->80/tcp; an outside machine; a second network."""
-    host = make_host(request.param)
+    mode, backend = request.param
+    host = make_host(mode, "--firewall-backend", backend)
     outside = add_outside(make_host, host)
     host.cli("network", "create", "--subnet", "10.50.0.0/24", "front")
     host.cli("network", "create", "--subnet", "10.60.0.0/24", "back")
@@ -99,7 +102,7 @@ def test_removal_refuses_and_forgets(published):
     host.cli("rm", "-f", "web")
     assert "refused" in probe(outside, HOST_ADDR, 12580, timeout=1)
     assert "dport=5353" not in host.sh("conntrack", "-L", "-p", "udp", check=False).stdout
-    ruleset = host.sh("nft", "list", "table", "ip", "pontoon").stdout
+    ruleset = host.sh("nft", "list", "ruleset").stdout
     assert "12580" not in ruleset and "5353" not in ruleset
 
 
@@ -161,3 +164,51 @@ def test_published_ports_survive_a_daemon_restart(make_host):
     assert probe(outside, HOST_ADDR, 12580).startswith("peer=")
     clash = host.cli("run", "-d", "--name", "b", "-p", "12580:80", "--", "true", check=False)
     assert clash.returncode == 1 and "already in use" in clash.stderr
+
+
+ECHO = r"""
+import socket, threading
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 7000)); s.listen(64)
+def serve(c):
+    while data := c.recv(100):
+        c.sendall(data)
+while True:
+    threading.Thread(target=serve, args=(s.accept()[0],)).start()
+"""
+
+# One connection through the proxy, used before and after a daemon restart.
+LONG_CLIENT = r"""
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+s.sendall(b"before"); print(s.recv(100).decode(), flush=True)
+time.sleep(float(sys.argv[2]))
+s.sendall(b"after"); print(s.recv(100).decode(), flush=True)
+"""
+
+
+def test_one_proxy_for_every_port_survives_daemon_restarts(make_host):
+    import signal
+    import subprocess
+
+    host = make_host("--userland-proxy=true")
+    host.cli("run", "-d", "--name", "echo", "-p", "7000:7000", "-p", "9000-9049:9000-9049",
+             "--", "python3", "-c", ECHO)  # fmt: skip
+    ours = f"pontoon.proxy --control {host.exec_root}"
+    proxies = host.sh("pgrep", "-f", ours).stdout.split()
+    assert len(proxies) == 1  # one process for 51 ports (Docker: 51 docker-proxy)
+    probe(host, "127.0.0.1", 7000)  # wait until the server listens
+    client = host.popen("python3", "-c", LONG_CLIENT, "7000", "3", stdout=subprocess.PIPE)
+    try:
+        assert client.stdout.readline().strip() == "before"
+        host.stop_daemon(signal.SIGKILL)
+        host.start_daemon("--userland-proxy=true")
+        assert client.stdout.readline().strip() == "after"  # the connection was not cut
+    finally:
+        client.kill()
+        client.wait()
+    assert host.sh("pgrep", "-f", ours).stdout.split() == proxies
+    # The restarted daemon found the proxy's mappings intact: new connections work.
+    out = host.sh("python3", "-c", LONG_CLIENT, "7000", "0").stdout.split()
+    assert out == ["before", "after"]
+    assert "9049" in host.sh("ss", "-ltn").stdout
