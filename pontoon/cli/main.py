@@ -340,6 +340,26 @@ def rm(ctx: click.Context, force: bool, names: tuple[str, ...]) -> None:
         click.echo(name)
 
 
+# ------------------------------------------------------------------ trace
+
+
+@cli.command()
+@click.option("--from", "source", required=True, help="Container, `host` or netns:NAME.")
+@click.option("--to", "target", required=True, help="Container, IP, or host:PORT [/PROTO].")
+@click.option("--proto", type=click.Choice(["icmp", "tcp", "udp"]), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def trace(ctx: click.Context, source: str, target: str, proto: str | None, as_json: bool) -> None:
+    """Send a probe and show where it goes: devices, netfilter, NAT, proxy."""
+    result = client(ctx).post("/trace", {"From": source, "To": target, "Proto": proto or ""})
+    if as_json:
+        emit_json(result)
+        return
+    from pontoon.trace.render import render
+
+    click.echo(render(result))
+
+
 # -------------------------------------------------------------------- lab
 
 

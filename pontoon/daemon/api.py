@@ -84,6 +84,7 @@ class Api:
         r.add_delete("/containers/{ref}", self.container_remove)
         r.add_get("/containers/{ref}/logs", self.container_logs)
         r.add_post("/containers/{ref}/wait", self.container_wait)
+        r.add_post("/trace", self.trace)
         return app
 
     async def ping(self, request: web.Request) -> web.Response:
@@ -206,6 +207,13 @@ class Api:
     async def container_wait(self, request: web.Request) -> web.Response:
         code = await self.svc.wait(request.match_info["ref"])
         return web.json_response({"StatusCode": code})
+
+    async def trace(self, request: web.Request) -> web.Response:
+        from pontoon.trace.run import trace
+
+        data = await body(request)
+        result = await trace(self.svc, _str(data, "From"), _str(data, "To"), _str(data, "Proto"))
+        return web.json_response(result)
 
     async def container_logs(self, request: web.Request) -> web.StreamResponse:
         """Docker's multiplexed log stream: 8-byte header (stream, 0, 0, 0,

@@ -62,6 +62,10 @@ class Kernel:
         # frames pass netfilter so a hairpin reply is un-NATed (as Docker
         # relies on br_netfilter too).
         _sysctl("net/ipv4/ip_forward", "1")
+        # A trace cut short by a killed daemon may have left its marking table.
+        from pontoon.trace.monitor import remove_rules
+
+        remove_rules()
         _sysctl("net/bridge/bridge-nf-call-iptables", "1", missing_ok=True)
 
     def setup_overlay(self, netns_dir: Path, advertise: str, vxlan_port: int) -> tuple[str, int]:

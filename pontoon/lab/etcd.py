@@ -52,7 +52,8 @@ class EtcdServer:
         name: str = "pontoon",
         log_path: Path | None = None,
     ) -> None:
-        self.data_dir = Path(data_dir)
+        # Absolute: the PID check matches it against etcd's command line.
+        self.data_dir = Path(data_dir).absolute()
         self.host = client_url_host
         self.client_port = client_port
         self.peer_port = peer_port
@@ -217,9 +218,18 @@ class EtcdServer:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
 
-    def pause(self) -> None:
-        """SIGSTOP: etcd keeps its sockets but answers nothing (a hung member)."""
-        self._signal(self._require_pid(), signal.SIGSTOP)
+    def pause(self, timeout: float = 2.0) -> None:
+        """SIGSTOP: etcd keeps its sockets but answers nothing (a hung member).
+
+        Returns once every thread is stopped: kill() only queues the signal,
+        and a request arriving meanwhile would still be answered."""
+        pid = self._require_pid()
+        self._signal(pid, signal.SIGSTOP)
+        deadline = time.monotonic() + timeout
+        while not _all_threads_stopped(pid):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"etcd (pid {pid}) did not stop within {timeout:g}s")
+            time.sleep(0.01)
 
     def resume(self) -> None:
         self._signal(self._require_pid(), signal.SIGCONT)
@@ -235,3 +245,13 @@ class EtcdServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def _all_threads_stopped(pid: int) -> bool:
+    """Every thread of `pid` in state T (stopped by a signal)."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        states = [(task / "stat").read_text().rpartition(")")[2].split()[0] for task in tasks]
+    except OSError:
+        return False
+    return bool(states) and all(state == "T" for state in states)

@@ -295,8 +295,19 @@ class EtcdStore(Store):
         self, client: aetcd.Client, start: bytes, end: bytes
     ) -> tuple[list[Any], int]:
         """All keys in [start, end), page by page, every page at the revision
-        of the first so the result is one consistent snapshot."""
+        of the first so the result is one consistent snapshot. Should etcd
+        compact that revision between two pages, the listing starts over."""
         await client.connect()
+        while True:
+            try:
+                return await self._range_at_one_revision(client, start, end)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.OUT_OF_RANGE:
+                    raise
+
+    async def _range_at_one_revision(
+        self, client: aetcd.Client, start: bytes, end: bytes
+    ) -> tuple[list[Any], int]:
         kvs: list[Any] = []
         revision = 0
         while True:
@@ -506,6 +517,4 @@ def _translate(exc: Exception, what: str) -> Exception:
     text = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
     if _LEASE_NOT_FOUND in text:
         return LeaseExpired(f"cluster store: {what}: the lease has expired")
-    if isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.OUT_OF_RANGE:
-        return Compacted(f"{what}: {text}")  # a paged read whose revision was compacted
     return PontoonError(f"cluster store: {what}: {text}")

@@ -24,9 +24,6 @@ from pontoon.store.etcd import EtcdStore
 
 TEST_TIMEOUT = 30.0
 
-if not os.path.exists(ETCD_BIN):
-    pytest.skip(f"{ETCD_BIN} is not installed (Debian etcd-server)", allow_module_level=True)
-
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
@@ -38,6 +35,8 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 
 
 def new_server(data_dir: Path) -> EtcdServer:
+    if not os.path.exists(ETCD_BIN):
+        pytest.skip(f"{ETCD_BIN} is not installed (Debian package etcd-server)")
     return EtcdServer(data_dir, "127.0.0.1", free_tcp_port(), free_tcp_port())
 
 

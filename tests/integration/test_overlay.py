@@ -249,3 +249,20 @@ def test_vxlan_port_in_use_is_a_clear_error(make_host):
     with pytest.raises(RuntimeError, match="VXLAN port 4789 is already used by device squat"):
         host.start_daemon("--cluster-store", "etcd://127.0.0.1:1/x", "--cluster-advertise", "lo",
                           timeout=5)  # fmt: skip
+
+
+def test_trace_across_hosts(seed_lab):
+    lab = seed_lab
+    r = json.loads(lab.cli("h1", "trace", "--json", "--from", "net1c1", "--to", "net1c2").stdout)
+    assert r["verdict"] == "delivered"
+    vxlan = next(hop for hop in r["path"] if hop["kind"] == "vxlan")
+    net1 = json.loads(lab.cli("h1", "network", "inspect", "net1").stdout)[0]
+    assert vxlan["vni"] == net1["VNI"] and vxlan["local_vtep"] == lab.state.hosts[0].address
+    remote = next(hop for hop in r["path"] if hop["kind"] == "remote host")
+    assert remote["vtep"] == lab.state.hosts[1].address
+    # The encapsulated packet leaves through the host namespace's output hook.
+    outer = [w for w in r["netfilter"]["host"] if w["hook"] == "output"]
+    assert outer and outer[0]["packet"].get("dport") == "4789"
+    other = json.loads(lab.cli("h1", "trace", "--json", "--from", "net1c1", "--to",
+                               "net2c2").stdout)  # fmt: skip
+    assert other["verdict"] != "delivered"

@@ -1,0 +1,186 @@
+"""Kernel trace events: `meta nftrace set 1` for one flow, `nft monitor trace`.
+
+The trace table `ip pontoon_trace` hooks prerouting and output at priority
+-350 (before conntrack and every other table), so the events cover the whole
+walk through every table of the namespace, ours or not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import nftables
+
+from pontoon.sandbox import netns
+
+TABLE = "pontoon_trace"
+TRACE_LINE = re.compile(
+    r"^trace id (?P<id>[0-9a-f]+) (?P<family>\w+) (?P<table>\S+) (?P<chain>\S+) (?P<rest>.*)$"
+)
+# Offsets inside a VXLAN packet, counted from the outer UDP header: UDP 8,
+# VXLAN 8, inner Ethernet 14, inner IPv4 20 (no options).
+INNER_L4 = (8 + 8 + 14 + 20) * 8
+
+
+@dataclasses.dataclass
+class TraceEvent:
+    id: str
+    family: str
+    table: str
+    chain: str
+    kind: str  # packet | rule | policy | verdict
+    text: str
+    verdict: str = ""
+    fields: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowMatch:
+    """What marks the probe's packets, both ways: a source port (TCP/UDP) or
+    an ICMP id, also seen inside VXLAN encapsulation."""
+
+    proto: str
+    port: int = 0  # tcp/udp: the probe's source port
+    icmp_id: int = 0
+    vxlan_port: int = 0
+
+    def rules(self) -> list[str]:
+        if self.proto == "icmp":
+            matches = [f"icmp id {self.icmp_id}"]
+            inner = [f"@th,{INNER_L4 + 32},16 {self.icmp_id}"]
+        else:
+            matches = [f"{self.proto} sport {self.port}", f"{self.proto} dport {self.port}"]
+            inner = [f"@th,{INNER_L4},16 {self.port}", f"@th,{INNER_L4 + 16},16 {self.port}"]
+        if self.vxlan_port:
+            matches += [f"udp dport {self.vxlan_port} {m}" for m in inner]
+        return [f"{m} meta nftrace set 1" for m in matches]
+
+
+def _script(match: FlowMatch) -> str:
+    body = "\n".join(f"        {rule}" for rule in match.rules())
+    chains = "".join(
+        f"""
+    chain {hook} {{
+        type filter hook {hook} priority -350; policy accept;
+{body}
+    }}"""
+        for hook in ("prerouting", "output")
+    )
+    return f"add table ip {TABLE}\ndelete table ip {TABLE}\ntable ip {TABLE} {{{chains}\n}}\n"
+
+
+def _nft(script: str) -> None:
+    rc, _, err = nftables.Nftables().cmd(script)
+    if rc != 0:
+        raise RuntimeError(f"trace rules: {err.strip()}")
+
+
+def remove_rules() -> None:
+    """Drop the trace table of the current namespace, if any."""
+    _nft(f"add table ip {TABLE}\ndelete table ip {TABLE}\n")
+
+
+class Monitor:
+    """Trace rules plus an `nft monitor trace` reader in one namespace."""
+
+    def __init__(self, match: FlowMatch, ns: Path | None = None, label: str = "host") -> None:
+        self.match = match
+        self.ns = ns
+        self.label = label
+        self.proc: subprocess.Popen[str] | None = None
+
+    def _in_ns(self, fn) -> None:  # type: ignore[no-untyped-def]
+        if self.ns is None:
+            fn()
+        else:
+            netns.run_in(self.ns, fn)
+
+    def start(self) -> None:
+        prefix = [] if self.ns is None else ["nsenter", f"--net={self.ns}", "--"]
+        self.proc = subprocess.Popen(
+            [*prefix, "nft", "monitor", "trace"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self._in_ns(lambda: _nft(_script(self.match)))
+        time.sleep(0.05)  # let the monitor subscribe before the first packet
+
+    def stop(self) -> list[TraceEvent]:
+        """Remove the rules, end the reader, return what it saw."""
+        try:
+            self._in_ns(remove_rules)
+        finally:
+            out = ""
+            if self.proc is not None:
+                time.sleep(0.1)  # the last events are still on their way
+                self.proc.terminate()
+                try:
+                    out, _ = self.proc.communicate(timeout=2)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    out, _ = self.proc.communicate()
+        return parse(out)
+
+
+def parse(text: str) -> list[TraceEvent]:
+    events = []
+    for line in text.splitlines():
+        m = TRACE_LINE.match(line.strip())
+        if not m:
+            continue
+        rest = m["rest"]
+        kind, verdict, fields = "verdict", "", {}
+        if rest.startswith("packet:"):
+            kind = "packet"
+            fields = _packet_fields(rest.removeprefix("packet:"))
+        elif rest.startswith("rule "):
+            kind = "rule"
+            vm = re.search(r"\(verdict (\S+?)(?: (\S+))?\)\s*$", rest)
+            if vm:
+                verdict = vm.group(1) + (f" {vm.group(2)}" if vm.group(2) else "")
+            rest = re.sub(r"\s*\(verdict [^)]*\)\s*$", "", rest.removeprefix("rule "))
+        elif rest.startswith("policy "):
+            kind = "policy"
+            verdict = rest.split()[1]
+        elif rest.startswith("verdict "):
+            verdict = rest.split(" ", 1)[1].strip()
+        event = TraceEvent(m["id"], m["family"], m["table"], m["chain"], kind, rest.strip())
+        event.verdict, event.fields = verdict, fields
+        events.append(event)
+    return events
+
+
+TCP_FLAGS = ((0x01, "fin"), (0x02, "syn"), (0x04, "rst"), (0x08, "psh"), (0x10, "ack"))
+
+
+def _flags(text: str) -> str:
+    """nft prints flag combinations it has no name for as hex (0x12 = syn,ack)."""
+    if not text.startswith("0x"):
+        return text
+    value = int(text, 16)
+    return ",".join(name for bit, name in TCP_FLAGS if value & bit) or text
+
+
+def _packet_fields(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for m in re.finditer(r'(iif|oif) "?([^" ]+)"?', text):
+        out[m.group(1)] = m.group(2)
+    for m in re.finditer(r"ip (saddr|daddr) (\S+)", text):
+        out[m.group(1)] = m.group(2)
+    for m in re.finditer(r"(tcp|udp) (sport|dport) (\d+)", text):
+        out[m.group(2)] = m.group(3)
+        out["proto"] = m.group(1)
+    if m := re.search(r"tcp flags == (\S+)", text):
+        out["tcp_flags"] = _flags(m.group(1))
+    if m := re.search(r"icmp type (\S+)", text):
+        out["icmp_type"] = m.group(1)
+        out["proto"] = "icmp"
+    return out

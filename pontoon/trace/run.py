@@ -1,0 +1,461 @@
+"""Running a trace inside the daemon: resolve the two ends, watch, probe,
+collect, explain."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pontoon import model
+from pontoon.errors import InvalidArgument, NotFound
+from pontoon.model import Container, Endpoint, Network
+from pontoon.trace import probe
+from pontoon.trace.monitor import TABLE, FlowMatch, Monitor, TraceEvent
+
+if TYPE_CHECKING:
+    from pontoon.daemon.service import Service
+
+PROTOS = ("icmp", "tcp", "udp")
+BASE_HOOKS = {
+    # our table
+    "guard": "prerouting", "prerouting": "prerouting", "output": "output",
+    "forward": "forward", "postrouting": "postrouting", "input": "input",
+    # iptables(-nft) built-ins
+    "PREROUTING": "prerouting", "INPUT": "input", "FORWARD": "forward",
+    "OUTPUT": "output", "POSTROUTING": "postrouting",
+}  # fmt: skip
+
+
+@dataclasses.dataclass
+class Point:
+    """One end of a trace."""
+
+    kind: str  # container | host | netns | address
+    label: str
+    ns: Path | None = None  # where a source sends from (None: the daemon's namespace)
+    ip: str = ""
+    port: int = 0
+    container: Container | None = None
+    endpoint: Endpoint | None = None
+    remote: bool = False  # an overlay endpoint on another host
+
+
+def parse_target(text: str, proto: str) -> tuple[str, int, str]:
+    """NAME | NAME:PORT | IP[:PORT] | host:PORT, each with an optional /PROTO."""
+    body, _, suffix = text.partition("/")
+    if suffix:
+        if suffix not in PROTOS:
+            raise InvalidArgument(f"unknown protocol {suffix!r}: use icmp, tcp or udp")
+        proto = suffix
+    name, _, port_text = body.rpartition(":") if ":" in body else (body, "", "")
+    port = 0
+    if port_text:
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise InvalidArgument(f"invalid port {port_text!r} in {text!r}")
+        port = int(port_text)
+    proto = proto or ("tcp" if port else "icmp")
+    if proto != "icmp" and not port:
+        raise InvalidArgument(f"a {proto} trace needs a port: {name}:PORT/{proto}")
+    return name, port, proto
+
+
+def _container_point(svc: Service, name: str) -> Point | None:
+    for c in svc.containers.values():
+        if name in (c.name, c.id) and c.state == model.RUNNING:
+            return Point("container", c.name, Path(c.sandbox), container=c)
+    if svc.cluster is not None:
+        for ep in svc.cluster.remote.values():
+            if ep.container_name == name:
+                return Point("container", name, ip=ep.ip, endpoint=ep, remote=True)
+    return None
+
+
+def resolve_source(svc: Service, text: str) -> Point:
+    if text == "host":
+        return Point("host", "host")
+    if text.startswith("netns:"):
+        path = Path("/run/netns") / text.removeprefix("netns:")
+        if not path.exists():
+            raise NotFound(f"no network namespace {text.removeprefix('netns:')!r} in /run/netns")
+        return Point("netns", text, path)
+    point = _container_point(svc, text)
+    if point is None or point.remote:
+        raise NotFound(f"no running container {text!r} on this host")
+    return point
+
+
+def resolve_target(
+    svc: Service, src: Point, text: str, proto: str, host_ip: str
+) -> tuple[Point, str]:
+    name, port, proto = parse_target(text, proto)
+    if name == "host":
+        return Point("host", f"host:{port}", ip=host_ip, port=port), proto
+    try:
+        ipaddress.IPv4Address(name)
+        return Point("address", name, ip=name, port=port), proto
+    except ValueError:
+        pass
+    point = _container_point(svc, name)
+    if point is None:
+        raise NotFound(f"no running container {name!r} known to this host")
+    point.port = port
+    if point.remote:
+        return point, proto
+    point.endpoint = _shared_endpoint(svc, src, point.container)
+    point.ip = point.endpoint.ip
+    return point, proto
+
+
+def _shared_endpoint(svc: Service, src: Point, dst: Container | None) -> Endpoint:
+    assert dst is not None
+    mine = svc.container_endpoints(dst)
+    if src.container is not None:
+        theirs = {ep.network_id for ep in svc.container_endpoints(src.container)}
+        for ep in mine:
+            if ep.network_id in theirs:
+                return ep
+    primary = next((ep for ep in mine if ep.network_id == dst.networks[0].network_id), None)
+    if primary is None:
+        raise NotFound(f"container {dst.name} has no address")
+    return primary
+
+
+def host_address(svc: Service) -> str:
+    """This host's own address: the one of the interface with the default route
+    (a route lookup only; nothing is sent). Runs on the kernel thread."""
+    routes = svc.kernel.ipr.route("get", dst="192.0.2.1")
+    for route in routes:
+        src = route.get("RTA_PREFSRC")
+        if src:
+            return src
+    raise NotFound("this host has no address to trace to (no default route)")
+
+
+# -- running ---------------------------------------------------------------
+
+
+async def trace(svc: Service, source: str, target: str, proto: str = "") -> dict[str, Any]:
+    src = resolve_source(svc, source)
+    host_ip = await svc.kernel.call(host_address, svc) if target.startswith("host:") else ""
+    dst, proto = resolve_target(svc, src, target, proto, host_ip)
+    mark = probe.new_mark(proto)
+    vxlan_port = svc.config.vxlan_port if svc.kernel.overlay is not None else 0
+    match = FlowMatch(proto, port=mark if proto != "icmp" else 0,
+                      icmp_id=mark if proto == "icmp" else 0, vxlan_port=vxlan_port)  # fmt: skip
+    monitors = [Monitor(match, None, "host")]
+    for net in _overlays_involved(svc, src, dst):
+        monitors.append(Monitor(match, svc.kernel.overlay.namespace(net), f"overlay {net.name}"))
+    before = await _proxy_stats(svc)
+    try:
+        for mon in monitors:
+            await asyncio.to_thread(mon.start)
+        result = await asyncio.to_thread(probe.run, src.ns, proto, dst.ip, dst.port, mark)
+    finally:
+        events = {}
+        for mon in monitors:
+            events[mon.label] = await asyncio.to_thread(mon.stop)
+    after = await _proxy_stats(svc)
+    nat = await svc.kernel.call(_conntrack, proto, mark)
+    return explain(svc, src, dst, proto, mark, result, events, nat, _proxy_used(before, after))
+
+
+def _overlays_involved(svc: Service, src: Point, dst: Point) -> list[Network]:
+    if svc.kernel.overlay is None:
+        return []
+    nets = []
+    for point in (src, dst):
+        if point.container is not None:
+            for ep in svc.container_endpoints(point.container):
+                net = svc.networks.get(ep.network_id)
+                if net is not None and net.driver == "overlay" and net not in nets:
+                    nets.append(net)
+    return nets
+
+
+async def _proxy_stats(svc: Service) -> dict[str, dict[str, int]]:
+    if svc.proxy is None:
+        return {}
+    try:
+        return await asyncio.to_thread(svc.proxy.stats)  # type: ignore[attr-defined]
+    except Exception:
+        return {}
+
+
+def _proxy_used(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any] | None:
+    for mapping_id, stats in after.items():
+        was = before.get(mapping_id, {}).get("connections_total", 0)
+        if stats.get("connections_total", 0) > was:
+            return {"mapping": mapping_id, **stats}
+    return None
+
+
+def _conntrack(proto: str, mark: int) -> list[dict[str, Any]]:
+    """The probe's conntrack entry: original and reply tuples show every NAT."""
+    from pyroute2 import Conntrack
+
+    number = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "icmp": 1}[proto]
+    out = []
+    ct = Conntrack()
+    try:
+        for entry in ct.dump_entries():
+            o, r = entry.tuple_orig, entry.tuple_reply
+            if o.proto != number:
+                continue
+            ours = (o.sport == mark) if proto != "icmp" else (getattr(o, "icmp_id", None) == mark)
+            if not ours and proto == "icmp":
+                ours = getattr(o, "sport", None) == mark
+            if ours:
+                out.append({
+                    "orig": {"src": o.saddr, "dst": o.daddr, "sport": o.sport, "dport": o.dport},
+                    "reply": {"src": r.saddr, "dst": r.daddr, "sport": r.sport, "dport": r.dport},
+                    "status": entry.status_name() if hasattr(entry, "status_name") else "",
+                })  # fmt: skip
+    finally:
+        ct.close()
+    return out
+
+
+# -- explaining ------------------------------------------------------------
+
+
+def explain(
+    svc: Service,
+    src: Point,
+    dst: Point,
+    proto: str,
+    mark: int,
+    result: dict[str, Any],
+    events: dict[str, list[TraceEvent]],
+    conntrack: list[dict[str, Any]],
+    proxy: dict[str, Any] | None,
+) -> dict[str, Any]:
+    hooks = {where: _group(evs) for where, evs in events.items()}
+    nat = _nat(conntrack)
+    dropped = _drop(hooks)
+    if result.get("ok"):
+        verdict = "delivered"
+    elif dropped:
+        verdict = f"dropped in {dropped['where']}: {dropped['table']} {dropped['chain']}"
+    else:
+        verdict = f"no answer ({result.get('error', 'timeout')})"
+    path = devices(svc, src, dst, hooks)
+    path += _behind_nat(svc, conntrack, proxy, path)
+    return {
+        "from": _describe_point(src),
+        "to": _describe_point(dst),
+        "proto": proto,
+        "probe": {"mark": mark, **result},
+        "path": path,
+        "netfilter": hooks,
+        "nat": nat,
+        "proxy": proxy,
+        "verdict": verdict,
+        "dropped": dropped,
+    }
+
+
+def _behind_nat(
+    svc: Service,
+    conntrack: list[dict[str, Any]],
+    proxy: dict[str, Any] | None,
+    path: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Where a DNAT (or the proxy) really delivered: the container behind a
+    published port, as the seed found by reading DNAT targets."""
+    target = ""
+    hops: list[dict[str, Any]] = []
+    if proxy is not None:
+        target = str(proxy.get("backend_ip", "")) or _proxy_backend(svc, proxy["mapping"])
+        hops.append({"kind": "userland proxy", "note": f"accepts, then connects to {target}"})
+    elif conntrack and conntrack[0]["reply"]["src"] != conntrack[0]["orig"]["dst"]:
+        target = conntrack[0]["reply"]["src"]
+    if not target or any(h.get("ip") == target and h["kind"] == "container" for h in path):
+        return hops
+    for ep in svc.endpoints.values():
+        c = svc.containers.get(ep.container_id)
+        if ep.ip == target and c is not None:
+            side = _container_side(svc, c, ep, outbound=False)
+            return hops + list(reversed(side))
+    return hops
+
+
+def _proxy_backend(svc: Service, mapping_id: str) -> str:
+    cid = mapping_id.split("/", 1)[0]
+    for c in svc.containers.values():
+        if c.id.startswith(cid):
+            rules = svc.port_rules(c)
+            return rules[0].container_ip if rules else ""
+    return ""
+
+
+def _describe_point(p: Point) -> dict[str, Any]:
+    out: dict[str, Any] = {"kind": p.kind, "name": p.label}
+    if p.ip:
+        out["ip"] = p.ip
+    if p.port:
+        out["port"] = p.port
+    if p.remote and p.endpoint is not None:
+        out["host_vtep"] = p.endpoint.vtep
+    return out
+
+
+def _group(events: list[TraceEvent]) -> list[dict[str, Any]]:
+    """One entry per packet walk through the hooks (a new one starts where our
+    marking chain sees a packet enter prerouting or output), then repeated
+    walks of the same shape folded into a count: the first SYN, SYN-ACK, ...
+    tell the story, the rest of the flow repeats it."""
+    walks: list[dict[str, Any]] = []
+    current: dict[str, dict[str, Any]] = {}  # trace id -> its walk in progress
+    for ev in events:
+        if ev.kind == "packet" and ev.table == TABLE:
+            walk = {"hook": ev.chain, "packet": dict(ev.fields), "seen": [], "chains": []}
+            walks.append(walk)
+            current[ev.id] = walk
+            continue
+        walk = current.get(ev.id)
+        if walk is None and walks and ev.kind == "packet":
+            # Past routing the kernel may give the same packet a new trace id
+            # (forward after prerouting): it continues the latest walk.
+            walk = current[ev.id] = walks[-1]
+        if walk is None or ev.table == TABLE:
+            continue
+        hook = BASE_HOOKS.get(ev.chain) or (walk["chains"][-1]["hook"] if walk["chains"]
+                                            else walk["hook"])  # fmt: skip
+        if ev.kind == "packet":
+            walk["seen"].append({"hook": hook, **ev.fields})
+            continue
+        walk["chains"].append({
+            "hook": hook,
+            "table": f"{ev.family} {ev.table}",
+            "chain": ev.chain,
+            "kind": ev.kind,
+            "rule": ev.text,
+            "verdict": ev.verdict,
+        })  # fmt: skip
+    return _fold(walks)
+
+
+def _fold(walks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    index: dict[str, dict[str, Any]] = {}
+    for walk in walks:
+        pkt = walk["packet"]
+        rewritten = next((p for p in walk["seen"] if p.get("daddr") != pkt.get("daddr")), None)
+        if rewritten:
+            walk["rewritten"] = {
+                k: rewritten[k] for k in ("hook", "daddr", "dport") if k in rewritten
+            }
+        rules = [(c["chain"], c["rule"]) for c in walk["chains"]]
+        ends = (pkt.get("saddr"), pkt.get("daddr"), pkt.get("iif"), pkt.get("oif"))
+        shape = repr((walk["hook"], ends, rules))
+        if shape in index:
+            index[shape]["count"] += 1
+            continue
+        walk["count"] = 1
+        del walk["seen"]
+        index[shape] = walk
+        out.append(walk)
+    return out
+
+
+def _nat(conntrack: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """DNAT/SNAT on the way out, un-SNAT/un-DNAT on the way back (the seed's
+    "DNAT -> SNAT -> un-SNAT -> un-DNAT")."""
+    out = []
+    for ct in conntrack:
+        o, r = ct["orig"], ct["reply"]
+        if (r["src"], r["sport"]) != (o["dst"], o["dport"]):
+            out.append({"step": "DNAT", "from": f"{o['dst']}:{o['dport']}",
+                        "to": f"{r['src']}:{r['sport']}"})  # fmt: skip
+        if (r["dst"], r["dport"]) != (o["src"], o["sport"]):
+            out.append({"step": "SNAT", "from": f"{o['src']}:{o['sport']}",
+                        "to": f"{r['dst']}:{r['dport']}"})  # fmt: skip
+        if (r["dst"], r["dport"]) != (o["src"], o["sport"]):
+            out.append({"step": "un-SNAT (reply)", "from": f"{r['dst']}:{r['dport']}",
+                        "to": f"{o['src']}:{o['sport']}"})  # fmt: skip
+        if (r["src"], r["sport"]) != (o["dst"], o["dport"]):
+            out.append({"step": "un-DNAT (reply)", "from": f"{r['src']}:{r['sport']}",
+                        "to": f"{o['dst']}:{o['dport']}"})  # fmt: skip
+        if ct.get("status"):
+            out.append({"step": "conntrack", "status": ct["status"]})
+    return out
+
+
+def _drop(hooks: dict[str, list[dict[str, Any]]]) -> dict[str, str] | None:
+    for where, groups in hooks.items():
+        for walk in groups:
+            for chain in walk["chains"]:
+                if chain["verdict"].startswith("drop") or chain["verdict"].startswith("reject"):
+                    return {"where": where, "hook": chain["hook"], "table": chain["table"],
+                            "chain": chain["chain"], "rule": chain["rule"]}  # fmt: skip
+    return None
+
+
+def devices(
+    svc: Service, src: Point, dst: Point, hooks: dict[str, list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """The devices a request crosses, source to destination."""
+    path: list[dict[str, Any]] = []
+    if src.container is not None:
+        ep = _source_endpoint(svc, src, dst)
+        path += _container_side(svc, src.container, ep, outbound=True)
+    else:
+        first = next((w["packet"] for w in hooks.get("host", [])), {})
+        path.append({"kind": "namespace", "name": src.label})
+        if first.get("iif") or first.get("oif"):
+            way = "enters the host on" if first.get("iif") else "leaves through"
+            path.append({"kind": "host", "device": first.get("iif") or first.get("oif"),
+                         "note": way})  # fmt: skip
+    if dst.remote and dst.endpoint is not None:
+        path.append({"kind": "remote host", "vtep": dst.endpoint.vtep,
+                     "note": "decapsulated there: vxlan -> br0 -> veth -> eth0"})  # fmt: skip
+        path.append({"kind": "container", "name": dst.label, "ip": dst.ip,
+                     "host": dst.endpoint.host})  # fmt: skip
+    elif dst.container is not None and dst.endpoint is not None:
+        path += list(reversed(_container_side(svc, dst.container, dst.endpoint, outbound=False)))
+    else:
+        path.append({"kind": "destination", "name": dst.label, "ip": dst.ip})
+    # Two containers on one bridge: the bridge is crossed once.
+    return [hop for i, hop in enumerate(path) if i == 0 or hop != path[i - 1]]
+
+
+def _source_endpoint(svc: Service, src: Point, dst: Point) -> Endpoint:
+    assert src.container is not None
+    eps = svc.container_endpoints(src.container)
+    if dst.endpoint is not None:
+        for ep in eps:
+            if ep.network_id == dst.endpoint.network_id:
+                return ep
+    return next((ep for ep in eps if ep.default_route), eps[0])
+
+
+def _container_side(
+    svc: Service, c: Container, ep: Endpoint, outbound: bool
+) -> list[dict[str, Any]]:
+    net = svc.networks.get(ep.network_id)
+    hops: list[dict[str, Any]] = [
+        {"kind": "container", "name": c.name, "device": ep.ifname, "ip": ep.ip, "mac": ep.mac}
+    ]
+    if net is None:
+        return hops
+    if net.driver == "overlay" and svc.kernel.overlay is not None:
+        from pontoon.drivers.overlay import BRIDGE, vxlan_name
+
+        ns = str(svc.kernel.overlay.namespace(net))
+        hops += [
+            {"kind": "veth", "device": ep.host_ifname, "namespace": ns},
+            {"kind": "bridge", "device": BRIDGE, "namespace": ns},
+            {"kind": "vxlan", "device": vxlan_name(net), "vni": net.vni, "namespace": ns,
+             "local_vtep": svc.kernel.overlay.vtep, "udp_port": svc.config.vxlan_port},
+            {"kind": "underlay", "note": "the VXLAN socket lives in the host namespace"},
+        ]  # fmt: skip
+    else:
+        hops += [
+            {"kind": "veth", "device": ep.host_ifname, "namespace": "host"},
+            {"kind": "bridge", "device": net.bridge, "namespace": "host", "network": net.name},
+        ]
+    return hops
