@@ -360,6 +360,36 @@ def trace(ctx: click.Context, source: str, target: str, proto: str | None, as_js
     click.echo(render(result))
 
 
+@cli.command()
+@click.option("--format", "fmt", type=click.Choice(["text", "dot", "svg", "json"]), default="text")
+@click.option("--lab", "lab_name", default=None, help="Draw every host of this lab.")
+@click.pass_context
+def topology(ctx: click.Context, fmt: str, lab_name: str | None) -> None:
+    """Hosts, networks, namespaces, bridges, veths, VXLAN links and published ports."""
+    from pontoon.cli import topology as draw
+
+    hosts = {}
+    if lab_name:
+        from pontoon.lab.cluster import LabError, LabState
+
+        try:
+            state = LabState.load(lab_name)
+        except LabError as exc:
+            raise click.ClickException(str(exc)) from None
+        for host in state.hosts:
+            hosts[host.name] = Client(f"unix://{host.socket}").get("/topology")
+    else:
+        hosts["host"] = client(ctx).get("/topology")
+    if fmt == "json":
+        emit_json(hosts)
+    elif fmt == "dot":
+        click.echo(draw.to_dot(hosts))
+    elif fmt == "svg":
+        click.echo(draw.to_svg(hosts))
+    else:
+        click.echo(draw.to_text(hosts))
+
+
 # -------------------------------------------------------------------- lab
 
 

@@ -14,8 +14,9 @@ from aiohttp import web
 from pontoon import __version__, model
 from pontoon.daemon import views
 from pontoon.daemon.service import Service
-from pontoon.drivers.bridge import describe_endpoint
+from pontoon.drivers.bridge import bridge_ports, describe_endpoint, sandbox_routes
 from pontoon.errors import InvalidArgument, PontoonError
+from pontoon.model import Endpoint
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -85,6 +86,7 @@ class Api:
         r.add_get("/containers/{ref}/logs", self.container_logs)
         r.add_post("/containers/{ref}/wait", self.container_wait)
         r.add_post("/trace", self.trace)
+        r.add_get("/topology", self.topology)
         return app
 
     async def ping(self, request: web.Request) -> web.Response:
@@ -134,6 +136,8 @@ class Api:
         svc = self.svc
         net = svc.find_network(request.match_info["ref"])
         view = views.network_view(net, svc.network_endpoints(net))
+        if net.driver == "bridge":
+            view["BridgePorts"] = await svc.kernel.call(bridge_ports, svc.kernel.ipr, net.bridge)
         if net.driver == "overlay":
             view["VNI"] = net.vni
             overlay = svc.kernel.overlay
@@ -192,12 +196,24 @@ class Api:
         c = svc.find_container(request.match_info["ref"])
         endpoints = svc.container_endpoints(c)
         devices: dict[str, dict[str, Any]] = {}
+        routes: list[str] = []
         if c.state == model.RUNNING:
             for ep in endpoints:
-                devices[ep.id] = await svc.kernel.call(
-                    describe_endpoint, svc.kernel.ipr, Path(c.sandbox), ep
-                )
-        return web.json_response(views.container_view(c, endpoints, svc.networks, devices))
+                devices[ep.id] = await svc.kernel.call(self._describe, ep, Path(c.sandbox))
+            routes = await svc.kernel.call(sandbox_routes, Path(c.sandbox))
+        view = views.container_view(c, endpoints, svc.networks, devices)
+        view["NetworkSettings"]["Routes"] = routes
+        return web.json_response(view)
+
+    def _describe(self, ep: Endpoint, sandbox: Path) -> dict[str, object]:
+        """On the kernel thread: the endpoint's devices, wherever its host side is."""
+        svc = self.svc
+        net = svc.networks.get(ep.network_id)
+        if net is not None and net.driver == "overlay" and svc.kernel.overlay is not None:
+            info = describe_endpoint(svc.kernel.overlay._nl(net), sandbox, ep)
+            info["HostNamespace"] = str(svc.kernel.overlay.namespace(net))
+            return info
+        return describe_endpoint(svc.kernel.ipr, sandbox, ep)
 
     async def container_remove(self, request: web.Request) -> web.Response:
         force = request.query.get("force") in ("1", "true")
@@ -207,6 +223,11 @@ class Api:
     async def container_wait(self, request: web.Request) -> web.Response:
         code = await self.svc.wait(request.match_info["ref"])
         return web.json_response({"StatusCode": code})
+
+    async def topology(self, request: web.Request) -> web.Response:
+        from pontoon.daemon.topology import topology
+
+        return web.json_response(await topology(self.svc))
 
     async def trace(self, request: web.Request) -> web.Response:
         from pontoon.trace.run import trace

@@ -263,7 +263,12 @@ class ClusterAgent:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             except asyncio.CancelledError:
-                raise
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # we are shutting down
+                # The store's channel was closed under the watch: start over.
+                self._synced.clear()
+                await asyncio.sleep(backoff)
             except Exception:
                 log.exception("cluster watch failed; resyncing")
                 self._synced.clear()

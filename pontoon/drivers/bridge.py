@@ -129,7 +129,8 @@ def configure_container_side(sandbox: Path, ep: Endpoint) -> None:
 
 def describe_endpoint(ipr: IPRoute, sandbox: Path, ep: Endpoint) -> dict[str, object]:
     """What the seed found with `ethtool -S` and `ip link`: both ends of the
-    veth with their ifindexes, and the container side's MTU."""
+    veth with their ifindexes, and the container side's MTU. `ipr` is bound
+    to the namespace holding the host side (the host's, or an overlay's)."""
     info: dict[str, object] = {"HostInterface": ep.host_ifname}
     found = ipr.link_lookup(ifname=ep.host_ifname) if ep.host_ifname else []
     info["HostIfindex"] = found[0] if found else None
@@ -143,3 +144,30 @@ def describe_endpoint(ipr: IPRoute, sandbox: Path, ep: Endpoint) -> dict[str, ob
     except (OSError, NetlinkError, IndexError):
         info["Ifindex"] = None
     return info
+
+
+def sandbox_routes(sandbox: Path) -> list[str]:
+    """The container's routing table, as `ip route` prints it (the seed's first look)."""
+    out = []
+    with netns.iproute(sandbox) as nipr:
+        names = {link["index"]: link.get("ifname") for link in nipr.link("dump")}
+        for route in nipr.route("dump", family=2, table=254):
+            dst = route.get("dst")
+            dest = f"{dst}/{route['dst_len']}" if dst else "default"
+            parts = [dest]
+            if route.get("gateway"):
+                parts.append(f"via {route.get('gateway')}")
+            parts.append(f"dev {names.get(route.get('oif'), '?')}")
+            if route.get("prefsrc"):
+                parts.append(f"src {route.get('prefsrc')}")
+            out.append(" ".join(parts))
+    return out
+
+
+def bridge_ports(ipr: IPRoute, bridge: str) -> list[str]:
+    found = ipr.link_lookup(ifname=bridge)
+    if not found:
+        return []
+    return sorted(
+        link.get("ifname") for link in ipr.link("dump") if link.get("IFLA_MASTER") == found[0]
+    )

@@ -262,6 +262,15 @@ class EtcdStore(Store):
             try:
                 async with asyncio.timeout(budget):
                     return await op(client)
+            except asyncio.CancelledError:
+                # A concurrent failure closed this client's channel, which
+                # cancels every call in flight on it. Unless we ourselves are
+                # being cancelled, that is a connection failure like any other.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                failures.append(f"{format_endpoint(self.endpoints[index])}: channel closed")
+                self._drop(client, index)
             except Exception as exc:
                 if not _is_connection_error(exc) and self._client is client:
                     raise _translate(exc, what) from exc
