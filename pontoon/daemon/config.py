@@ -21,6 +21,7 @@ class DaemonConfig:
     pools: list[ipam.Pool] = dataclasses.field(default_factory=lambda: list(ipam.DEFAULT_POOLS))
     vxlan_port: int = 4789
     cluster_ttl: int = 15
+    metrics_addr: str = "127.0.0.1:9323"
     dns: list[str] = dataclasses.field(default_factory=list)  # default upstream resolvers
     log_level: str = "info"
 

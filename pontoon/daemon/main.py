@@ -46,6 +46,12 @@ log = logging.getLogger("pontoond")
     "--default-address-pool", "pools", multiple=True, help="base=CIDR,size=N (repeatable)."
 )
 @click.option("--dns", "dns", multiple=True, help="Upstream DNS server for containers.")
+@click.option(
+    "--metrics-addr",
+    default="127.0.0.1:9323",
+    show_default=True,
+    help="Prometheus metrics listener (HOST:PORT; empty to disable).",
+)
 @click.option("--vxlan-port", type=click.IntRange(1, 65535), default=4789, show_default=True)
 @click.option(
     "--cluster-ttl",
@@ -72,6 +78,7 @@ def cli(
     bip: str,
     pools: tuple[str, ...],
     dns: tuple[str, ...],
+    metrics_addr: str,
     vxlan_port: int,
     cluster_ttl: int,
     log_level: str,
@@ -96,6 +103,7 @@ def cli(
             pools=[ipam.parse_pool(p) for p in pools] or list(ipam.DEFAULT_POOLS),
             vxlan_port=vxlan_port,
             cluster_ttl=cluster_ttl,
+            metrics_addr=_check_metrics_addr(metrics_addr),
             dns=[str(ipam.parse_address(d, "DNS server")) for d in dns],
             log_level=log_level,
         )
@@ -113,6 +121,15 @@ def cli(
     # Before any thread exists: setns(CLONE_NEWNS) refuses threaded processes.
     netns.join_host_mount_ns()
     sys.exit(asyncio.run(serve(config)))
+
+
+def _check_metrics_addr(addr: str) -> str:
+    if not addr:
+        return ""
+    _, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"invalid --metrics-addr {addr!r}: use HOST:PORT")
+    return addr
 
 
 def _check_bip(bip: str) -> str:
@@ -145,11 +162,12 @@ async def serve(config: DaemonConfig) -> int:
     from pontoon.daemon.reconcile import reconcile
     from pontoon.daemon.service import Service
     from pontoon.store.sqlite import SQLiteStore
+    from pontoon.store.timed import TimedStore
 
     lock_fd = take_lock(config.root)
     config.exec_root.mkdir(parents=True, exist_ok=True)
     config.netns_dir.mkdir(parents=True, exist_ok=True)
-    store = SQLiteStore(config.db_path)
+    store = TimedStore(SQLiteStore(config.db_path), "local")
     kernel = Kernel(config.firewall_backend, config.userland_proxy)
     await kernel.call(kernel.setup)
     svc = Service(config, store, kernel)
@@ -173,6 +191,11 @@ async def serve(config: DaemonConfig) -> int:
     await site.start()
     os.chmod(config.socket, 0o660)
     (config.exec_root / "pontoond.pid").write_text(f"{os.getpid()}\n")
+    metrics_runner = None
+    if config.metrics_addr:
+        from pontoon.daemon import metrics
+
+        metrics_runner = await metrics.start(svc, config.metrics_addr)
     log.info("pontoond ready on %s (root %s)", config.socket, config.root)
 
     stop = asyncio.Event()
@@ -183,6 +206,8 @@ async def serve(config: DaemonConfig) -> int:
     await stop.wait()
     log.info("shutting down; containers keep running")
     await runner.cleanup()
+    if metrics_runner is not None:
+        await metrics_runner.cleanup()
     await svc.close()
     await store.close()
     kernel.close()
@@ -206,7 +231,9 @@ async def join_cluster(config: DaemonConfig, svc: Service) -> None:
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     svc.underlay_mtu = mtu
-    store = EtcdStore.from_url(config.cluster_store)
+    from pontoon.store.timed import TimedStore
+
+    store = TimedStore(EtcdStore.from_url(config.cluster_store), "cluster")
     svc.cluster = ClusterAgent(svc, store, host_id(config.root), vtep, config.cluster_ttl)
     log.info("cluster store %s, VTEP %s, VXLAN port %d", config.cluster_store, vtep,
              config.vxlan_port)  # fmt: skip

@@ -23,6 +23,7 @@ import ipaddress
 import logging
 import socket
 import struct
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,11 +126,13 @@ class Resolver:
     def __init__(self, view_for: Callable[[str], View | None]) -> None:
         self.view_for = view_for  # container id -> what it may resolve
         self.listeners: dict[str, Listener] = {}
+        self.counters: Counter[str] = Counter()  # outcome -> queries, for metrics
 
     async def answer(self, cid: str, wire: bytes, tcp: bool = False) -> bytes | None:
         try:
             query = dns.message.from_wire(wire)
         except dns.exception.DNSException:
+            self.counters["malformed"] += 1
             return formerr(wire)
         if query.flags & dns.flags.QR:
             return None
@@ -141,6 +144,7 @@ class Resolver:
         if view is None:
             return None
         reply = build_reply(query, view)
+        self.counters["local" if reply is not None else "forwarded"] += 1
         if reply is None:
             if not view.external or not view.upstreams:
                 reply = dns.message.make_response(query)

@@ -111,3 +111,35 @@ def test_bad_trace_requests_leave_no_rules(make_host):
         proc = host.cli("trace", *args, check=False)
         assert proc.returncode == 1 and proc.stderr.startswith("Error: "), args
     assert no_trace_rules(host)
+
+
+def test_metrics_scrape_parses(make_host):
+    host = make_host()
+    host.cli("network", "create", "--subnet", "10.50.0.0/24", "web")
+    host.cli("run", "-d", "--name", "c1", "--net", "web", "-p", "8080:80", "--", "sleep", "inf")
+    text = host.sh("curl", "-sf", "http://127.0.0.1:9323/metrics").stdout
+    samples = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line:
+            continue
+        name, value = line.rsplit(" ", 1)
+        samples[name] = float(value)  # every sample line parses
+    assert samples['pontoon_containers{state="running"}'] == 1
+    assert samples['pontoon_endpoints{network="web"}'] == 1
+    assert samples["pontoon_published_ports"] == 1
+    assert samples['pontoon_store_operation_seconds_count{store="local"}'] > 0
+    assert "pontoon_proxy_connections_total" in samples
+
+
+def test_topology_shows_every_device(make_host):
+    host = make_host()
+    host.cli("network", "create", "--subnet", "10.50.0.0/24", "web")
+    host.cli("run", "-d", "--name", "c1", "--net", "web", "-p", "8080:80", "--", "sleep", "inf")
+    info = json.loads(host.cli("inspect", "c1").stdout)[0]["NetworkSettings"]["Networks"]["web"]
+    bridge = json.loads(host.cli("network", "inspect", "web").stdout)[0]["Bridge"]
+    text = host.cli("topology").stdout
+    for needle in (bridge, info["HostInterface"], "c1:eth0 10.50.0.2", "0.0.0.0:8080/tcp -> c1:80"):
+        assert needle in text
+    dot = host.cli("topology", "--format", "dot").stdout
+    assert dot.startswith("digraph") and info["HostInterface"] in dot
+    assert "<svg" in host.cli("topology", "--format", "svg").stdout
