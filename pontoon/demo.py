@@ -6,6 +6,7 @@ an "outside" machine wired to it) and is removed at the end, also on ^C.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -98,9 +99,152 @@ def bridge_tour(host: SimHost) -> list[bool]:
 
 
 def host_bridge(host: SimHost, network: str) -> str:
-    import json
-
     return json.loads(host.cli("network", "inspect", network).stdout)[0]["Bridge"]
+
+
+# --- the seed's second article: port mapping ---------------------------------
+
+SERVER = (
+    "import socket\n"
+    "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "s.bind(('0.0.0.0', 80)); s.listen(64)\n"
+    "while True:\n"
+    "    c, a = s.accept(); c.recv(100); c.sendall(f'peer={a[0]}'.encode()); c.close()\n"
+)
+PROBE = (
+    "import socket, sys, time\n"
+    "for _ in range(50):\n"
+    "    try:\n"
+    "        s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1)\n"
+    "        s.sendall(b'x'); print(s.recv(100).decode()); break\n"
+    "    except OSError as exc:\n"
+    "        err = exc; time.sleep(0.1)\n"
+    "else:\n"
+    "    print(f'failed: {err}')\n"
+)
+
+
+def _how(result: dict) -> str:
+    if result.get("proxy"):
+        return "userland proxy"
+    steps = [s["step"] for s in result["nat"] if s["step"] in ("DNAT", "SNAT")]
+    return " + ".join(f"kernel {s}" for s in steps) or "direct"
+
+
+def portmap_matrix(mode: str, tag: str) -> list[bool]:
+    """The reachability matrix of SPEC §6 in one proxy mode, with how each
+    client got through (from `pontoon trace`)."""
+    work = Path("/tmp/pontoon-demo")
+    host = SimHost(f"ptd-pm{mode[0]}-{tag}", work / f"pm{mode}-{tag}")
+    client = SimHost(f"ptd-cl{mode[0]}-{tag}", work / f"cl{mode}-{tag}")
+    results = []
+    try:
+        host.create()
+        client.create()
+        connect_hosts(host, client, "10.10.126.101/24", "10.10.126.187/24")
+        host.sh("ip", "route", "add", "default", "via", "10.10.126.187")
+        host.start_daemon(f"--userland-proxy={mode}")
+        say(f"--userland-proxy={mode}: container3 publishes 12580 -> 80 (the seed's setup)")
+        show(host, "run", "-d", "--name", "container3", "-p", "12580:80", "--",
+             "python3", "-c", SERVER)  # fmt: skip
+        host.cli("run", "-d", "--name", "container1", "--", "sleep", "infinity")
+        host.cli("network", "create", "--subnet", "10.60.0.0/24", "other")
+        host.cli("run", "-d", "--name", "stranger", "--net", "other", "--", "sleep", "infinity")
+        rows = [
+            ("10.10.126.187 (another host) -> 10.10.126.101:12580", client.name, "netns"),
+            ("the host -> 10.10.126.101:12580", "", "host"),
+            ("the host -> 127.0.0.1:12580", "", "loopback"),
+            ("container1 (same bridge) -> 10.10.126.101:12580", "container1", "container"),
+            ("stranger (other network) -> 10.10.126.101:12580", "stranger", "container"),
+        ]
+        print(f"\n  {'client -> published port':<55} {'answer (as the server saw it)':<28} how")
+        for label, who, kind in rows:
+            target = "127.0.0.1" if kind == "loopback" else "10.10.126.101"
+            if kind == "netns":
+                out = client.sh("python3", "-c", PROBE, target, "12580", check=False).stdout
+                source = f"netns:{client.name}"
+            elif kind == "container":
+                out = host.cli("exec", who, "python3", "-c", PROBE, target, "12580").stdout
+                source = who
+            else:
+                out = host.sh("python3", "-c", PROBE, target, "12580", check=False).stdout
+                source = "host"
+            trace = json.loads(host.cli("trace", "--json", "--from", source, "--to",
+                                        f"{target}:12580/tcp").stdout)  # fmt: skip
+            ok = out.strip().startswith("peer=") and trace["verdict"] == "delivered"
+            results.append(ok)
+            mark = f"{GREEN}ok{RESET}" if ok else f"{RED}FAILED{RESET}"
+            print(f"  {label:<55} {out.strip():<28} {_how(trace)}  {mark}", flush=True)
+        if mode == "false":
+            say("The seed's host -> own port under --userland-proxy=false, as one trace")
+            print(host.cli("trace", "--from", "host", "--to", "127.0.0.1:12580/tcp").stdout)
+    finally:
+        host.destroy()
+        client.destroy()
+    return results
+
+
+# --- the seed's first article: overlay ----------------------------------------
+
+
+def overlay_experiment(tag: str) -> list[bool]:
+    from pontoon.lab import cluster
+
+    name = "d" + tag[:5]
+    results = []
+    say("The seed's first article: two hosts, etcd, overlay networks net1 and net2")
+    try:
+        state = cluster.up(name, 2, "10.10.126.0/24")
+        h1 = f"lab://{name}/h1"
+        h2 = f"lab://{name}/h2"
+        print(
+            f"lab {name}: hosts {', '.join(h.address for h in state.hosts)}, etcd {state.etcd_url}"
+        )
+        lab_show(h1, "network", "create", "-d", "overlay", "net1")
+        lab_show(h2, "network", "create", "-d", "overlay", "net2")
+        out = lab_show(h2, "network", "ls")
+        results.append(check("net1 (made on host 1) is listed on host 2", "net1" in out))
+        for h, suffix in ((h1, "1"), (h2, "2")):
+            for net in ("net1", "net2"):
+                lab_show(h, "run", "-d", "--name", f"{net}c{suffix}", "--net", net, "--",
+                         "sleep", "infinity")  # fmt: skip
+        out = lab_show(h1, "exec", "net1c1", "ping", "-c2", "-W1", "net1c2")
+        results.append(check("net1c1 pings net1c2 by name across hosts (seed: 0% loss)",
+                             " 0% packet loss" in out))  # fmt: skip
+        net2c2 = json.loads(lab_cli(h2, "inspect", "net2c2"))[0]
+        ip = net2c2["NetworkSettings"]["Networks"]["net2"]["IPAddress"]
+        out = lab_show(h1, "exec", "net1c1", "ping", "-c2", "-W1", ip)
+        results.append(check("net1c1 cannot reach net2c2 (seed: 100% loss)",
+                             "100% packet loss" in out))  # fmt: skip
+        say("Where the seed looked: the overlay namespace, br0, the VTEP, PERM entries")
+        info = json.loads(lab_cli(h1, "network", "inspect", "net1"))[0]["Overlay"]
+        print(json.dumps(info, indent=2))
+        lab_show(h1, "exec", "net1c1", "ip", "route")
+        say("The packet's way, net1c1 -> net1c2, as one trace")
+        print(lab_cli(h1, "trace", "--from", "net1c1", "--to", "net1c2"))
+        say("The picture the seed drew by hand")
+        from pontoon.cli import topology as draw
+        from pontoon.cli.client import Client
+
+        hosts = {h.name: Client(f"unix://{h.socket}").get("/topology") for h in state.hosts}
+        print(draw.to_text(hosts))
+    finally:
+        cluster.down(name)
+    return results
+
+
+def lab_cli(ref: str, *args: str) -> str:
+    from pontoon.lab.hosts import bin_path, run
+
+    proc = run(bin_path("pontoon"), "-H", ref, *args, check=False)
+    return proc.stdout + proc.stderr
+
+
+def lab_show(ref: str, *args: str) -> str:
+    print(f"{GREEN}$ pontoon -H {ref} {shlex.join(args)}{RESET}", flush=True)
+    out = lab_cli(ref, *args)
+    print(out.rstrip(), flush=True)
+    return out
 
 
 def main() -> None:
@@ -124,10 +268,15 @@ def main() -> None:
         host.start_daemon()
         print(f"pontoond running in {host.name}, API at {host.socket}")
         results += bridge_tour(host)
+        host.destroy()
+        outside.destroy()
+        for mode in ("true", "false"):
+            results += portmap_matrix(mode, tag)
+        results += overlay_experiment(tag)
     finally:
         host.destroy()
         outside.destroy()
-        say("Cleaned up: containers, daemons and namespaces are gone")
+        say("Cleaned up: containers, daemons, etcd and namespaces are gone")
     passed = sum(results)
     print(
         f"\n{BOLD}{passed}/{len(results)} checks passed in {time.monotonic() - started:.1f}s{RESET}"

@@ -14,6 +14,7 @@ import pytest
 from pontoon.lab import SimHost
 
 PREFIX = "ptt-"
+LAB_PREFIX = "ptl-t"  # labs made by tests are named t<hex>
 WORKDIR = Path("/tmp/pontoon-tests")
 
 
@@ -23,12 +24,14 @@ def _root_state() -> dict[str, set[str]]:
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     mounts = Path("/proc/self/mounts").read_text()
     procs = subprocess.run(
-        ["pgrep", "-a", "-f", str(WORKDIR)], capture_output=True, text=True
+        ["pgrep", "-a", "-f", f"{WORKDIR}|/run/pontoon-lab/t"], capture_output=True, text=True
     ).stdout
     return {
         "links": {line.split(":")[1].strip().split("@")[0] for line in links.splitlines()},
         "nft tables": set(tables.splitlines()),
-        "named netns": {n.split()[0] for n in netns.splitlines() if n.startswith(PREFIX)},
+        "named netns": {
+            n.split()[0] for n in netns.splitlines() if n.startswith((PREFIX, LAB_PREFIX))
+        },
         "mounts": {m.split()[1] for m in mounts.splitlines() if str(WORKDIR) in m.split()[1]},
         "processes": set(procs.splitlines()),
     }
@@ -38,9 +41,17 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     session.config._pontoon_before = _root_state()  # type: ignore[attr-defined]
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if "integration" in item.keywords:
+        item.config._pontoon_integration = True  # type: ignore[attr-defined]
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     before = getattr(session.config, "_pontoon_before", None)
-    if before is None or os.geteuid() != 0:
+    # Only a session that built hosts can have leaked them (and a unit-only run
+    # beside another session's integration tests must not blame itself).
+    ran = getattr(session.config, "_pontoon_integration", False)
+    if before is None or os.geteuid() != 0 or not ran:
         return
     after = _root_state()
     leaks = {k: sorted(after[k] - before[k]) for k in after if after[k] - before[k]}
