@@ -147,7 +147,15 @@ def describe_endpoint(ipr: IPRoute, sandbox: Path, ep: Endpoint) -> dict[str, ob
 
 
 def sandbox_routes(sandbox: Path) -> list[str]:
-    """The container's routing table, as `ip route` prints it (the seed's first look)."""
+    """The container's routing table, as `ip route` prints it (the seed's first look).
+    Empty when the sandbox is gone (the container is exiting right now)."""
+    try:
+        return _routes(sandbox)
+    except (OSError, NetlinkError):
+        return []
+
+
+def _routes(sandbox: Path) -> list[str]:
     out = []
     with netns.iproute(sandbox) as nipr:
         names = {link["index"]: link.get("ifname") for link in nipr.link("dump")}
