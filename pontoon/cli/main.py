@@ -348,10 +348,16 @@ def rm(ctx: click.Context, force: bool, names: tuple[str, ...]) -> None:
 @click.option("--to", "target", required=True, help="Container, IP, or host:PORT [/PROTO].")
 @click.option("--proto", type=click.Choice(["icmp", "tcp", "udp"]), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--live", type=click.FloatRange(0, 300), default=0,
+              help="Follow real traffic of the flow for SECONDS instead of probing.")  # fmt: skip
 @click.pass_context
-def trace(ctx: click.Context, source: str, target: str, proto: str | None, as_json: bool) -> None:
-    """Send a probe and show where it goes: devices, netfilter, NAT, proxy."""
-    result = client(ctx).post("/trace", {"From": source, "To": target, "Proto": proto or ""})
+def trace(
+    ctx: click.Context, source: str, target: str, proto: str | None, as_json: bool, live: float
+) -> None:
+    """Send a probe (or watch real traffic) and show where it goes: devices,
+    netfilter hooks and rules, NAT, the userland proxy, the verdict."""
+    payload = {"From": source, "To": target, "Proto": proto or "", "Live": live}
+    result = client(ctx).post("/trace", payload)
     if as_json:
         emit_json(result)
         return

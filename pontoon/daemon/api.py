@@ -233,7 +233,12 @@ class Api:
         from pontoon.trace.run import trace
 
         data = await body(request)
-        result = await trace(self.svc, _str(data, "From"), _str(data, "To"), _str(data, "Proto"))
+        live = data.get("Live") or 0
+        if not isinstance(live, int | float):
+            raise InvalidArgument("Live must be a number of seconds")
+        result = await trace(
+            self.svc, _str(data, "From"), _str(data, "To"), _str(data, "Proto"), float(live)
+        )
         return web.json_response(result)
 
     async def container_logs(self, request: web.Request) -> web.StreamResponse:

@@ -50,8 +50,12 @@ class FlowMatch:
     port: int = 0  # tcp/udp: the probe's source port
     icmp_id: int = 0
     vxlan_port: int = 0
+    live_src: str = ""  # --live: real traffic from this address ...
+    live_dport: int = 0  # ... to this port (tcp/udp)
 
     def rules(self) -> list[str]:
+        if self.live_src:
+            return self._live_rules()
         if self.proto == "icmp":
             matches = [f"icmp id {self.icmp_id}"]
             inner = [f"@th,{INNER_L4 + 32},16 {self.icmp_id}"]
@@ -61,6 +65,16 @@ class FlowMatch:
         if self.vxlan_port:
             matches += [f"udp dport {self.vxlan_port} {m}" for m in inner]
         return [f"{m} meta nftrace set 1" for m in matches]
+
+    def _live_rules(self) -> list[str]:
+        """Requests from the source to the port, and whatever comes back to it."""
+        src = self.live_src
+        if self.proto == "icmp":
+            out = [f"ip saddr {src} icmp type echo-request", f"ip daddr {src} icmp type echo-reply"]
+        else:
+            out = [f"ip saddr {src} {self.proto} dport {self.live_dport}",
+                   f"ip daddr {src} meta l4proto {self.proto}"]  # fmt: skip
+        return [f"{m} meta nftrace set 1" for m in out]
 
 
 def _script(match: FlowMatch) -> str:

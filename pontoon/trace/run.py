@@ -138,14 +138,24 @@ def host_address(svc: Service) -> str:
 # -- running ---------------------------------------------------------------
 
 
-async def trace(svc: Service, source: str, target: str, proto: str = "") -> dict[str, Any]:
+async def trace(
+    svc: Service, source: str, target: str, proto: str = "", live: float = 0
+) -> dict[str, Any]:
     src = resolve_source(svc, source)
     host_ip = await svc.kernel.call(host_address, svc) if target.startswith("host:") else ""
     dst, proto = resolve_target(svc, src, target, proto, host_ip)
+    if not 0 <= live <= 300:
+        raise InvalidArgument("--live takes 1-300 seconds")
     mark = probe.new_mark(proto)
     vxlan_port = svc.config.vxlan_port if svc.kernel.overlay is not None else 0
-    match = FlowMatch(proto, port=mark if proto != "icmp" else 0,
-                      icmp_id=mark if proto == "icmp" else 0, vxlan_port=vxlan_port)  # fmt: skip
+    if live:
+        src.ip = await asyncio.to_thread(source_address, src, dst.ip)
+        match = FlowMatch(proto, live_src=src.ip, live_dport=dst.port)
+    else:
+        icmp = proto == "icmp"
+        match = FlowMatch(
+            proto, port=0 if icmp else mark, icmp_id=mark if icmp else 0, vxlan_port=vxlan_port
+        )
     monitors = [Monitor(match, None, "host")]
     for net in _overlays_involved(svc, src, dst):
         monitors.append(Monitor(match, svc.kernel.overlay.namespace(net), f"overlay {net.name}"))
@@ -153,14 +163,44 @@ async def trace(svc: Service, source: str, target: str, proto: str = "") -> dict
     try:
         for mon in monitors:
             await asyncio.to_thread(mon.start)
-        result = await asyncio.to_thread(probe.run, src.ns, proto, dst.ip, dst.port, mark)
+        if live:
+            await asyncio.sleep(live)  # watch real traffic, send nothing
+            result: dict[str, Any] = {"live": live}
+        else:
+            result = await asyncio.to_thread(probe.run, src.ns, proto, dst.ip, dst.port, mark)
     finally:
         events = {}
         for mon in monitors:
             events[mon.label] = await asyncio.to_thread(mon.stop)
     after = await _proxy_stats(svc)
-    nat = await svc.kernel.call(_conntrack, proto, mark)
+    if live:
+        nat = await svc.kernel.call(_live_conntrack, proto, src.ip, dst.port)
+        result["packets"] = sum(w["count"] for w in _group(events["host"]))
+    else:
+        nat = await svc.kernel.call(_conntrack, proto, mark)
     return explain(svc, src, dst, proto, mark, result, events, nat, _proxy_used(before, after))
+
+
+def source_address(src: Point, dst_ip: str) -> str:
+    """The address a source uses toward `dst_ip` (a route lookup in its namespace)."""
+    from pontoon.sandbox import netns
+
+    def lookup() -> str:
+        with netns.iproute(None) as ipr:
+            for route in ipr.route("get", dst=dst_ip):
+                if route.get("RTA_PREFSRC"):
+                    return str(route.get("RTA_PREFSRC"))
+        raise NotFound(f"{src.label} has no route to {dst_ip}")
+
+    return netns.run_in(src.ns, lookup) if src.ns is not None else lookup()
+
+
+def _live_conntrack(proto: str, src_ip: str, dport: int) -> list[dict[str, Any]]:
+    return [
+        ct
+        for ct in _all_conntrack(proto)
+        if ct["orig"]["src"] == src_ip and (not dport or ct["orig"]["dport"] == dport)
+    ][:1]
 
 
 def _overlays_involved(svc: Service, src: Point, dst: Point) -> list[Network]:
@@ -195,6 +235,10 @@ def _proxy_used(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]
 
 def _conntrack(proto: str, mark: int) -> list[dict[str, Any]]:
     """The probe's conntrack entry: original and reply tuples show every NAT."""
+    return [ct for ct in _all_conntrack(proto) if ct["mark"] == mark]
+
+
+def _all_conntrack(proto: str) -> list[dict[str, Any]]:
     from pyroute2 import Conntrack
 
     number = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "icmp": 1}[proto]
@@ -205,15 +249,13 @@ def _conntrack(proto: str, mark: int) -> list[dict[str, Any]]:
             o, r = entry.tuple_orig, entry.tuple_reply
             if o.proto != number:
                 continue
-            ours = (o.sport == mark) if proto != "icmp" else (getattr(o, "icmp_id", None) == mark)
-            if not ours and proto == "icmp":
-                ours = getattr(o, "sport", None) == mark
-            if ours:
-                out.append({
-                    "orig": {"src": o.saddr, "dst": o.daddr, "sport": o.sport, "dport": o.dport},
-                    "reply": {"src": r.saddr, "dst": r.daddr, "sport": r.sport, "dport": r.dport},
-                    "status": entry.status_name() if hasattr(entry, "status_name") else "",
-                })  # fmt: skip
+            mark = o.sport if proto != "icmp" else getattr(o, "icmp_id", None) or o.sport
+            out.append({
+                "mark": mark,
+                "orig": {"src": o.saddr, "dst": o.daddr, "sport": o.sport, "dport": o.dport},
+                "reply": {"src": r.saddr, "dst": r.daddr, "sport": r.sport, "dport": r.dport},
+                "status": entry.status_name() if hasattr(entry, "status_name") else "",
+            })  # fmt: skip
     finally:
         ct.close()
     return out
@@ -236,7 +278,12 @@ def explain(
     hooks = {where: _group(evs) for where, evs in events.items()}
     nat = _nat(conntrack)
     dropped = _drop(hooks)
-    if result.get("ok"):
+    if "live" in result:
+        verdict = (f"observed {result['packets']} packet walks in {result['live']:g}s"
+                   if result["packets"] else "no matching traffic seen")  # fmt: skip
+        if dropped:
+            verdict += f"; dropped in {dropped['where']}: {dropped['table']} {dropped['chain']}"
+    elif result.get("ok"):
         verdict = "delivered"
     elif dropped:
         verdict = f"dropped in {dropped['where']}: {dropped['table']} {dropped['chain']}"

@@ -143,3 +143,33 @@ def test_topology_shows_every_device(make_host):
     dot = host.cli("topology", "--format", "dot").stdout
     assert dot.startswith("digraph") and info["HostInterface"] in dot
     assert "<svg" in host.cli("topology", "--format", "svg").stdout
+
+
+def test_live_trace_follows_real_traffic(make_host):
+    host = make_host()
+    host.cli("network", "create", "--subnet", "10.50.0.0/24", "web")
+    host.cli("run", "-d", "--name", "b", "--net", "web", "--", "sleep", "infinity")
+    host.cli("run", "-d", "--name", "a", "--net", "web", "-p", "7000:7000", "--",
+             "sh", "-c", "sleep 1; ping -i 0.2 -c 20 10.50.0.2")  # fmt: skip
+    r = trace(host, "--from", "a", "--to", "b", "--live", "2")
+    assert r["probe"]["live"] == 2 and r["probe"]["packets"] > 0
+    assert r["verdict"].startswith("observed")
+    assert no_trace_rules(host)
+
+
+def test_interrupted_trace_leaves_no_rules(make_host):
+    import signal
+    import subprocess
+    import time
+
+    from pontoon.lab.hosts import bin_path
+
+    host = make_host()
+    host.cli("run", "-d", "--name", "a", "--", "sleep", "infinity")
+    proc = subprocess.Popen([bin_path("pontoon"), "-H", host.host_url, "trace", "--from", "a",
+                             "--to", "a", "--live", "2"])  # fmt: skip
+    time.sleep(0.7)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=10)
+    time.sleep(2.5)  # the daemon finishes the trace it was asked for and cleans up
+    assert no_trace_rules(host)
