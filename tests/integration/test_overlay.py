@@ -266,3 +266,59 @@ def test_trace_across_hosts(seed_lab):
     other = json.loads(lab.cli("h1", "trace", "--json", "--from", "net1c1", "--to",
                                "net2c2").stdout)  # fmt: skip
     assert other["verdict"] != "delivered"
+
+
+def test_published_port_of_an_overlay_container(lab2):
+    from tests.integration.portmap_helpers import PROBE, SERVER
+
+    lab = lab2
+    lab.cli("h1", "network", "create", "-d", "overlay", "ov")
+    lab.cli("h1", "run", "-d", "--name", "web", "--net", "ov", "-p", "8080:80", "--",
+            "python3", "-c", SERVER, "80/tcp")  # fmt: skip
+    h1_addr = lab.state.hosts[0].address
+    out = lab.h["h2"].sh("python3", "-c", PROBE, h1_addr, "8080", "tcp", "5").stdout
+    # Through pontoon_gwbridge: DNAT to web's eth1, the client's address kept.
+    assert out.strip() == f"peer={lab.state.hosts[1].address} from={h1_addr}"
+
+
+def test_drift_is_repaired_from_the_store(lab2):
+    lab = lab2
+    lab.cli("h1", "network", "create", "-d", "overlay", "ov")
+    lab.cli("h1", "run", "-d", "--name", "a", "--net", "ov", "--", "sleep", "infinity")
+    lab.cli("h2", "run", "-d", "--name", "b", "--net", "ov", "--", "sleep", "infinity")
+    b_ip = lab.ip("h2", "b", "ov")
+    wait_for(lambda: b_ip in lab.neighbours("h1", "ov"), what="peer programmed")
+    ns = lab.overlay_ns("h1", "ov")
+    vx = json.loads(lab.cli("h1", "network", "inspect", "ov").stdout)[0]["Overlay"]["VXLAN"]
+    lab.h["h1"].sh("nsenter", f"--net={ns}", "ip", "neigh", "del", b_ip, "dev", vx)
+    assert b_ip not in lab.neighbours("h1", "ov")
+    wait_for(lambda: b_ip in lab.neighbours("h1", "ov"), timeout=25,
+             what="the periodic resync to restore the entry")  # fmt: skip
+    assert lab.ping("h1", "a", b_ip)
+
+
+def test_lab_cli_up_status_down():
+    import subprocess
+
+    from pontoon.lab.hosts import bin_path
+
+    name = "t" + uuid.uuid4().hex[:5]
+    pontoon = bin_path("pontoon")
+    up = subprocess.run([pontoon, "lab", "up", "--hosts", "2", "--name", name, "--subnet",
+                         "10.249.0.0/24"], capture_output=True, text=True)  # fmt: skip
+    try:
+        assert up.returncode == 0, up.stderr
+        assert f"lab://{name}/h2" in up.stdout
+        args = [pontoon, "lab", "status", "--name", name, "--format", "json"]
+        status = json.loads(subprocess.run(args, capture_output=True, text=True).stdout)
+        assert status["etcd"]["healthy"] and [h["daemon"] for h in status["hosts"]] == [
+            "running", "running"]  # fmt: skip
+        again = subprocess.run([pontoon, "lab", "up", "--name", name], capture_output=True,
+                               text=True)  # fmt: skip
+        assert again.returncode == 1 and again.stderr.startswith("Error: ")
+    finally:
+        down = subprocess.run([pontoon, "lab", "down", "--name", name], capture_output=True,
+                              text=True)  # fmt: skip
+    assert down.returncode == 0
+    assert f"ptl-{name}" not in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                               text=True).stdout  # fmt: skip
