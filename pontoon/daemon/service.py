@@ -19,10 +19,9 @@ import socket
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from pontoon import ipam, model
-from pontoon.daemon.cluster import ClusterAgent
 from pontoon.daemon.config import DaemonConfig
 from pontoon.daemon.kernel import Kernel
 from pontoon.dns import upstream
@@ -36,6 +35,11 @@ from pontoon.portmap import spec as portspec
 from pontoon.runtime import process
 from pontoon.sandbox import files, netns
 from pontoon.store import Store
+
+if TYPE_CHECKING:
+    # Imported lazily at run time: the etcd client (gRPC) costs ~20 MB and only
+    # a daemon with --cluster-store needs it.
+    from pontoon.daemon.cluster import ClusterAgent
 
 log = logging.getLogger(__name__)
 T = TypeVar("T", Network, Container)
