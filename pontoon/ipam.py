@@ -15,6 +15,7 @@ import ipaddress
 from collections.abc import Iterable
 
 from pontoon.errors import Conflict, InvalidArgument, Unavailable
+from pontoon.model import NetworkSpec
 from pontoon.store import Delete, Store
 
 IPv4Net = ipaddress.IPv4Network
@@ -94,6 +95,21 @@ def check_subnet(net: IPv4Net, networks: list[IPv4Net], routes: list[IPv4Net]) -
         raise Conflict(f"subnet {net} overlaps network subnet {other}")
     if (other := overlapping(net, routes)) is not None:
         raise Conflict(f"subnet {net} overlaps the host route to {other}")
+
+
+def plan_subnet(
+    spec: NetworkSpec, pools: Iterable[Pool], taken: list[IPv4Net], routes: list[IPv4Net]
+) -> SubnetPlan:
+    """The subnet, gateway and range for a new network: the asked subnet if it
+    clashes with nothing, else the first free one of the pools."""
+    if spec.subnet:
+        chosen = parse_network(spec.subnet)
+        check_subnet(chosen, taken, routes)
+    else:
+        if spec.gateway or spec.ip_range:
+            raise InvalidArgument("--gateway and --ip-range need --subnet")
+        chosen = choose_subnet(pools, taken + routes)
+    return SubnetPlan.build(chosen, spec.gateway, spec.ip_range)
 
 
 @dataclasses.dataclass

@@ -93,6 +93,19 @@ class Network(Record):
     gateway_bridge: bool = False  # pontoon_gwbridge: outside access for overlay containers
 
 
+@dataclasses.dataclass(frozen=True)
+class NetworkSpec:
+    """What `network create` asks for, before any choice is made."""
+
+    name: str
+    driver: str = "bridge"
+    subnet: str = ""
+    gateway: str = ""
+    ip_range: str = ""
+    internal: bool = False
+    options: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
 @dataclasses.dataclass
 class PortMapping(Record):
     host_ip: str

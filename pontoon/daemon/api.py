@@ -16,7 +16,7 @@ from pontoon.daemon import views
 from pontoon.daemon.service import Service
 from pontoon.drivers.bridge import bridge_ports, describe_endpoint, sandbox_routes
 from pontoon.errors import InvalidArgument, PontoonError
-from pontoon.model import Endpoint
+from pontoon.model import Endpoint, NetworkSpec
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -121,7 +121,7 @@ class Api:
             isinstance(k, str) and isinstance(v, str) for k, v in options.items()
         ):
             raise InvalidArgument("Options must map strings to strings")
-        net = await self.svc.create_network(
+        spec = NetworkSpec(
             _str(data, "Name"),
             driver=_str(data, "Driver") or "bridge",
             subnet=_str(data, "Subnet"),
@@ -130,6 +130,7 @@ class Api:
             internal=bool(data.get("Internal")),
             options=options,
         )
+        net = await self.svc.create_network(spec)
         return web.json_response({"Id": net.id}, status=201)
 
     async def network_inspect(self, request: web.Request) -> web.Response:

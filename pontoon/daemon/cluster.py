@@ -31,8 +31,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from pontoon import ipam, model
-from pontoon.errors import Conflict, InvalidArgument, Unavailable
-from pontoon.model import Endpoint, Network
+from pontoon.errors import Conflict, Unavailable
+from pontoon.model import Endpoint, Network, NetworkSpec
 from pontoon.store import Compacted, Compare, Delete, Event, Put
 from pontoon.store.etcd import LeasedPut, LeaseExpired
 
@@ -92,26 +92,17 @@ class ClusterAgent:
 
     # networks --------------------------------------------------------------
 
-    async def create_network(
-        self,
-        name: str,
-        subnet: str,
-        gateway: str,
-        ip_range: str,
-        internal: bool,
-        options: dict[str, str],
-        mtu: int,
-    ) -> Network:
+    async def create_network(self, spec: NetworkSpec, mtu: int) -> Network:
         for _attempt in range(8):
-            net = await self._plan_network(name, subnet, gateway, ip_range, internal, options, mtu)
+            net = await self._plan_network(spec, mtu)
             ok = await self.store.txn(
                 [
-                    Compare(f"/names/networks/{name}", 0),
+                    Compare(f"/names/networks/{net.name}", 0),
                     Compare(f"/subnets/{net.subnet}", 0),
                     Compare(f"/vnis/{net.vni}", 0),
                 ],
                 [
-                    Put(f"/names/networks/{name}", net.id),
+                    Put(f"/names/networks/{net.name}", net.id),
                     Put(f"/subnets/{net.subnet}", net.id),
                     Put(f"/vnis/{net.vni}", net.id),
                     Put(network_key(net.id), net.dumps()),
@@ -120,49 +111,33 @@ class ClusterAgent:
             if ok:
                 self.svc.networks[net.id] = net
                 return net
-            if subnet and await self.store.get(f"/subnets/{ipam.parse_network(subnet)}"):
-                raise Conflict(f"subnet {subnet} is already used by another overlay network")
+            if spec.subnet and await self.store.get(f"/subnets/{net.subnet}"):
+                raise Conflict(f"subnet {spec.subnet} is already used by another overlay network")
             # Another host took the name, subnet or VNI between our read and
             # our write: look again.
         raise Unavailable("could not allocate a subnet and VNI: too much contention")
 
-    async def _plan_network(
-        self,
-        name: str,
-        subnet: str,
-        gateway: str,
-        ip_range: str,
-        internal: bool,
-        options: dict[str, str],
-        mtu: int,
-    ) -> Network:
-        if await self.store.get(f"/names/networks/{name}") is not None:
-            raise Conflict(f"network with name {name} already exists")
+    async def _plan_network(self, spec: NetworkSpec, mtu: int) -> Network:
+        if await self.store.get(f"/names/networks/{spec.name}") is not None:
+            raise Conflict(f"network with name {spec.name} already exists")
         taken_kvs, _ = await self.store.list_prefix("/subnets/")
         taken = [ipaddress.IPv4Network(kv.key.removeprefix("/subnets/")) for kv in taken_kvs]
         local = [ipaddress.IPv4Network(n.subnet) for n in self.svc.networks.values() if n.subnet]
-        if subnet:
-            chosen = ipam.parse_network(subnet)
-            if (other := ipam.overlapping(chosen, taken + local)) is not None:
-                raise Conflict(f"subnet {chosen} overlaps network subnet {other}")
-        else:
-            if gateway or ip_range:
-                raise InvalidArgument("--gateway and --ip-range need --subnet")
-            chosen = ipam.choose_subnet([OVERLAY_POOL], taken + local)
-        plan = ipam.SubnetPlan.build(chosen, gateway, ip_range)
+        # Hosts may route differently, so only networks count, not routes.
+        plan = ipam.plan_subnet(spec, [OVERLAY_POOL], taken + local, [])
         vni_kvs, _ = await self.store.list_prefix("/vnis/")
         used = {int(kv.key.removeprefix("/vnis/")) for kv in vni_kvs}
         vni = next(v for v in range(FIRST_VNI, 1 << 24) if v not in used)
         return Network(
             id=model.new_id(),
-            name=name,
+            name=spec.name,
             driver="overlay",
             scope="global",
             subnet=str(plan.subnet),
             gateway=str(plan.gateway),
-            ip_range=ip_range and str(plan.ip_range),
-            internal=internal,
-            options=dict(options),
+            ip_range=spec.ip_range and str(plan.ip_range),
+            internal=spec.internal,
+            options=dict(spec.options),
             mtu=mtu,
             vni=vni,
             status=model.READY,

@@ -29,12 +29,20 @@ from pontoon.dns.server import LISTEN_ADDR, Resolver, View
 from pontoon.drivers import NetworkDriver, mac_for
 from pontoon.errors import Conflict, InvalidArgument, NotFound, PontoonError, Unavailable
 from pontoon.firewall import NetworkRules, PortRule
-from pontoon.model import Container, Endpoint, Network, NetworkRequest, PortMapping
+from pontoon.model import (
+    Container,
+    Endpoint,
+    Network,
+    NetworkRequest,
+    NetworkSpec,
+    PortMapping,
+)
 from pontoon.portmap import conntrack, reserve
 from pontoon.portmap import spec as portspec
 from pontoon.runtime import process
 from pontoon.sandbox import files, netns
 from pontoon.store import Store
+from pontoon.util import last_line
 
 if TYPE_CHECKING:
     # Imported lazily at run time: the etcd client (gRPC) costs ~20 MB and only
@@ -159,86 +167,55 @@ class Service:
         if any(n.default for n in self.networks.values()):
             return
         iface = ipaddress.IPv4Interface(self.config.bip)
-        await self.create_network(
+        spec = NetworkSpec(
             DEFAULT_NETWORK,
             subnet=str(iface.network),
             gateway=str(iface.ip),
             options={"com.docker.network.bridge.name": DEFAULT_BRIDGE},
-            default=True,
         )
-
-    async def create_network(
-        self,
-        name: str,
-        *,
-        driver: str = "bridge",
-        subnet: str = "",
-        gateway: str = "",
-        ip_range: str = "",
-        internal: bool = False,
-        options: dict[str, str] | None = None,
-        default: bool = False,
-    ) -> Network:
         async with self.lock:
-            if driver == "overlay":
-                return await self._create_overlay(
-                    name, subnet, gateway, ip_range, internal, options or {}
-                )
-            return await self._create_network(
-                name, driver, subnet, gateway, ip_range, internal, options or {}, default
-            )
+            await self._create_network(spec, default=True)
 
-    async def _create_overlay(
-        self,
-        name: str,
-        subnet: str,
-        gateway: str,
-        ip_range: str,
-        internal: bool,
-        options: dict[str, str],
-    ) -> Network:
-        model.check_name("network", name)
+    async def create_network(self, spec: NetworkSpec) -> Network:
+        model.check_name("network", spec.name)
+        async with self.lock:
+            self._check_name_free(spec.name)
+            if spec.driver == "overlay":
+                return await self._create_overlay(spec)
+            return await self._create_network(spec)
+
+    def _check_name_free(self, name: str) -> None:
+        if any(n.name == name for n in self.networks.values()):
+            raise Conflict(f"network with name {name} already exists")
+
+    async def _create_overlay(self, spec: NetworkSpec) -> Network:
         if self.cluster is None:
             raise InvalidArgument(
                 "overlay networks need a cluster store: start pontoond with "
                 "--cluster-store etcd://HOST:PORT"
             )
-        if any(n.name == name for n in self.networks.values()):
-            raise Conflict(f"network with name {name} already exists")
-        for key in options:
+        for key in spec.options:
             if key not in MTU_OPTIONS:
                 raise InvalidArgument(f"unknown overlay network option {key!r}")
-        mtu = _mtu_option(options, self.underlay_mtu - OVERLAY_OVERHEAD)
-        net = await self.cluster.create_network(
-            name, subnet, gateway, ip_range, internal, options, mtu
-        )
-        log.info("overlay network %s (%s) created: %s VNI %d", name, net.id[:12], net.subnet,
-                 net.vni)  # fmt: skip
+        mtu = _mtu_option(spec.options, self.underlay_mtu - OVERLAY_OVERHEAD)
+        net = await self.cluster.create_network(spec, mtu)
+        log.info("overlay network %s (%s) created: %s VNI %d", net.name, net.id[:12],
+                 net.subnet, net.vni)  # fmt: skip
         return net
 
     async def _create_network(
         self,
-        name: str,
-        driver: str,
-        subnet: str,
-        gateway: str,
-        ip_range: str,
-        internal: bool,
-        options: dict[str, str],
-        default: bool,
+        spec: NetworkSpec,
+        default: bool = False,
         icc: bool = True,
         gateway_bridge: bool = False,
     ) -> Network:
-        model.check_name("network", name)
-        if any(n.name == name for n in self.networks.values()):
-            raise Conflict(f"network with name {name} already exists")
-        if driver == "overlay":
+        name, options = spec.name, spec.options
+        self._check_name_free(name)
+        if spec.driver != "bridge":
             raise InvalidArgument(
-                "overlay networks need a cluster store: start pontoond with "
-                "--cluster-store etcd://HOST:PORT"
+                f"unknown network driver {spec.driver!r} (known: bridge, overlay)"
             )
-        if driver != "bridge":
-            raise InvalidArgument(f"unknown network driver {driver!r} (known: bridge, overlay)")
         for key in options:
             if key not in KNOWN_OPTIONS:
                 raise InvalidArgument(f"unknown network option {key!r}")
@@ -253,23 +230,15 @@ class Service:
         taken = [ipaddress.IPv4Network(n.subnet) for n in self.networks.values() if n.subnet]
         ours = {n.bridge for n in self.networks.values()}
         routes = await self.kernel.call(self.kernel.host_routes, ours)
-        if subnet:
-            chosen = ipam.parse_network(subnet)
-            ipam.check_subnet(chosen, taken, routes)
-        else:
-            if gateway or ip_range:
-                raise InvalidArgument("--gateway and --ip-range need --subnet")
-            chosen = ipam.choose_subnet(self.config.pools, taken + routes)
-        plan = ipam.SubnetPlan.build(chosen, gateway, ip_range)
-
+        plan = ipam.plan_subnet(spec, self.config.pools, taken, routes)
         net = Network(
             id=net_id,
             name=name,
-            driver=driver,
+            driver=spec.driver,
             subnet=str(plan.subnet),
             gateway=str(plan.gateway),
-            ip_range=ip_range and str(plan.ip_range),
-            internal=internal,
+            ip_range=spec.ip_range and str(plan.ip_range),
+            internal=spec.internal,
             options=dict(options),
             bridge=bridge,
             mtu=mtu,
@@ -452,7 +421,7 @@ class Service:
         c.shim_start = process.start_time(proc.pid) or 0
         c.pid = await asyncio.to_thread(process.find_init, proc.pid)
         if not c.pid:
-            err = _tail(cdir / "stderr.log")
+            err = last_line(cdir / "stderr.log")
             raise PontoonError(f"container failed to start{': ' + err if err else ''}")
         c.pid_start = process.start_time(c.pid) or 0
         c.state = model.RUNNING
@@ -633,11 +602,8 @@ class Service:
         for net in self.networks.values():
             if net.gateway_bridge:
                 return net
-        return await self._create_network(
-            GW_NETWORK, "bridge", "", "", "", False,
-            {"com.docker.network.bridge.name": GW_BRIDGE}, default=False, icc=False,
-            gateway_bridge=True,
-        )  # fmt: skip
+        spec = NetworkSpec(GW_NETWORK, options={"com.docker.network.bridge.name": GW_BRIDGE})
+        return await self._create_network(spec, icc=False, gateway_bridge=True)
 
     def _needs_gateway(self, c: Container) -> bool:
         """Overlay containers reach the outside through eth<N> on the gateway
@@ -933,14 +899,6 @@ def _find(items: Iterable[T], ref: str, kind: str) -> T:
         if len(matches) > 1:
             raise InvalidArgument(f"{kind} ID prefix {ref} is ambiguous")
     raise NotFound(f"no such {kind}: {ref}")
-
-
-def _tail(path: Path) -> str:
-    try:
-        lines = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return lines[-1] if lines else ""
 
 
 def _plan(net: Network) -> ipam.SubnetPlan:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pontoon.errors import PontoonError
+from pontoon.util import last_line
 
 DEFAULT_TIMEOUT = 5.0
 SPAWN_TIMEOUT = 5.0
@@ -194,7 +195,7 @@ def spawn(
         if proc.poll() is not None:
             _children.pop(proc.pid, None)
             raise ProxyError(
-                f"the userland proxy exited at start (status {proc.returncode}): {_tail(log)}"
+                f"the userland proxy exited at start (status {proc.returncode}): {last_line(log)}"
             )
         if _answers(control, proc.pid):
             return proc.pid
@@ -277,14 +278,6 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead already
-
-
-def _tail(path: Path) -> str:
-    try:
-        lines = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return lines[-1] if lines else ""
 
 
 def _why(exc: OSError) -> str:
