@@ -81,17 +81,7 @@ class BridgeDriver(NetworkDriver):
     def join(self, net: Network, ep: Endpoint, sandbox: Path) -> None:
         ep.host_ifname = host_ifname(ep.id)
         master = self.bridge_index(net.bridge)
-        fd = os.open(sandbox, os.O_RDONLY)
-        try:
-            self.ipr.link(
-                "add",
-                ifname=ep.host_ifname,
-                kind="veth",
-                mtu=net.mtu,
-                peer={"ifname": ep.ifname, "net_ns_fd": fd, "address": ep.mac, "mtu": net.mtu},
-            )
-        finally:
-            os.close(fd)
+        add_veth(self.ipr, ep, net.mtu, sandbox)
         try:
             self.ipr.link("set", ifname=ep.host_ifname, master=master, state="up")
             configure_container_side(sandbox, ep)
@@ -115,6 +105,31 @@ class BridgeDriver(NetworkDriver):
 
     def endpoint_present(self, net: Network, ep: Endpoint) -> bool:
         return bool(ep.host_ifname) and self._lookup(ep.host_ifname) is not None
+
+
+def add_veth(
+    ipr: IPRoute, ep: Endpoint, mtu: int, sandbox: Path, host_ns: Path | None = None
+) -> None:
+    """One netlink request makes the pair with both ends where they belong:
+    the host side in `host_ns` (ipr's namespace when None), the container side
+    already in the sandbox, named eth<N>, with its MAC."""
+    fds = [os.open(sandbox, os.O_RDONLY)]
+    extra: dict[str, object] = {}
+    try:
+        if host_ns is not None:
+            fds.append(os.open(host_ns, os.O_RDONLY))
+            extra["net_ns_fd"] = fds[1]
+        ipr.link(
+            "add",
+            ifname=ep.host_ifname,
+            kind="veth",
+            mtu=mtu,
+            peer={"ifname": ep.ifname, "net_ns_fd": fds[0], "address": ep.mac, "mtu": mtu},
+            **extra,
+        )
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def configure_container_side(sandbox: Path, ep: Endpoint) -> None:

@@ -29,7 +29,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from pontoon.drivers.base import NetworkDriver
-from pontoon.drivers.bridge import configure_container_side, host_ifname
+from pontoon.drivers.bridge import add_veth, configure_container_side, host_ifname
 from pontoon.model import Endpoint, Network
 from pontoon.sandbox import netns
 
@@ -127,22 +127,8 @@ class OverlayDriver(NetworkDriver):
     def join(self, net: Network, ep: Endpoint, sandbox: Path) -> None:
         ep.host_ifname = host_ifname(ep.id)
         nl = self._nl(net)
-        ns_fd = os.open(self.namespace(net), os.O_RDONLY)
-        sb_fd = os.open(sandbox, os.O_RDONLY)
-        try:
-            # Both ends born where they belong: one end in the overlay namespace,
-            # the other in the sandbox as eth<N>.
-            self.ipr.link(
-                "add",
-                ifname=ep.host_ifname,
-                kind="veth",
-                mtu=net.mtu,
-                net_ns_fd=ns_fd,
-                peer={"ifname": ep.ifname, "net_ns_fd": sb_fd, "address": ep.mac, "mtu": net.mtu},
-            )
-        finally:
-            os.close(ns_fd)
-            os.close(sb_fd)
+        # The host side is born in the overlay namespace, next to br0.
+        add_veth(self.ipr, ep, net.mtu, sandbox, host_ns=self.namespace(net))
         try:
             br = nl.link_lookup(ifname=BRIDGE)[0]
             nl.link("set", ifname=ep.host_ifname, master=br, state="up")
