@@ -166,7 +166,7 @@ async def serve(config: DaemonConfig) -> int:
 
     lock_fd = take_lock(config.root)
     config.exec_root.mkdir(parents=True, exist_ok=True)
-    config.netns_dir.mkdir(parents=True, exist_ok=True)
+    netns.ensure_own_mount(config.netns_dir)
     store = TimedStore(SQLiteStore(config.db_path), "local")
     kernel = Kernel(config.firewall_backend, config.userland_proxy)
     await kernel.call(kernel.setup)

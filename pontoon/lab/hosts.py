@@ -121,6 +121,7 @@ class SimHost:
         if sandboxes.is_dir():
             for path in sandboxes.iterdir():
                 run("umount", "-l", str(path), check=False)
+            run("umount", "-l", str(sandboxes), check=False)  # the daemon's own mount of it
         if self.netns.exists():
             run("ip", "netns", "del", self.name, check=False)
         shutil.rmtree(self.workdir, ignore_errors=True)

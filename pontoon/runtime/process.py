@@ -28,10 +28,11 @@ import time
 from pathlib import Path
 
 SHIM = r"""
-exitfile=$1 netns=$2 hosts=$3 resolv=$4 hostfile=$5 hostname=$6
-shift 6
+exitfile=$1 netns=$2 hosts=$3 resolv=$4 hostfile=$5 hostname=$6 sandboxes=$7
+shift 7
 nsenter --net="$netns" -- unshare --mount --uts --ipc --pid --propagation private -- \
-    /bin/sh -c "$PONTOON_KEEPER" pontoon-keeper "$hosts" "$resolv" "$hostfile" "$hostname" "$@"
+    /bin/sh -c "$PONTOON_KEEPER" pontoon-keeper "$hosts" "$resolv" "$hostfile" "$hostname" \
+    "$sandboxes" "$@"
 rc=$?
 printf '%s\n' "$rc" > "$exitfile.tmp" && mv -f "$exitfile.tmp" "$exitfile"
 exit "$rc"
@@ -46,11 +47,16 @@ KEEPER = r"""
 exit $?
 """
 
-# PID 1 of the container: set up its view of /etc and /proc, then become the command.
+# PID 1 of the container: set up its view of /etc and /proc, then become the
+# command. Dropping the copy of the sandboxes' mount (one lazy unmount) keeps
+# every container from holding a copy of every other container's namespace
+# file: mounts stay linear in the number of containers, not quadratic, and a
+# container cannot reach its neighbours' namespaces.
 INIT = r"""
 mount --bind "$1" /etc/hosts && mount --bind "$2" /etc/resolv.conf &&
 mount --bind "$3" /etc/hostname && hostname "$4" && mount -t proc proc /proc || exit 125
-shift 4
+umount -l "$5" 2>/dev/null
+shift 5
 unset PONTOON_INIT PONTOON_KEEPER
 exec "$@"
 """
@@ -89,6 +95,7 @@ def spawn(
         str(files / "resolv.conf"),
         str(files / "hostname"),
         hostname,
+        str(netns.parent),
         *command,
     ]
     with open(stdout, "ab") as out, open(stderr, "ab") as err:

@@ -25,6 +25,7 @@ from pyroute2.netlink import NETLINK_ROUTE
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
 MS_BIND = 4096
+MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -91,6 +92,23 @@ def is_mounted(path: Path) -> bool:
         return os.stat(path).st_dev != os.stat(path.parent).st_dev
     except OSError:
         return False
+
+
+def is_mount_point(path: Path) -> bool:
+    target = str(path.resolve())
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == target for line in f)
+
+
+def ensure_own_mount(directory: Path) -> None:
+    """Make `directory` a mount of its own (a bind onto itself, private), so
+    the sandboxes under it form one subtree a container can drop at once."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if is_mount_point(directory):
+        return
+    raw = str(directory).encode()
+    _check(_libc.mount(raw, raw, b"none", MS_BIND, None), "mount --bind", directory)
+    _check(_libc.mount(b"none", raw, None, MS_PRIVATE, None), "mount --make-private", directory)
 
 
 def run_in(path: Path | str, fn: Callable[[], T]) -> T:
