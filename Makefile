@@ -9,7 +9,7 @@ APT_STAMP := /var/lib/pontoon-apt.stamp
 # Debian packages the daemon, tests, lab and benchmarks use.
 APT_PACKAGES := python3 python3-venv iproute2 nftables libnftables1 iptables conntrack \
 	util-linux procps iputils-ping curl jq etcd-server etcd-client \
-	containernetworking-plugins netavark dnsmasq-base iperf3 graphviz tcpdump ethtool socat
+	containernetworking-plugins netavark dnsmasq-base iperf3 graphviz tcpdump ethtool socat docker.io
 
 .PHONY: install apt demo test unit integration lint format bench clean
 

@@ -394,7 +394,7 @@ class Service:
     async def _start(self, c: Container) -> None:
         self._reserve_ports(c)  # before any rule exists: a taken port fails here
         sandbox = Path(c.sandbox)
-        await self.kernel.call(netns.create, sandbox)
+        await self.kernel.call(netns.create, sandbox, False)  # lo comes up with eth0
         for index, req in enumerate(c.networks):
             await self._attach(c, self.networks[req.network_id], req, f"eth{index}", index == 0)
         if self._needs_gateway(c):

@@ -133,8 +133,10 @@ def add_veth(
 
 
 def configure_container_side(sandbox: Path, ep: Endpoint) -> None:
-    """Address, link up and (for the default-route network) the default route."""
+    """Address, link up and (for the default-route network) the default route;
+    `lo` too, on the socket we have open anyway (sandboxes are made without it)."""
     with netns.iproute(sandbox) as ipr:
+        ipr.link("set", index=1, state="up")  # lo is always ifindex 1
         idx = ipr.link_lookup(ifname=ep.ifname)[0]
         ipr.addr("add", index=idx, address=ep.ip, prefixlen=ep.prefixlen)
         ipr.link("set", index=idx, state="up")
