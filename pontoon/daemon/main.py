@@ -118,9 +118,20 @@ def cli(
             raise click.UsageError(str(exc)) from None
     if os.geteuid() != 0:
         raise click.UsageError("pontoond must run as root")
+    raise_fd_limit()
     # Before any thread exists: setns(CLONE_NEWNS) refuses threaded processes.
     netns.join_host_mount_ns()
     sys.exit(asyncio.run(serve(config)))
+
+
+def raise_fd_limit() -> None:
+    """Every published port and every sandbox resolver holds descriptors: use
+    the hard limit, not the 1,024 a shell usually hands down."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _check_metrics_addr(addr: str) -> str:

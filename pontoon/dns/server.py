@@ -271,8 +271,6 @@ def _open_sockets() -> tuple[socket.socket, socket.socket]:
 def _redirect_port_53(port: int) -> None:
     """Inside the sandbox: 127.0.0.11:53 -> 127.0.0.11:port, in a table of our
     own replaced atomically (a restarted daemon picks a new port)."""
-    import nftables
-
     script = f"""
 add table ip pontoon_dns
 delete table ip pontoon_dns
@@ -284,6 +282,6 @@ table ip pontoon_dns {{
     }}
 }}
 """
-    rc, _, err = nftables.Nftables().cmd(script)
-    if rc != 0:
-        raise OSError(f"cannot redirect DNS in the sandbox: {err.strip()}")
+    from pontoon.sandbox.nft import run_script
+
+    run_script(script)

@@ -13,9 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
-import nftables
-
 from pontoon.sandbox import netns
+from pontoon.sandbox.nft import run_script
 
 TABLE = "pontoon_trace"
 TRACE_LINE = re.compile(
@@ -91,9 +90,7 @@ def _script(match: FlowMatch) -> str:
 
 
 def _nft(script: str) -> None:
-    rc, _, err = nftables.Nftables().cmd(script)
-    if rc != 0:
-        raise RuntimeError(f"trace rules: {err.strip()}")
+    run_script(script)
 
 
 def remove_rules() -> None:
