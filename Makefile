@@ -55,8 +55,13 @@ format: install
 	$(BIN)/ruff format pontoon tests bench
 	$(BIN)/ruff check --fix pontoon tests bench
 
+# Every benchmark runs us and the named peer side by side and prints the
+# ratios; BENCH_ARGS=--quick for a short run.
 bench: install
-	$(BIN)/python bench/attach.py
+	$(BIN)/python bench/attach.py $(BENCH_ARGS)
+	$(BIN)/python bench/portmap.py $(BENCH_ARGS)
+	$(BIN)/python bench/dns.py $(BENCH_ARGS)
+	$(BIN)/python bench/overlay.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

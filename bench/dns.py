@@ -1,0 +1,214 @@
+"""DNS benchmark (issue 5): container-name lookups, pontoon's resolver vs dnsmasq.
+
+On a throwaway host (a `ptb2-*` network namespace with its own pontoond), a
+client container and N peer containers share a user-defined network. From
+the client, a Python load generator (`_common_net.py dnsqps` / `dnslat`, run
+with `pontoon exec`) asks for the peers' names:
+
+  pontoon   127.0.0.11:53, the embedded resolver (served by pontoond);
+  dnsmasq   the same names from a hosts file, `--cache-size=0`, listening on
+            the client's own address inside the client's network namespace
+            (so both answers travel over the client's loopback).
+
+Throughput: answers per second with several queries in flight; latency:
+p50/p99 of serial queries. The two servers alternate, a few rounds each.
+
+Usage: .venv/bin/python bench/dns.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common_net import (
+    PY,
+    TOOL,
+    WORK,
+    Comparison,
+    CpuMeter,
+    Goal,
+    Session,
+    comparison_table,
+    fmt,
+    in_netns,
+    log,
+    markdown_table,
+    median,
+    report_header,
+    verdict,
+)
+
+SUBNET = "10.78.0.0/24"
+NETWORK = "dnsnet"
+RESOLVER = "127.0.0.11"
+GOAL_QPS = Goal(">=", 0.5)
+GOAL_P99_US = 1000.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    peers: int
+    seconds: float
+    inflight: int
+    latency_count: int
+    reps: int
+
+
+FULL = Params(peers=20, seconds=4, inflight=16, latency_count=5000, reps=3)
+QUICK = Params(peers=6, seconds=2, inflight=16, latency_count=1000, reps=1)
+
+
+@dataclasses.dataclass
+class Server:
+    name: str
+    address: str
+    pids: list[int]  # whose CPU time serving the load counts
+    qps: list[float] = dataclasses.field(default_factory=list)
+    cpu: list[float] = dataclasses.field(default_factory=list)
+    p50: list[float] = dataclasses.field(default_factory=list)
+    p99: list[float] = dataclasses.field(default_factory=list)
+    lost: int = 0
+
+
+def setup(session: Session, p: Params) -> tuple[Any, dict[str, str]]:
+    """The host, the client and the peers; returns (host, name -> address)."""
+    host = session.host("dns")
+    host.cli("network", "create", "--subnet", SUBNET, NETWORK)
+    host.cli("run", "-d", "--name", "client", "--net", NETWORK, "--", "sleep", "infinity")
+    names = {}
+    for i in range(p.peers):
+        name = f"peer{i}"
+        host.cli("run", "-d", "--name", name, "--net", NETWORK, "--", "sleep", "infinity")
+        names[name] = address_of(host, name)
+    return host, names
+
+
+def address_of(host: Any, name: str) -> str:
+    info = host.cli_json("inspect", name)[0]
+    return info["NetworkSettings"]["Networks"][NETWORK]["IPAddress"]
+
+
+def start_dnsmasq(session: Session, host: Any, names: dict[str, str]) -> Server:
+    """dnsmasq in the client's network namespace, on the client's address."""
+    info = host.cli_json("inspect", "client")[0]
+    sandbox = info["NetworkSettings"]["SandboxKey"]
+    listen = info["NetworkSettings"]["Networks"][NETWORK]["IPAddress"]
+    hosts_file = WORK / f"{host.name}.hosts"
+    hosts_file.write_text("".join(f"{ip} {name}\n" for name, ip in names.items()))
+    session.cleanups.append(lambda: hosts_file.unlink(missing_ok=True))
+    argv = ["dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", "--conf-file=/dev/null",
+            f"--addn-hosts={hosts_file}", f"--listen-address={listen}", "--bind-interfaces",
+            "--user=root", "--cache-size=0", "--pid-file=", "--port=53"]  # fmt: skip
+    proc = session.spawn(in_netns(sandbox, argv))
+    return Server("dnsmasq", listen, [proc.pid])
+
+
+def client_tool(host: Any, *args: str) -> dict[str, Any]:
+    """A load tool inside the client container (its namespaces, our files)."""
+    import json
+
+    out = host.cli("exec", "client", PY, str(TOOL), *args, timeout=120).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def wait_answering(host: Any, server: Server, names: list[str], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = client_tool(host, "dnslat", "--server", server.address,
+                             "--names", ",".join(names), "--count", "1")  # fmt: skip
+        if not result["failures"]:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{server.name} on {server.address} does not answer")
+        time.sleep(0.2)
+
+
+def measure(host: Any, server: Server, names: list[str], p: Params) -> None:
+    query = ["--server", server.address, "--names", ",".join(names)]
+    meter = CpuMeter(server.pids)
+    meter.start()
+    result = client_tool(host, "dnsqps", *query, "--seconds", str(p.seconds),
+                         "--inflight", str(p.inflight))  # fmt: skip
+    server.cpu.append(meter.stop())
+    server.qps.append(result["qps"])
+    server.lost += result["lost"]
+    lat = client_tool(host, "dnslat", *query, "--count", str(p.latency_count))
+    server.p50.append(lat["p50_us"])
+    server.p99.append(lat["p99_us"])
+    log(f"  {server.name}: {result['qps']:.0f} q/s, p50 {lat['p50_us']:.0f} µs, "
+        f"p99 {lat['p99_us']:.0f} µs")  # fmt: skip
+
+
+def report(ours: Server, peer: Server, p: Params, peers: int) -> tuple[str, list[list[str]]]:
+    rows = [
+        Comparison("answers per second", "q/s", median(ours.qps), median(peer.qps), GOAL_QPS,
+                   ours.qps, peer.qps),
+        Comparison("latency p50", "µs", median(ours.p50), median(peer.p50), None,
+                   ours.p50, peer.p50),
+        Comparison("latency p99", "µs", median(ours.p99), median(peer.p99), None,
+                   ours.p99, peer.p99),
+        Comparison("server CPU during the q/s test", "% of a core", median(ours.cpu),
+                   median(peer.cpu), None, ours.cpu, peer.cpu),
+    ]  # fmt: skip
+    p99 = median(ours.p99)
+    text = (
+        f"**Container-name lookups** ({peers} names, A queries; q/s with {p.inflight} in "
+        f"flight for {p.seconds:g} s; latency over {p.latency_count} serial queries; median of "
+        f"{p.reps} rounds, range in brackets; lost queries: pontoon {ours.lost}, "
+        f"dnsmasq {peer.lost})\n\n"
+        + comparison_table("pontoon (127.0.0.11)", "dnsmasq", rows)
+        + f"\n\nServer CPU: pontoond's whole process for pontoon, dnsmasq for dnsmasq. "
+        f"pontoon p99 {fmt(p99)} µs against the goal of ≤{GOAL_P99_US:g} µs.\n"
+    )
+    goals = [
+        ["dns", "q/s vs dnsmasq", f"{rows[0].ratio:.2f}x", GOAL_QPS.text(), verdict(rows[0].ok)],
+        ["dns", "p99 latency", f"{fmt(p99)} µs", f"≤{GOAL_P99_US:g} µs",
+         verdict(p99 <= GOAL_P99_US)],
+    ]  # fmt: skip
+    return text, goals
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a ~30-second run")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    p = QUICK if args.quick else FULL
+    command = ".venv/bin/python bench/dns.py" + (" --quick" if args.quick else "")
+    header = report_header("### DNS (issue 5)", command)
+    t0 = time.monotonic()
+    with Session() as session:
+        log(f"dns: {p.peers} peers")
+        host, names = setup(session, p)
+        assert host.daemon is not None
+        ours = Server("pontoon", RESOLVER, [host.daemon.pid])
+        peer = start_dnsmasq(session, host, names)
+        for server in (ours, peer):
+            wait_answering(host, server, list(names))
+        for rep in range(p.reps):
+            for server in (ours, peer) if rep % 2 == 0 else (peer, ours):
+                measure(host, server, list(names), p)
+        text, goals = report(ours, peer, p, len(names))
+    print(header)
+    print(text)
+    print("**Goals**\n")
+    print(markdown_table(["section", "metric", "measured", "goal", "verdict"], goals))
+    print(f"\nTook {time.monotonic() - t0:.0f} s.")
+    if session.leaks:
+        print("\nWARNING: the root namespace changed: " + "; ".join(session.leaks))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
