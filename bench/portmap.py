@@ -102,7 +102,8 @@ QUICK = Params(1, 1, 1, 4, 1000, 1, 1000, 10, 3, False)
 
 
 def docker_proxy_path() -> str:
-    for path in ("/usr/sbin/docker-proxy", "/usr/libexec/docker/docker-proxy"):
+    local = Path(__file__).resolve().parent.parent / ".bench" / "docker-proxy"
+    for path in (str(local), "/usr/sbin/docker-proxy", "/usr/libexec/docker/docker-proxy"):
         if Path(path).exists():
             return path
     found = shutil.which("docker-proxy")
