@@ -292,7 +292,7 @@ def test_drift_is_repaired_from_the_store(lab2):
     vx = json.loads(lab.cli("h1", "network", "inspect", "ov").stdout)[0]["Overlay"]["VXLAN"]
     lab.h["h1"].sh("nsenter", f"--net={ns}", "ip", "neigh", "del", b_ip, "dev", vx)
     assert b_ip not in lab.neighbours("h1", "ov")
-    wait_for(lambda: b_ip in lab.neighbours("h1", "ov"), timeout=25,
+    wait_for(lambda: b_ip in lab.neighbours("h1", "ov"), timeout=45,
              what="the periodic resync to restore the entry")  # fmt: skip
     assert lab.ping("h1", "a", b_ip)
 
