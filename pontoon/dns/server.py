@@ -61,7 +61,7 @@ class View:
 
 @dataclass
 class Listener:
-    udp: asyncio.DatagramTransport
+    udp: _UdpReader
     tcp: asyncio.Server
     inflight: int = 0
     tcp_clients: set[asyncio.Task[None]] = field(default_factory=set)
@@ -97,6 +97,53 @@ def build_reply(query: dns.message.Message, view: View) -> dns.message.Message |
         reply.answer.append(dns.rrset.from_text_list(question.name, TTL, "IN", "A", addrs))
     # AAAA and other types for a known name: an empty NOERROR answer.
     return reply
+
+
+A_RECORD_TAIL = struct.pack(">HHIH", 1, 1, TTL, 4)  # type A, class IN, TTL, rdlength
+
+
+def fast_answer(wire: bytes, view: View) -> bytes | None:
+    """The common case without dnspython: one plain question (no EDNS) for an
+    A or AAAA record of a known name. Anything else returns None and takes the
+    general path. Several times cheaper per query, so the resolver keeps up
+    with a container hammering it."""
+    if len(wire) < 17:
+        return None
+    qid, flags, qd, an, ns, ar = struct.unpack_from(">HHHHHH", wire)
+    if flags & 0xF800 or qd != 1 or an or ns or ar:  # QR, opcode: a plain query only
+        return None
+    labels = []
+    pos = 12
+    while True:
+        length = wire[pos]
+        if length == 0:
+            break
+        if length >= 64 or pos + 1 + length > len(wire):
+            return None  # compression or garbage in a question: the slow path decides
+        labels.append(wire[pos + 1 : pos + 1 + length])
+        pos += 1 + length
+    end = pos + 5
+    if end != len(wire):
+        return None
+    qtype, qclass = struct.unpack_from(">HH", wire, pos + 1)
+    if qclass != 1 or qtype not in (1, 28):
+        return None
+    try:
+        name = b".".join(labels).decode("ascii").lower()
+    except UnicodeDecodeError:
+        return None
+    addrs = view.names.get(name)
+    if addrs is None:
+        return None
+    answers = b""
+    if qtype == 1:
+        answers = b"".join(b"\xc0\x0c" + A_RECORD_TAIL + socket.inet_aton(addr) for addr in addrs)
+        if len(wire) + len(answers) > 512:  # the reply must fit a plain UDP answer
+            return None
+    # QR, AA, RA, and the asker's RD; NOERROR (AAAA of a known name: no records).
+    out_flags = 0x8000 | 0x0400 | 0x0080 | (flags & 0x0100)
+    count = len(addrs) if qtype == 1 else 0
+    return struct.pack(">HHHHHH", qid, out_flags, 1, count, 0, 0) + wire[12:end] + answers
 
 
 def _ptr_address(qname: str) -> str | None:
@@ -174,12 +221,9 @@ class Resolver:
         if cid in self.listeners:
             return
         udp_sock, tcp_sock = await asyncio.to_thread(netns.run_in, sandbox, _open_sockets)
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _UdpProtocol(self, cid), sock=udp_sock
-        )
+        reader = _UdpReader(self, cid, udp_sock)
         server = await asyncio.start_server(lambda r, w: self._serve_tcp(cid, r, w), sock=tcp_sock)
-        self.listeners[cid] = Listener(transport, server)  # type: ignore[arg-type]
+        self.listeners[cid] = Listener(reader, server)
 
     async def stop(self, cid: str) -> None:
         listener = self.listeners.pop(cid, None)
@@ -219,17 +263,44 @@ class Resolver:
             writer.close()
 
 
-class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, resolver: Resolver, cid: str) -> None:
+class _UdpReader:
+    """UDP without an asyncio transport: one wake-up drains every datagram
+    waiting (up to a batch), and known names are answered right there, with no
+    task per query. Only the rest (upstream, PTR, errors) becomes a task."""
+
+    BATCH = 64
+
+    def __init__(self, resolver: Resolver, cid: str, sock: socket.socket) -> None:
         self.resolver = resolver
         self.cid = cid
-        self.transport: asyncio.DatagramTransport | None = None
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+        self.loop.add_reader(sock.fileno(), self._ready)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def close(self) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        asyncio.get_running_loop().create_task(self._reply(data, addr))
+    def _ready(self) -> None:
+        view = self.resolver.view_for(self.cid)
+        for _ in range(self.BATCH):
+            try:
+                data, addr = self.sock.recvfrom(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            out = fast_answer(data, view) if view is not None else None
+            if out is None:
+                self.loop.create_task(self._reply(data, addr))
+                continue
+            self.resolver.counters["local"] += 1
+            self._send(out, addr)
+
+    def _send(self, out: bytes, addr: tuple[str, int]) -> None:
+        with contextlib.suppress(OSError):  # a full buffer drops, as UDP may
+            self.sock.sendto(out, addr)
 
     async def _reply(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
@@ -237,9 +308,8 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         except Exception:
             log.exception("dns: answering %s failed", self.cid[:12])
             out = formerr(data)
-        if out is not None and self.transport is not None:
-            with contextlib.suppress(OSError):
-                self.transport.sendto(out, addr)
+        if out is not None and self.sock.fileno() >= 0:
+            self._send(out, addr)
 
 
 def _open_sockets() -> tuple[socket.socket, socket.socket]:
