@@ -387,28 +387,33 @@ def sync_script(
     return render(sections)
 
 
-def add_script(rules: list[Rule], saved: Saved) -> str:
-    """Add the rules that are not there yet (adding is idempotent)."""
+def _split_by_presence(rules: list[Rule], saved: Saved) -> tuple[list[Rule], list[Rule]]:
+    """(rules already in the tables, rules missing), counting duplicates."""
     present = saved.counts()
-    sections: dict[str, list[str]] = collections.defaultdict(list)
+    there, missing = [], []
     for rule in rules:
         key = (rule.table, rule.chain, rule.spec)
         if present[key] > 0:
             present[key] -= 1
-            continue
+            there.append(rule)
+        else:
+            missing.append(rule)
+    return there, missing
+
+
+def add_script(rules: list[Rule], saved: Saved) -> str:
+    """Add the rules that are not there yet (adding is idempotent)."""
+    sections: dict[str, list[str]] = collections.defaultdict(list)
+    for rule in _split_by_presence(rules, saved)[1]:
         sections[rule.table].append(rule.add_line())
     return render(sections, ADD_ORDER)
 
 
 def remove_script(rules: list[Rule], saved: Saved) -> str:
     """Delete the rules that are there; missing ones are skipped."""
-    present = saved.counts()
     sections: dict[str, list[str]] = collections.defaultdict(list)
-    for rule in rules:
-        key = (rule.table, rule.chain, rule.spec)
-        if present[key] > 0:
-            present[key] -= 1
-            sections[rule.table].append(rule.delete_line())
+    for rule in _split_by_presence(rules, saved)[0]:
+        sections[rule.table].append(rule.delete_line())
     return render(sections, REMOVE_ORDER)
 
 

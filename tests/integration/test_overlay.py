@@ -47,6 +47,16 @@ class Lab:
         info = json.loads(self.cli(host, "network", "inspect", network).stdout)[0]
         return info["Overlay"]["Namespace"]
 
+    def pair(self) -> str:
+        """Overlay `ov` made on h1, `a` on h1 and `b` on h2, b programmed on
+        h1; returns b's address."""
+        self.cli("h1", "network", "create", "-d", "overlay", "ov")
+        self.cli("h1", "run", "-d", "--name", "a", "--net", "ov", "--", "sleep", "infinity")
+        self.cli("h2", "run", "-d", "--name", "b", "--net", "ov", "--", "sleep", "infinity")
+        b_ip = self.ip("h2", "b", "ov")
+        wait_for(lambda: b_ip in self.neighbours("h1", "ov"), what="peer programmed")
+        return b_ip
+
     def neighbours(self, host: str, network: str) -> str:
         ns = self.overlay_ns(host, network)
         return self.h[host].sh("nsenter", f"--net={ns}", "ip", "neigh", "show").stdout
@@ -136,11 +146,7 @@ def test_layout_mtu_gateway_bridge_and_outbound_nat(seed_lab):
 
 def test_peers_are_removed_everywhere(lab2):
     lab = lab2
-    lab.cli("h1", "network", "create", "-d", "overlay", "ov")
-    lab.cli("h1", "run", "-d", "--name", "a", "--net", "ov", "--", "sleep", "infinity")
-    lab.cli("h2", "run", "-d", "--name", "b", "--net", "ov", "--", "sleep", "infinity")
-    b_ip = lab.ip("h2", "b", "ov")
-    wait_for(lambda: b_ip in lab.neighbours("h1", "ov"), what="peer programmed")
+    b_ip = lab.pair()
     lab.cli("h2", "rm", "-f", "b")
     wait_for(lambda: b_ip not in lab.neighbours("h1", "ov"), what="peer removed")
     # The last container of h2 is gone: h2 drops its overlay namespace.
@@ -183,11 +189,7 @@ def test_dead_host_endpoints_expire_everywhere():
     state = make_lab(2, ["--cluster-ttl", "3"])
     lab = Lab(state)
     try:
-        lab.cli("h1", "network", "create", "-d", "overlay", "ov")
-        lab.cli("h1", "run", "-d", "--name", "a", "--net", "ov", "--", "sleep", "infinity")
-        lab.cli("h2", "run", "-d", "--name", "b", "--net", "ov", "--", "sleep", "infinity")
-        b_ip = lab.ip("h2", "b", "ov")
-        wait_for(lambda: b_ip in lab.neighbours("h1", "ov"), what="peer programmed")
+        b_ip = lab.pair()
         os.kill(state.hosts[1].daemon_pid, signal.SIGKILL)
         wait_for(lambda: b_ip not in lab.neighbours("h1", "ov"), timeout=15,
                  what="the dead host's endpoint to expire")  # fmt: skip
@@ -283,11 +285,7 @@ def test_published_port_of_an_overlay_container(lab2):
 
 def test_drift_is_repaired_from_the_store(lab2):
     lab = lab2
-    lab.cli("h1", "network", "create", "-d", "overlay", "ov")
-    lab.cli("h1", "run", "-d", "--name", "a", "--net", "ov", "--", "sleep", "infinity")
-    lab.cli("h2", "run", "-d", "--name", "b", "--net", "ov", "--", "sleep", "infinity")
-    b_ip = lab.ip("h2", "b", "ov")
-    wait_for(lambda: b_ip in lab.neighbours("h1", "ov"), what="peer programmed")
+    b_ip = lab.pair()
     ns = lab.overlay_ns("h1", "ov")
     vx = json.loads(lab.cli("h1", "network", "inspect", "ov").stdout)[0]["Overlay"]["VXLAN"]
     lab.h["h1"].sh("nsenter", f"--net={ns}", "ip", "neigh", "del", b_ip, "dev", vx)
