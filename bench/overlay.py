@@ -82,7 +82,7 @@ class Params:
     idle_seconds: float
 
 
-FULL = Params(converge=50, iperf_seconds=3, reps=3, hosts=10, per_host=100, pings=20,
+FULL = Params(converge=50, iperf_seconds=3, reps=5, hosts=10, per_host=100, pings=20,
               idle_seconds=10)  # fmt: skip
 QUICK = Params(converge=10, iperf_seconds=1, reps=1, hosts=3, per_host=10, pings=4,
                idle_seconds=5)  # fmt: skip

@@ -21,7 +21,7 @@ from pyroute2 import IPRoute
 
 from pontoon.drivers.bridge import BridgeDriver
 from pontoon.drivers.overlay import OverlayDriver
-from pontoon.firewall import Firewall, create_firewall
+from pontoon.firewall import Firewall, Tunnel, create_firewall
 
 T = TypeVar("T")
 
@@ -84,6 +84,8 @@ class Kernel:
                     "on this host: pick another with --vxlan-port"
                 )
         self.overlay = OverlayDriver(self.ipr, netns_dir, vtep, vxlan_port)
+        # Applied by the start-up sync(), which follows.
+        self.firewall.tunnel = Tunnel(vtep, vxlan_port)
         return vtep, mtu
 
     def underlay(self, advertise: str) -> tuple[str, int]:

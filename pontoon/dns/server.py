@@ -314,7 +314,7 @@ class _UdpReader:
 
 def _open_sockets() -> tuple[socket.socket, socket.socket]:
     """Run inside the sandbox: the resolver's UDP and TCP sockets, on a random
-    port of 127.0.0.11 that a DNAT rule exposes as port 53.
+    port of 127.0.0.11 that a port rewrite exposes as port 53.
 
     Port 53 itself stays free for the container: a DNS server of its own on
     0.0.0.0:53 must be able to bind (Docker does the same)."""
@@ -339,16 +339,29 @@ def _open_sockets() -> tuple[socket.socket, socket.socket]:
 
 
 def _redirect_port_53(port: int) -> None:
-    """Inside the sandbox: 127.0.0.11:53 -> 127.0.0.11:port, in a table of our
-    own replaced atomically (a restarted daemon picks a new port)."""
+    """Inside the sandbox: 127.0.0.11:53 <-> 127.0.0.11:port, in a table of our
+    own replaced atomically (a restarted daemon picks a new port).
+
+    Stateless port rewriting, not a DNAT: a NAT rule would switch conntrack on
+    for every packet of the container, which costs overlay and bridge
+    throughput for the sake of a few DNS queries. Queries have their
+    destination port rewritten on the way out of the asker, answers their
+    source port on the way out of the resolver's socket; both sockets live in
+    this namespace, so every packet passes this output hook. Priority raw:
+    before conntrack, should the container enable it, so it sees port 53 on
+    both directions of the flow."""
+    chain = "\n        ".join(
+        f"ip daddr {LISTEN_ADDR} {proto} dport 53 {proto} dport set {port}\n        "
+        f"ip saddr {LISTEN_ADDR} {proto} sport {port} {proto} sport set 53"
+        for proto in ("udp", "tcp")
+    )
     script = f"""
 add table ip pontoon_dns
 delete table ip pontoon_dns
 table ip pontoon_dns {{
     chain output {{
-        type nat hook output priority -100; policy accept;
-        ip daddr {LISTEN_ADDR} udp dport 53 dnat to {LISTEN_ADDR}:{port}
-        ip daddr {LISTEN_ADDR} tcp dport 53 dnat to {LISTEN_ADDR}:{port}
+        type filter hook output priority raw; policy accept;
+        {chain}
     }}
 }}
 """

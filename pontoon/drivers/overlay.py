@@ -47,6 +47,16 @@ def vxlan_name(net: Network) -> str:
     return f"vxlan{net.vni}"
 
 
+def _bridge_frames_skip_netfilter() -> None:
+    """In the overlay namespace (which has no rules): br_netfilter's per-namespace
+    switches default to on once the module is loaded, and would send every
+    bridged frame through the IP hooks for nothing."""
+    for family in ("iptables", "ip6tables", "arptables"):
+        path = Path(f"/proc/sys/net/bridge/bridge-nf-call-{family}")
+        if path.exists():
+            path.write_text("0\n")
+
+
 def _missing_ok(exc: NetlinkError) -> None:
     if exc.code not in (errno.ENODEV, errno.ENOENT, errno.ESRCH):
         raise exc
@@ -83,6 +93,7 @@ class OverlayDriver(NetworkDriver):
         if not netns.is_mounted(path):
             path.unlink(missing_ok=True)
             netns.create(path)
+            netns.run_in(path, _bridge_frames_skip_netfilter)
         nl = self._nl(net)
         subnet = ipaddress.IPv4Network(net.subnet)
         if not nl.link_lookup(ifname=BRIDGE):

@@ -7,7 +7,7 @@ transaction per change. `create_firewall` picks the backend from the daemon's
 
 from __future__ import annotations
 
-from pontoon.firewall.base import Firewall, NetworkRules, PortRule
+from pontoon.firewall.base import Firewall, NetworkRules, PortRule, Tunnel
 
 
 def create_firewall(backend: str, userland_proxy: bool = True) -> Firewall:
@@ -22,4 +22,4 @@ def create_firewall(backend: str, userland_proxy: bool = True) -> Firewall:
     raise ValueError(f"unknown firewall backend {backend!r}")
 
 
-__all__ = ["Firewall", "NetworkRules", "PortRule", "create_firewall"]
+__all__ = ["Firewall", "NetworkRules", "PortRule", "Tunnel", "create_firewall"]

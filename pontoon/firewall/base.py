@@ -32,6 +32,17 @@ class PortRule:
     bridge: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Tunnel:
+    """This host's VXLAN endpoint. Encapsulated traffic between VTEPs is
+    exempt from connection tracking: it needs no NAT or state, and tracking
+    every overlay packet in the host namespace costs a fifth of an overlay's
+    throughput on a small machine (docs/benchmarks.md)."""
+
+    local_ip: str
+    udp_port: int
+
+
 class Firewall(abc.ABC):
     """`userland_proxy` picks the port-mapping mode (SPEC §6): with the proxy,
     the host's own connections to 127.0.0.1 are left to it; without, every
@@ -39,6 +50,8 @@ class Firewall(abc.ABC):
 
     def __init__(self, userland_proxy: bool = True) -> None:
         self.userland_proxy = userland_proxy
+        # Set before the start-up sync() when this host has overlays.
+        self.tunnel: Tunnel | None = None
 
     @abc.abstractmethod
     def sync(self, networks: list[NetworkRules], ports: list[PortRule]) -> None:

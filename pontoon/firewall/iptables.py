@@ -11,6 +11,9 @@ can be read side by side:
 
     raw PREROUTING              -j PONTOON-GUARD
     raw PONTOON-GUARD           -d 127.0.0.0/8 ! -i lo -j DROP
+                                [overlays: -d VTEP -p udp --dport VXLAN -j CT --notrack]
+    raw OUTPUT                  [overlays: -j PONTOON-UNTRACK]
+    raw PONTOON-UNTRACK         [overlays: -s VTEP -p udp --dport VXLAN -j CT --notrack]
     nat PREROUTING              -m addrtype --dst-type LOCAL -j PONTOON
     nat OUTPUT                  [proxy mode: ! -d 127.0.0.0/8] -m addrtype --dst-type LOCAL
                                 -j PONTOON
@@ -81,7 +84,7 @@ import ipaddress
 import re
 import subprocess
 
-from pontoon.firewall.base import Firewall, NetworkRules, PortRule
+from pontoon.firewall.base import Firewall, NetworkRules, PortRule, Tunnel
 from pontoon.portmap.spec import ANY, PROTOCOLS
 
 RESTORE = "iptables-restore"
@@ -93,10 +96,11 @@ STAGE2 = "PONTOON-ISOLATION-STAGE-2"
 PORTS = "PONTOON"  # filter: ACCEPT published ports; nat: their DNAT
 POSTROUTING = "PONTOON-POSTROUTING"
 GUARD = "PONTOON-GUARD"
+UNTRACK = "PONTOON-UNTRACK"
 
 # Our chains per table, in the order the tables are written by sync().
 OUR_CHAINS: dict[str, tuple[str, ...]] = {
-    "raw": (GUARD,),
+    "raw": (GUARD, UNTRACK),
     "filter": (FORWARD, STAGE1, STAGE2, PORTS),
     "nat": (PORTS, POSTROUTING),
 }
@@ -176,13 +180,15 @@ class Rule:
         return f"-D {self.chain} {self.spec}"
 
 
-def jump_rules(userland_proxy: bool) -> list[Rule]:
+def jump_rules(userland_proxy: bool, tunnel: Tunnel | None = None) -> list[Rule]:
     """The jumps from built-in chains into ours (inserted first, once)."""
     local = "-m addrtype --dst-type LOCAL -j PONTOON"
     # With the proxy the host's own connections to 127.0.0.1 are the proxy's.
     output = f"! -d {LOOPBACK} {local}" if userland_proxy else local
+    untrack = [Rule("raw", "OUTPUT", f"-j {UNTRACK}", 1)] if tunnel is not None else []
     return [
         Rule("raw", "PREROUTING", f"-j {GUARD}", 1),
+        *untrack,
         Rule("filter", "FORWARD", f"-j {FORWARD}", 1),
         Rule("nat", "PREROUTING", local, 1),
         Rule("nat", "OUTPUT", output, 1),
@@ -190,15 +196,22 @@ def jump_rules(userland_proxy: bool) -> list[Rule]:
     ]
 
 
-def skeleton_rules() -> list[Rule]:
+def skeleton_rules(tunnel: Tunnel | None = None) -> list[Rule]:
     """The rules of our chains that do not depend on networks or ports."""
-    return [
+    rules = [
         # Other hosts must never reach 127.0.0.0/8 (route_localnet, both modes).
         Rule("raw", GUARD, f"-d {LOOPBACK} ! -i lo -j DROP"),
         Rule("filter", FORWARD, f"-j {STAGE1}"),
         # Published ports are reachable across bridges.
         Rule("filter", STAGE2, "-m conntrack --ctstate DNAT -j RETURN"),
     ]
+    if tunnel is not None:
+        # VXLAN between VTEPs needs no state (pontoon.firewall.base.Tunnel).
+        vtep, port = _addr(tunnel.local_ip), _port(tunnel.udp_port)
+        udp = f"-p udp -m udp --dport {port} -j CT --notrack"
+        rules += [Rule("raw", GUARD, f"-d {vtep}/32 {udp}"),
+                  Rule("raw", UNTRACK, f"-s {vtep}/32 {udp}")]  # fmt: skip
+    return rules
 
 
 def network_rules(net: NetworkRules, userland_proxy: bool) -> list[Rule]:
@@ -347,12 +360,16 @@ def render(sections: dict[str, list[str]], order: tuple[str, ...] = ADD_ORDER) -
 
 
 def sync_script(
-    networks: list[NetworkRules], ports: list[PortRule], userland_proxy: bool, saved: Saved
+    networks: list[NetworkRules],
+    ports: list[PortRule],
+    userland_proxy: bool,
+    saved: Saved,
+    tunnel: Tunnel | None = None,
 ) -> str:
     """Declare (create or, under --noflush, flush) and refill all our chains,
     and make the jumps into them exactly jump_rules(): the stale ones (other
     proxy mode, duplicates) deleted, the missing ones inserted first."""
-    skeleton = skeleton_rules()
+    skeleton = skeleton_rules(tunnel)
     rules = skeleton + [r for n in networks for r in network_rules(n, userland_proxy)]
     rules += [r for p in ports for r in port_rules(p)]
 
@@ -374,7 +391,7 @@ def sync_script(
     }
     for table in OUR_CHAINS:
         sections[table] += [f"-F {c}" for c in OUR_CHAINS[table]]
-        want = [r for r in jump_rules(userland_proxy) if r.table == table]
+        want = [r for r in jump_rules(userland_proxy, tunnel) if r.table == table]
         keep = set()
         for chain, spec in saved.jumps(table):
             rule = Rule(table, chain, spec, 1)
@@ -500,7 +517,7 @@ class IptablesFirewall(Firewall):
         return parse_save(self._exec(self.save_cmd))
 
     def sync(self, networks: list[NetworkRules], ports: list[PortRule]) -> None:
-        self.run(sync_script(networks, ports, self.userland_proxy, self.saved()))
+        self.run(sync_script(networks, ports, self.userland_proxy, self.saved(), self.tunnel))
 
     def add_network(self, net: NetworkRules) -> None:
         self.run(add_network_script(net, self.userland_proxy, self.saved()))

@@ -3,6 +3,8 @@
 Layout (docs/architecture.md has the packet walk):
 
     guard (raw prerouting)   iifname != "lo" ip daddr 127.0.0.0/8 drop
+                             [overlays: ip daddr VTEP udp dport VXLAN notrack]
+    untrack (raw output)     [overlays: ip saddr VTEP udp dport VXLAN notrack]
     prerouting (dstnat)      fib daddr type local jump portmap
     output (dstnat)          [proxy mode: ip daddr 127.0.0.0/8 return]
                              fib daddr type local jump portmap
@@ -31,7 +33,7 @@ import ipaddress
 
 import nftables
 
-from pontoon.firewall.base import Firewall, NetworkRules, PortRule
+from pontoon.firewall.base import Firewall, NetworkRules, PortRule, Tunnel
 from pontoon.portmap.spec import ANY
 
 TABLE = "pontoon"
@@ -39,13 +41,27 @@ FAMILY = "ip"
 T = f"{FAMILY} {TABLE}"
 
 
-def skeleton(userland_proxy: bool) -> str:
+def tunnel_rules(tunnel: Tunnel | None) -> tuple[str, str]:
+    """(guard rule, output chain) that leave VXLAN between VTEPs untracked;
+    nothing without overlays, so other hosts pay for no extra hook."""
+    if tunnel is None:
+        return "", ""
+    vtep, port = ipaddress.IPv4Address(tunnel.local_ip), int(tunnel.udp_port)
+    chain = f"""chain untrack {{
+        type filter hook output priority raw; policy accept;
+        ip saddr {vtep} udp dport {port} notrack
+    }}"""
+    return f"ip daddr {vtep} udp dport {port} notrack", chain
+
+
+def skeleton(userland_proxy: bool, tunnel: Tunnel | None = None) -> str:
     # With the proxy, the host's own connections to 127.0.0.1 reach it; without,
     # they are NATed too, which needs route_localnet on bridges and a masquerade
     # of the loopback source. The guard keeps other hosts from abusing that
     # (the 2020 route_localnet class of bugs) in both modes.
     loopback_output = "ip daddr 127.0.0.0/8 return" if userland_proxy else ""
     loopback_masq = "" if userland_proxy else "ip saddr 127.0.0.0/8 oifname @bridges masquerade"
+    guard_untrack, untrack_chain = tunnel_rules(tunnel)
     return f"""
 table {T} {{
     set bridges {{ type ifname; }}
@@ -58,7 +74,9 @@ table {T} {{
     chain guard {{
         type filter hook prerouting priority raw; policy accept;
         iifname != "lo" ip daddr 127.0.0.0/8 drop
+        {guard_untrack}
     }}
+    {untrack_chain}
     chain prerouting {{
         type nat hook prerouting priority dstnat; policy accept;
         fib daddr type local jump portmap
@@ -185,7 +203,7 @@ class NftablesFirewall(Firewall):
     def sync(self, networks: list[NetworkRules], ports: list[PortRule]) -> None:
         # "add; delete; define" replaces our table atomically whether or not it
         # existed: packets see either the old ruleset or the new one.
-        lines = [f"add table {T}", f"delete table {T}", skeleton(self.userland_proxy)]
+        lines = [f"add table {T}", f"delete table {T}", skeleton(self.userland_proxy, self.tunnel)]
         for net in networks:
             lines += network_commands(net)
         lines += port_commands(ports)

@@ -43,6 +43,16 @@ for _ in range(3000):
 print("sent")
 """
 
+# A DNS server of the container's own on 0.0.0.0:53 (Docker allows it), then a
+# query to 127.0.0.11 while it is bound: the resolver must still answer it.
+OWN_PORT_53 = r"""
+import socket, sys, dns.message, dns.query
+own = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+own.bind(("0.0.0.0", 53))
+r = dns.query.udp(dns.message.make_query(sys.argv[1], "A"), "127.0.0.11", timeout=5)
+print(*[i.to_text() for rr in r.answer for i in rr])
+"""
+
 HOSTS = "203.0.113.7 example.test\n"
 
 
@@ -161,3 +171,17 @@ def test_resolver_comes_back_after_restart(cluster):
     host.stop_daemon(signal.SIGKILL)
     host.start_daemon("--dns", OUTSIDE_ADDR)
     assert query(host, "a", "b")[0] == ["NOERROR", ip_of(host, "b", "net1")]
+
+
+def test_port_53_stays_free_and_nothing_is_conntracked(cluster):
+    host, _, _ = cluster
+    out = host.cli("exec", "a", sys.executable, "-c", OWN_PORT_53, "b").stdout
+    assert out.split() == [ip_of(host, "b", "net1")]
+    # 127.0.0.11:53 is a stateless port rewrite, not a DNAT: the container's
+    # own traffic (DNS, TCP, ICMP) leaves no connection-tracking entry.
+    assert query(host, "a", "b", "A", "tcp")[0][0] == "NOERROR"
+    assert can_ping(host, "a", "b")
+    sandbox = inspect(host, "a")["NetworkSettings"]["SandboxKey"]
+    count = host.sh("nsenter", f"--net={sandbox}", "cat",
+                    "/proc/sys/net/netfilter/nf_conntrack_count").stdout  # fmt: skip
+    assert count.strip() == "0"

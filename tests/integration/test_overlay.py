@@ -125,6 +125,56 @@ def test_tcp_across_hosts(seed_lab):
         lab.cli("h2", "rm", "-f", "web")
 
 
+def test_overlay_datapath_is_not_conntracked(seed_lab):
+    """Between two containers of an overlay nothing keeps connection state:
+    not the VXLAN packets in the host namespaces (notrack between VTEPs), not
+    the overlay namespace's bridge (br_netfilter off there), not the
+    containers (the resolver's port 53 is a stateless rewrite), so an overlay
+    pays no netfilter cost a hand-built VXLAN does not (bench/overlay.py)."""
+    lab = seed_lab
+    assert lab.ping("h1", "net1c1", "net1c2", count=3)  # by name: DNS is stateless too
+    info = json.loads(lab.cli("h1", "network", "inspect", "net1").stdout)[0]["Overlay"]
+    for host in ("h1", "h2"):
+        sim = lab.h[host]
+        ruleset = sim.sh("nft", "list", "table", "ip", "pontoon").stdout
+        assert f"udp dport {info['UDPPort']} notrack" in ruleset
+        flows = sim.sh("conntrack", "-L", "-p", "udp", "--dport", str(info["UDPPort"]),
+                       check=False).stdout  # fmt: skip
+        assert flows.strip() == ""
+        ns = lab.overlay_ns(host, "net1")
+        call = sim.sh(
+            "nsenter",
+            f"--net={ns}",
+            "sh",
+            "-c",
+            "cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null || echo 0",
+        )
+        assert call.stdout.strip() == "0"  # fmt: skip
+        sandbox = json.loads(lab.cli(host, "inspect", f"net1c{host[1]}").stdout)[0][
+            "NetworkSettings"]["SandboxKey"]  # fmt: skip
+        count = sim.sh("nsenter", f"--net={sandbox}", "cat",
+                       "/proc/sys/net/netfilter/nf_conntrack_count").stdout  # fmt: skip
+        assert count.strip() == "0"
+
+
+def test_iptables_backend_untracks_vxlan_too():
+    state = make_lab(2, ["--firewall-backend", "iptables", "--vxlan-port", "4790"])
+    lab = Lab(state)
+    try:
+        b_ip = lab.pair()
+        assert lab.ping("h1", "a", b_ip, count=2)
+        vtep = state.hosts[0].address
+        raw = lab.h["h1"].sh("iptables-save", "-t", "raw").stdout
+        udp = "-p udp -m udp --dport 4790 -j CT --notrack"
+        assert f"-A PONTOON-GUARD -d {vtep}/32 {udp}" in raw
+        assert f"-A PONTOON-UNTRACK -s {vtep}/32 {udp}" in raw
+        assert "-A OUTPUT -j PONTOON-UNTRACK" in raw
+        flows = lab.h["h1"].sh("conntrack", "-L", "-p", "udp", "--dport", "4790", check=False)
+        assert flows.stdout.strip() == ""
+    finally:
+        cluster.down(state.name)
+
+
 def test_layout_mtu_gateway_bridge_and_outbound_nat(seed_lab):
     lab = seed_lab
     addr = lab.cli("h1", "exec", "net1c1", "ip", "-o", "link", "show", "eth0").stdout

@@ -15,7 +15,7 @@ import itertools
 import pytest
 
 from pontoon.firewall import iptables as ipt
-from pontoon.firewall.base import NetworkRules, PortRule
+from pontoon.firewall.base import NetworkRules, PortRule, Tunnel
 from pontoon.firewall.iptables import (
     IptablesFirewall,
     Saved,
@@ -196,7 +196,9 @@ def test_sctp_port():
 SYNC_PROXY = f"""\
 *raw
 :PONTOON-GUARD - [0:0]
+:PONTOON-UNTRACK - [0:0]
 -F PONTOON-GUARD
+-F PONTOON-UNTRACK
 -I PREROUTING 1 -j PONTOON-GUARD
 -A PONTOON-GUARD -d 127.0.0.0/8 ! -i lo -j DROP
 COMMIT
@@ -463,7 +465,8 @@ def test_teardown_text():
         "-X PONTOON\n"
         "COMMIT\n"
         "*raw\n"
-        "-D PREROUTING -j PONTOON-GUARD\n-F PONTOON-GUARD\n-X PONTOON-GUARD\n"
+        "-D PREROUTING -j PONTOON-GUARD\n-F PONTOON-GUARD\n-F PONTOON-UNTRACK\n"
+        "-X PONTOON-GUARD\n-X PONTOON-UNTRACK\n"
         "COMMIT\n"
     )
 
@@ -843,3 +846,29 @@ def test_guard_drops_loopback_from_other_hosts():
     pkt = {"src": "198.51.100.2", "dst": "127.0.0.1", "ct": {"NEW"}}
     assert _walk(fake, "raw", "PREROUTING", {**pkt, "in": "eth0", "out": ""}) == "DROP"
     assert _walk(fake, "raw", "PREROUTING", {**pkt, "in": "lo", "out": ""}) is None
+
+
+def test_overlay_hosts_leave_vxlan_untracked():
+    fake = FakeIptables()
+    fw = fake.firewall()
+    fw.tunnel = Tunnel("10.240.0.11", 4789)
+    fw.sync([NORMAL], [])
+    udp = "-p udp -m udp --dport 4789 -j CT --notrack"
+    assert fake.chain("raw", "PONTOON-GUARD")[-1] == f"-d 10.240.0.11/32 {udp}"
+    assert fake.chain("raw", "PONTOON-UNTRACK") == [f"-s 10.240.0.11/32 {udp}"]
+    assert fake.chain("raw", "OUTPUT") == ["-j PONTOON-UNTRACK"]
+    # A restart without overlays drops the jump; teardown leaves nothing.
+    fw.tunnel = None
+    fw.sync([NORMAL], [])
+    assert fake.chain("raw", "OUTPUT") == [] and fake.chain("raw", "PONTOON-UNTRACK") == []
+    fw.tunnel = Tunnel("10.240.0.11", 4789)
+    fw.sync([NORMAL], [])
+    fw.teardown()
+    assert "PONTOON" not in fake.save()
+
+
+def test_tunnel_address_is_validated():
+    fw = FakeIptables().firewall()
+    fw.tunnel = Tunnel("10.0.0.1 -j ACCEPT", 4789)
+    with pytest.raises(ValueError):
+        fw.sync([], [])

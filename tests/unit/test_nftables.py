@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from pontoon.firewall.base import NetworkRules
-from pontoon.firewall.nftables import network_commands, remove_network_commands
+import pytest
+
+from pontoon.firewall.base import NetworkRules, Tunnel
+from pontoon.firewall.nftables import network_commands, remove_network_commands, skeleton
 
 T = "ip pontoon"
 NORMAL = NetworkRules(bridge="pt-0123456789ab", subnet="10.5.0.0/24")
@@ -84,3 +86,18 @@ def test_remove_internal_network():
         f'delete element {T} internal {{ "br-int" }}',
         f"delete chain {T} from-br-int",
     ]
+
+
+def test_vxlan_between_vteps_is_untracked_only_on_overlay_hosts():
+    plain = skeleton(userland_proxy=True)
+    assert "notrack" not in plain and "chain untrack" not in plain
+    text = skeleton(userland_proxy=True, tunnel=Tunnel("10.240.0.11", 4789))
+    assert "ip daddr 10.240.0.11 udp dport 4789 notrack" in text
+    untrack = text[text.index("chain untrack") :]
+    assert "hook output priority raw" in untrack
+    assert "ip saddr 10.240.0.11 udp dport 4789 notrack" in untrack
+
+
+def test_tunnel_address_must_be_an_address():
+    with pytest.raises(ValueError):
+        skeleton(userland_proxy=True, tunnel=Tunnel("10.0.0.1; flush ruleset", 4789))
