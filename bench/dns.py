@@ -11,7 +11,10 @@ with `pontoon exec`) asks for the peers' names:
             (so both answers travel over the client's loopback).
 
 Throughput: answers per second with several queries in flight; latency:
-p50/p99 of serial queries. The two servers alternate, a few rounds each.
+p50/p99 of serial queries, on a quiet host and again while containers come
+and go on the client's network (`run -d` / `rm -f` in a loop: the daemon is
+busy attaching and releasing, and every change drops its cached views). The
+two servers alternate, a few rounds each.
 
 Usage: .venv/bin/python bench/dns.py [--quick]
 """
@@ -19,9 +22,12 @@ Usage: .venv/bin/python bench/dns.py [--quick]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +64,12 @@ class Params:
     seconds: float
     inflight: int
     latency_count: int
+    busy_count: int  # serial queries while containers come and go
     reps: int
 
 
-FULL = Params(peers=20, seconds=4, inflight=16, latency_count=5000, reps=3)
-QUICK = Params(peers=6, seconds=2, inflight=16, latency_count=1000, reps=1)
+FULL = Params(peers=20, seconds=4, inflight=16, latency_count=5000, busy_count=50000, reps=3)
+QUICK = Params(peers=6, seconds=2, inflight=16, latency_count=1000, busy_count=5000, reps=1)
 
 
 @dataclasses.dataclass
@@ -74,6 +81,8 @@ class Server:
     cpu: list[float] = dataclasses.field(default_factory=list)
     p50: list[float] = dataclasses.field(default_factory=list)
     p99: list[float] = dataclasses.field(default_factory=list)
+    busy_p50: list[float] = dataclasses.field(default_factory=list)
+    busy_p99: list[float] = dataclasses.field(default_factory=list)
     lost: int = 0
 
 
@@ -130,6 +139,30 @@ def wait_answering(host: Any, server: Server, names: list[str], timeout: float =
         time.sleep(0.2)
 
 
+@contextlib.contextmanager
+def churn(host: Any) -> Iterator[list[int]]:
+    """Containers started and removed on the client's network until the block
+    ends; yields a one-element list that counts the cycles."""
+    stop = threading.Event()
+    cycles = [0]
+
+    def loop() -> None:
+        while not stop.is_set():
+            name = f"churn{cycles[0] % 2}"
+            host.cli("run", "-d", "--name", name, "--net", NETWORK, "--", "sleep", "infinity")
+            host.cli("rm", "-f", name)
+            cycles[0] += 1
+
+    worker = threading.Thread(target=loop, name="churn")
+    worker.start()
+    time.sleep(0.5)  # the first container is on its way
+    try:
+        yield cycles
+    finally:
+        stop.set()
+        worker.join()
+
+
 def measure(host: Any, server: Server, names: list[str], p: Params) -> None:
     query = ["--server", server.address, "--names", ",".join(names)]
     meter = CpuMeter(server.pids)
@@ -142,8 +175,13 @@ def measure(host: Any, server: Server, names: list[str], p: Params) -> None:
     lat = client_tool(host, "dnslat", *query, "--count", str(p.latency_count))
     server.p50.append(lat["p50_us"])
     server.p99.append(lat["p99_us"])
+    with churn(host) as cycles:
+        busy = client_tool(host, "dnslat", *query, "--count", str(p.busy_count))
+    server.busy_p50.append(busy["p50_us"])
+    server.busy_p99.append(busy["p99_us"])
     log(f"  {server.name}: {result['qps']:.0f} q/s, p50 {lat['p50_us']:.0f} µs, "
-        f"p99 {lat['p99_us']:.0f} µs")  # fmt: skip
+        f"p99 {lat['p99_us']:.0f} µs; while {cycles[0]} containers came and went: "
+        f"p50 {busy['p50_us']:.0f} µs, p99 {busy['p99_us']:.0f} µs")  # fmt: skip
 
 
 def report(ours: Server, peer: Server, p: Params, peers: int) -> tuple[str, list[list[str]]]:
@@ -154,13 +192,18 @@ def report(ours: Server, peer: Server, p: Params, peers: int) -> tuple[str, list
                    ours.p50, peer.p50),
         Comparison("latency p99", "µs", median(ours.p99), median(peer.p99), None,
                    ours.p99, peer.p99),
+        Comparison("latency p50, containers coming and going", "µs", median(ours.busy_p50),
+                   median(peer.busy_p50), None, ours.busy_p50, peer.busy_p50),
+        Comparison("latency p99, containers coming and going", "µs", median(ours.busy_p99),
+                   median(peer.busy_p99), None, ours.busy_p99, peer.busy_p99),
         Comparison("server CPU during the q/s test", "% of a core", median(ours.cpu),
                    median(peer.cpu), None, ours.cpu, peer.cpu),
     ]  # fmt: skip
     p99 = median(ours.p99)
     text = (
         f"**Container-name lookups** ({peers} names, A queries; q/s with {p.inflight} in "
-        f"flight for {p.seconds:g} s; latency over {p.latency_count} serial queries; median of "
+        f"flight for {p.seconds:g} s; latency over {p.latency_count} serial queries, "
+        f"{p.busy_count} while containers come and go; median of "
         f"{p.reps} rounds, range in brackets; lost queries: pontoon {ours.lost}, "
         f"dnsmasq {peer.lost})\n\n"
         + comparison_table("pontoon (127.0.0.11)", "dnsmasq", rows)
