@@ -471,13 +471,42 @@ def machine_line() -> str:
     )
 
 
-def report_header(title: str, command: str) -> str:
+def report_header(title: str, script: str, quick: bool = False) -> str:
+    """The report's heading: machine, revision and how to run it again."""
     from common import source_revision
 
+    command = f".venv/bin/python bench/{script}" + (" --quick" if quick else "")
     return (
         f"{title}\n\n- Machine: {machine_line()}\n- pontoon: {source_revision(REPO / 'pontoon')}\n"
         f"- Reproduce: `{command}`\n"
     )
+
+
+def bench_args(
+    doc: str, argv: list[str] | None, only: str | None = None, only_help: str = ""
+) -> argparse.Namespace:
+    """--quick for every benchmark, --only SECTIONS for those that have them."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    if only is not None:
+        parser.add_argument("--only", default=only, help=only_help)
+    return parser.parse_args(argv)
+
+
+def print_report(
+    header: str, body: str, goals: list[list[str]], started: float, session: Session
+) -> int:
+    """The report on stdout: header, sections, goal table, run time, and a
+    warning (exit status 1) if the root namespace changed."""
+    print(header)
+    print(body)
+    print("**Goals**\n")
+    print(markdown_table(["section", "metric", "measured", "goal", "verdict"], goals))
+    print(f"\nTook {time.monotonic() - started:.0f} s.")
+    if session.leaks:
+        print("\nWARNING: the root namespace changed: " + "; ".join(session.leaks))
+        return 1
+    return 0
 
 
 # ================================================================ load tools

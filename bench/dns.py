@@ -21,7 +21,6 @@ Usage: .venv/bin/python bench/dns.py [--quick]
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import sys
@@ -41,12 +40,13 @@ from _common_net import (
     CpuMeter,
     Goal,
     Session,
+    bench_args,
     comparison_table,
     fmt,
     in_netns,
     log,
-    markdown_table,
     median,
+    print_report,
     report_header,
     verdict,
 )
@@ -218,17 +218,10 @@ def report(ours: Server, peer: Server, p: Params, peers: int) -> tuple[str, list
     return text, goals
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a ~30-second run")
-    return parser.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = bench_args(__doc__, argv)
     p = QUICK if args.quick else FULL
-    command = ".venv/bin/python bench/dns.py" + (" --quick" if args.quick else "")
-    header = report_header("### DNS (issue 5)", command)
+    header = report_header("### DNS (issue 5)", "dns.py", args.quick)
     t0 = time.monotonic()
     with Session() as session:
         log(f"dns: {p.peers} peers")
@@ -242,15 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             for server in (ours, peer) if rep % 2 == 0 else (peer, ours):
                 measure(host, server, list(names), p)
         text, goals = report(ours, peer, p, len(names))
-    print(header)
-    print(text)
-    print("**Goals**\n")
-    print(markdown_table(["section", "metric", "measured", "goal", "verdict"], goals))
-    print(f"\nTook {time.monotonic() - t0:.0f} s.")
-    if session.leaks:
-        print("\nWARNING: the root namespace changed: " + "; ".join(session.leaks))
-        return 1
-    return 0
+    return print_report(header, text, goals, t0, session)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ Usage: .venv/bin/python bench/overlay.py [--quick] [--only a,b,c]
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import dataclasses
 import ipaddress
@@ -42,6 +41,7 @@ from _common_net import (
     Comparison,
     Goal,
     Session,
+    bench_args,
     comparison_table,
     cpu_percent,
     fmt,
@@ -51,6 +51,7 @@ from _common_net import (
     markdown_table,
     median,
     percentile,
+    print_report,
     report_header,
     run,
     status_kb,
@@ -472,19 +473,11 @@ def two_host_lab(session: Session) -> Any:
     return state
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a ~1-minute run")
-    parser.add_argument("--only", default="a,b,c", help="sections to run: a, b, c")
-    return parser.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = bench_args(__doc__, argv, only="a,b,c", only_help="sections to run: a, b, c")
     p = QUICK if args.quick else FULL
     sections = set(args.only.split(","))
-    command = ".venv/bin/python bench/overlay.py" + (" --quick" if args.quick else "")
-    header = report_header("### Overlay networks (issue 4)", command)
+    header = report_header("### Overlay networks (issue 4)", "overlay.py", args.quick)
     out: list[str] = []
     goals: list[list[str]] = []
     t0 = time.monotonic()
@@ -504,15 +497,7 @@ def main(argv: list[str] | None = None) -> int:
             text, rows = scale_text(section_c(session, p), p)
             out.append(text)
             goals += rows
-    print(header)
-    print("\n".join(out))
-    print("**Goals**\n")
-    print(markdown_table(["section", "metric", "measured", "goal", "verdict"], goals))
-    print(f"\nTook {time.monotonic() - t0:.0f} s.")
-    if session.leaks:
-        print("\nWARNING: the root namespace changed: " + "; ".join(session.leaks))
-        return 1
-    return 0
+    return print_report(header, "\n".join(out), goals, t0, session)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ Usage: .venv/bin/python bench/portmap.py [--quick] [--only a,b,c,d]
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import shutil
 import sys
@@ -43,6 +42,7 @@ from _common_net import (
     Goal,
     Session,
     all_cpus,
+    bench_args,
     comparison_table,
     fmt,
     in_netns,
@@ -53,6 +53,7 @@ from _common_net import (
     percentile,
     pids_in_netns,
     pin,
+    print_report,
     pss_kb,
     report_header,
     run,
@@ -625,21 +626,13 @@ def guarded(section: str, out: list[str], fn: Callable[[], T], default: T) -> T:
         return default
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a ~1-minute run")
-    parser.add_argument("--only", default="a,c,d", help="sections: a (includes b), c, d")
-    return parser.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = bench_args(__doc__, argv, only="a,c,d", only_help="sections: a (includes b), c, d")
     p = QUICK if args.quick else FULL
     sections = set(args.only.split(","))
     out: list[str] = []
     goals: list[list[str]] = []
-    command = ".venv/bin/python bench/portmap.py" + (" --quick" if args.quick else "")
-    header = report_header("### Port mapping (issue 3)", command)
+    header = report_header("### Port mapping (issue 3)", "portmap.py", args.quick)
     t0 = time.monotonic()
     with Session() as session:
         if "a" in sections:
@@ -649,15 +642,7 @@ def main(argv: list[str] | None = None) -> int:
             goals += goal_rows("(c)", guarded("c", out, lambda: section_c(session, p, out), []))
         if "d" in sections:
             goals += guarded("d", out, lambda: section_d(session, p, out), [])
-    print(header)
-    print("\n".join(out))
-    print("**Goals**\n")
-    print(markdown_table(["section", "metric", "measured", "goal", "verdict"], goals))
-    print(f"\nTook {time.monotonic() - t0:.0f} s.")
-    if session.leaks:
-        print("\nWARNING: the root namespace changed: " + "; ".join(session.leaks))
-        return 1
-    return 0
+    return print_report(header, "\n".join(out), goals, t0, session)
 
 
 if __name__ == "__main__":
