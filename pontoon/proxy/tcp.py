@@ -43,6 +43,7 @@ ACCEPT_BATCH = 64  # accepts per wake-up, so one busy port cannot starve the oth
 ACCEPT_PAUSE = 0.1  # out of fds: stop accepting that long instead of spinning
 CONNECT_TIMEOUT = 20.0
 READ_ROUNDS = 8  # splice rounds per wake-up
+SMALL_READ = 4096  # a read this short ends the wake-up's rounds
 IDLE_PIPES = 64  # empty pipes kept for reuse
 RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 LINGER_RESET = struct.pack("ii", 1, 0)
@@ -315,16 +316,21 @@ class _Direction:
     def on_readable(self) -> None:
         # A few rounds per wake-up: with a fast destination the pipe drains at
         # once, and going back to the event loop between chunks costs more
-        # than the splices themselves.
+        # than the splices themselves. A small read is a message, not a
+        # stream: the socket is most likely empty, and asking again would
+        # only fail with EAGAIN (a syscall and a Python exception per
+        # request/response); the level-triggered loop calls back if not.
         for _ in range(READ_ROUNDS):
-            if not self._read_once():
+            n = self._read_once()
+            if n < 0:
                 return
             self.flush()
-            if self.pending or self.conn.closed or self.eof:
+            if self.pending or self.conn.closed or self.eof or n < SMALL_READ:
                 return
 
-    def _read_once(self) -> bool:
-        """Splice what src has into the pipe; False if there was nothing."""
+    def _read_once(self) -> int:
+        """Splice what src has into the pipe: the bytes read, 0 at EOF, -1 if
+        there was nothing (or the connection failed)."""
         try:
             if self.pipe is None:
                 self.pipe = POOL.get()
@@ -338,10 +344,10 @@ class _Direction:
                 self.update()
             else:
                 self._put_pipe()
-            return False
+            return -1
         except OSError as exc:  # a reset, or out of fds for a pipe
             self.conn.abort(exc)
-            return False
+            return -1
         if n == 0:
             self.eof = True
         else:
@@ -349,7 +355,7 @@ class _Direction:
             self.conn.count(self.inbound, n)
             if self.pending >= pipe.cap:
                 self._pipe_full()
-        return True
+        return n
 
     def _pipe_full(self) -> None:
         assert self.pipe is not None
