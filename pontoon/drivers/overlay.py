@@ -71,6 +71,7 @@ class OverlayDriver(NetworkDriver):
         self.vtep = vtep
         self.vxlan_port = vxlan_port
         self._sockets: dict[str, IPRoute] = {}  # network id -> netlink in its namespace
+        self._tuned: set[str] = set()  # network ids whose namespace has its sysctls
 
     # namespaces --------------------------------------------------------------
 
@@ -93,7 +94,10 @@ class OverlayDriver(NetworkDriver):
         if not netns.is_mounted(path):
             path.unlink(missing_ok=True)
             netns.create(path)
+        if net.id not in self._tuned:
+            # Once per daemon and network, so namespaces made before also get it.
             netns.run_in(path, _bridge_frames_skip_netfilter)
+            self._tuned.add(net.id)
         nl = self._nl(net)
         subnet = ipaddress.IPv4Network(net.subnet)
         if not nl.link_lookup(ifname=BRIDGE):
@@ -131,6 +135,7 @@ class OverlayDriver(NetworkDriver):
         nl = self._sockets.pop(net.id, None)
         if nl is not None:
             nl.close()
+        self._tuned.discard(net.id)
         netns.remove(self.namespace(net))
 
     # endpoints ---------------------------------------------------------------
