@@ -100,17 +100,34 @@ def build_reply(query: dns.message.Message, view: View) -> dns.message.Message |
 
 
 A_RECORD_TAIL = struct.pack(">HHIH", 1, 1, TTL, 4)  # type A, class IN, TTL, rdlength
+EDNS_PAYLOAD = 1232  # what we announce (the 2020 DNS flag day's size)
+OPT_RECORD = b"\x00" + struct.pack(">HHIH", 41, EDNS_PAYLOAD, 0, 0)  # root, OPT, no options
+
+
+def _edns_payload(wire: bytes, pos: int) -> int | None:
+    """The asker's UDP payload size from the one OPT record at `pos`, the rest
+    of the message; None unless it is exactly that (EDNS version 0; options,
+    such as a client cookie, are ignored as RFC 6891 lets a server do)."""
+    if len(wire) < pos + 11 or wire[pos] != 0:
+        return None
+    rtype, payload, _ext_rcode, version, _flags, rdlen = struct.unpack_from(
+        ">HHBBHH", wire, pos + 1
+    )
+    if rtype != 41 or version != 0 or pos + 11 + rdlen != len(wire):
+        return None
+    return max(512, min(payload, 4096))
 
 
 def fast_answer(wire: bytes, view: View) -> bytes | None:
-    """The common case without dnspython: one plain question (no EDNS) for an
-    A or AAAA record of a known name. Anything else returns None and takes the
-    general path. Several times cheaper per query, so the resolver keeps up
-    with a container hammering it."""
+    """The common case without dnspython: one plain question, with or without
+    an EDNS(0) OPT record (Go, c-ares and dig send one), for an A or AAAA
+    record of a known name. Anything else returns None and takes the general
+    path. Several times cheaper per query, so the resolver keeps up with a
+    container hammering it."""
     if len(wire) < 17:
         return None
     qid, flags, qd, an, ns, ar = struct.unpack_from(">HHHHHH", wire)
-    if flags & 0xF800 or qd != 1 or an or ns or ar:  # QR, opcode: a plain query only
+    if flags & 0xF800 or qd != 1 or an or ns or ar > 1:  # QR, opcode: a plain query only
         return None
     labels = []
     pos = 12
@@ -118,12 +135,20 @@ def fast_answer(wire: bytes, view: View) -> bytes | None:
         length = wire[pos]
         if length == 0:
             break
-        if length >= 64 or pos + 1 + length > len(wire):
+        if length >= 64 or pos + 1 + length >= len(wire):
             return None  # compression or garbage in a question: the slow path decides
         labels.append(wire[pos + 1 : pos + 1 + length])
         pos += 1 + length
     end = pos + 5
-    if end != len(wire):
+    if end > len(wire):
+        return None
+    max_size = 512
+    if ar:
+        payload = _edns_payload(wire, end)
+        if payload is None:
+            return None
+        max_size = payload
+    elif end != len(wire):
         return None
     qtype, qclass = struct.unpack_from(">HH", wire, pos + 1)
     if qclass != 1 or qtype not in (1, 28):
@@ -138,12 +163,14 @@ def fast_answer(wire: bytes, view: View) -> bytes | None:
     answers = b""
     if qtype == 1:
         answers = b"".join(b"\xc0\x0c" + A_RECORD_TAIL + socket.inet_aton(addr) for addr in addrs)
-        if len(wire) + len(answers) > 512:  # the reply must fit a plain UDP answer
-            return None
+    opt = OPT_RECORD if ar else b""
+    if 12 + (end - 12) + len(answers) + len(opt) > max_size:
+        return None  # the general path truncates
     # QR, AA, RA, and the asker's RD; NOERROR (AAAA of a known name: no records).
     out_flags = 0x8000 | 0x0400 | 0x0080 | (flags & 0x0100)
     count = len(addrs) if qtype == 1 else 0
-    return struct.pack(">HHHHHH", qid, out_flags, 1, count, 0, 0) + wire[12:end] + answers
+    header = struct.pack(">HHHHHH", qid, out_flags, 1, count, 0, 1 if ar else 0)
+    return header + wire[12:end] + answers + opt
 
 
 def _ptr_address(qname: str) -> str | None:
