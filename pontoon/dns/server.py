@@ -318,7 +318,10 @@ class _UdpReader:
                 return
             except OSError:
                 return
-            out = fast_answer(data, view) if view is not None else None
+            try:
+                out = fast_answer(data, view) if view is not None else None
+            except Exception:  # a datagram it misreads: the general path decides
+                out = None
             if out is None:
                 self.loop.create_task(self._reply(data, addr))
                 continue
