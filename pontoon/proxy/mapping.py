@@ -22,8 +22,8 @@ class Backend:
 
     @functools.cached_property
     def family(self) -> socket.AddressFamily:
-        # Once per mapping, not per connection: parsing the address costs
-        # about a tenth of the proxy's work for a short connection.
+        # Once per mapping, not per connection: parsing the address was a few
+        # per cent of the proxy's work for a short connection.
         return socket.AF_INET6 if ipaddress.ip_address(self.ip).version == 6 else socket.AF_INET
 
     @property
