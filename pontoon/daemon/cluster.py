@@ -9,6 +9,7 @@ Keys, under the cluster store's prefix:
     /names/networks/<name>             a name is taken, cluster-wide
     /subnets/<cidr>, /vnis/<n>         a subnet or VNI is taken, cluster-wide
     /ipam/<net>/<address>              an address is taken (the Ipam keys)
+    /trace/...                         a trace's far end (pontoon.trace.remote)
 
 Creating a network is one etcd transaction that takes its name, subnet and VNI
 only if they are all free, so two hosts racing never get the same one. A host
@@ -80,10 +81,14 @@ class ClusterAgent:
             await self.resync()
         except Unavailable as exc:
             log.warning("cluster store unreachable at start, running on local state: %s", exc)
+        from pontoon.trace.remote import Responder
+
         self._tasks = [
             asyncio.create_task(self._watch_loop(), name="cluster-watch"),
             asyncio.create_task(self._lease_loop(), name="cluster-lease"),
             asyncio.create_task(self._resync_loop(), name="cluster-resync"),
+            # Other hosts' traces of flows to our containers (pontoon.trace.remote).
+            asyncio.create_task(Responder(self).run(), name="cluster-trace"),
         ]
 
     async def close(self) -> None:
@@ -185,12 +190,12 @@ class ClusterAgent:
     async def publish(self, ep: Endpoint) -> None:
         ep.host = self.host_id
         ep.vtep = self.vtep
-        await self._put_leased(endpoint_key(ep.network_id, ep.id), ep.dumps())
+        await self.put_leased(endpoint_key(ep.network_id, ep.id), ep.dumps())
 
     async def withdraw(self, ep: Endpoint) -> None:
         await self.store.delete(endpoint_key(ep.network_id, ep.id))
 
-    async def _put_leased(self, key: str, value: str) -> None:
+    async def put_leased(self, key: str, value: str) -> None:
         if not self.lease:
             await self._register()
         await self.store.txn([], [LeasedPut(key, value, self.lease)])

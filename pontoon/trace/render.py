@@ -66,6 +66,9 @@ def render(result: dict[str, Any]) -> str:
         lines += ["", f"netfilter in {where} namespace:"]
         for walk in groups:
             lines += _walk(walk)
+    far = result.get("remote_host")
+    if far is not None and not far["reported"]:
+        lines += ["", f"remote host {far['vtep']}: did not report (its side is not shown)"]
     if result["nat"]:
         lines += ["", "NAT (conntrack):"]
         for step in result["nat"]:

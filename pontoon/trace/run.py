@@ -7,13 +7,14 @@ import asyncio
 import dataclasses
 import ipaddress
 import socket
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pontoon import model
 from pontoon.errors import InvalidArgument, NotFound
 from pontoon.model import Container, Endpoint, Network
-from pontoon.trace import probe
+from pontoon.trace import probe, remote
 from pontoon.trace.monitor import TABLE, FlowMatch, Monitor, TraceEvent
 
 if TYPE_CHECKING:
@@ -159,10 +160,13 @@ async def trace(
     monitors = [Monitor(match, None, "host")]
     for net in _overlays_involved(svc, src, dst):
         monitors.append(Monitor(match, svc.kernel.overlay.namespace(net), f"overlay {net.name}"))
+    far = _far_end(svc, dst)
     before = await _proxy_stats(svc)
     try:
         for mon in monitors:
             await asyncio.to_thread(mon.start)
+        if far is not None:
+            far.watching = await remote.begin(svc.cluster, far.host, far.id, match, far.network)
         if live:
             await asyncio.sleep(live)  # watch real traffic, send nothing
             result: dict[str, Any] = {"live": live}
@@ -172,13 +176,40 @@ async def trace(
         events = {}
         for mon in monitors:
             events[mon.label] = await asyncio.to_thread(mon.stop)
+        if far is not None and far.watching:
+            far_events = await remote.end(svc.cluster, far.host, far.id)
+            far.reported = bool(far_events)
+            events.update(far_events)
+        elif far is not None:
+            await remote.cancel(svc.cluster, far.host, far.id)
     after = await _proxy_stats(svc)
     if live:
         nat = await svc.kernel.call(_live_conntrack, proto, src.ip, dst.port)
         result["packets"] = sum(w["count"] for w in _group(events["host"]))
     else:
         nat = await svc.kernel.call(_conntrack, proto, mark)
-    return explain(svc, src, dst, proto, mark, result, events, nat, _proxy_used(before, after))
+    out = explain(svc, src, dst, proto, mark, result, events, nat, _proxy_used(before, after))
+    if far is not None:
+        out["remote_host"] = {"vtep": far.vtep, "reported": far.reported}
+    return out
+
+
+@dataclasses.dataclass
+class FarEnd:
+    """The other host of a cross-host overlay trace, which watches too."""
+
+    host: str
+    vtep: str
+    network: str
+    id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
+    watching: bool = False
+    reported: bool = False
+
+
+def _far_end(svc: Service, dst: Point) -> FarEnd | None:
+    if svc.cluster is None or not dst.remote or dst.endpoint is None or not dst.endpoint.host:
+        return None
+    return FarEnd(dst.endpoint.host, dst.endpoint.vtep, dst.endpoint.network_id)
 
 
 def source_address(src: Point, dst_ip: str) -> str:

@@ -315,6 +315,14 @@ def test_trace_across_hosts(seed_lab):
     # The encapsulated packet leaves through the host namespace's output hook.
     outer = [w for w in r["netfilter"]["host"] if w["hook"] == "output"]
     assert outer and outer[0]["packet"].get("dport") == "4789"
+    # h2 watched the same flow: the request arriving, the reply leaving.
+    far = lab.state.hosts[1].address
+    assert r["remote_host"] == {"vtep": far, "reported": True}
+    walks = r["netfilter"][f"remote host {far}"]
+    assert {w["hook"] for w in walks} == {"prerouting", "output"}
+    assert all(w["packet"].get("dport") == "4789" for w in walks)
+    text = lab.cli("h1", "trace", "--from", "net1c1", "--to", "net1c2").stdout
+    assert f"netfilter in remote host {far} namespace:" in text
     other = json.loads(lab.cli("h1", "trace", "--json", "--from", "net1c1", "--to",
                                "net2c2").stdout)  # fmt: skip
     assert other["verdict"] != "delivered"
@@ -370,3 +378,24 @@ def test_lab_cli_up_status_down():
     assert down.returncode == 0
     assert f"ptl-{name}" not in subprocess.run(["ip", "netns", "list"], capture_output=True,
                                                text=True).stdout  # fmt: skip
+
+
+def test_trace_goes_on_when_the_far_end_is_silent(lab2):
+    lab = lab2
+    lab.pair()
+    pid = lab.state.hosts[1].daemon_pid
+    os.kill(pid, signal.SIGSTOP)  # h2's daemon frozen: its containers still answer
+    try:
+        started = time.monotonic()
+        r = json.loads(lab.cli("h1", "trace", "--json", "--from", "a", "--to", "b").stdout)
+        took = time.monotonic() - started
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert r["verdict"] == "delivered" and took < 10
+    assert r["remote_host"] == {"vtep": lab.state.hosts[1].address, "reported": False}
+    text = lab.cli("h1", "trace", "--from", "a", "--to", "b").stdout
+    assert "did not report" not in text  # h2 is back: it reports again
+    # The request h2 saw late was withdrawn: nothing keeps watching there.
+    h2 = lab.h["h2"]
+    wait_for(lambda: "pontoon_trace" not in h2.sh("nft", "list", "tables").stdout,
+             timeout=5, what="h2's trace table gone")  # fmt: skip
