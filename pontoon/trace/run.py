@@ -160,7 +160,9 @@ async def trace(
     monitors = [Monitor(match, None, "host")]
     for net in _overlays_involved(svc, src, dst):
         monitors.append(Monitor(match, svc.kernel.overlay.namespace(net), f"overlay {net.name}"))
-    far = _far_end(svc, dst)
+    # A live trace's rules match the container's own addresses, which the far
+    # host only sees encapsulated: it would watch in vain.
+    far = None if live else _far_end(svc, dst)
     before = await _proxy_stats(svc)
     try:
         for mon in monitors:
