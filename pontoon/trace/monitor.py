@@ -8,6 +8,7 @@ walk through every table of the namespace, ours or not.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import subprocess
 import time
@@ -22,7 +23,10 @@ TRACE_LINE = re.compile(
 )
 # Offsets inside a VXLAN packet, counted from the outer UDP header: UDP 8,
 # VXLAN 8, inner Ethernet 14, inner IPv4 20 (no options).
-INNER_L4 = (8 + 8 + 14 + 20) * 8
+INNER_IP = (8 + 8 + 14) * 8
+INNER_L4 = INNER_IP + 20 * 8
+INNER_PROTO, INNER_SADDR, INNER_DADDR = INNER_IP + 72, INNER_IP + 96, INNER_IP + 128
+PROTO_NUMBERS = {"icmp": 1, "tcp": 6, "udp": 17}
 
 
 @dataclasses.dataclass
@@ -66,14 +70,28 @@ class FlowMatch:
         return [f"{m} meta nftrace set 1" for m in matches]
 
     def _live_rules(self) -> list[str]:
-        """Requests from the source to the port, and whatever comes back to it."""
+        """Requests from the source to the port, and whatever comes back to it,
+        plain and (on overlay hosts) inside VXLAN."""
         src = self.live_src
         if self.proto == "icmp":
             out = [f"ip saddr {src} icmp type echo-request", f"ip daddr {src} icmp type echo-reply"]
         else:
             out = [f"ip saddr {src} {self.proto} dport {self.live_dport}",
                    f"ip daddr {src} meta l4proto {self.proto}"]  # fmt: skip
+        if self.vxlan_port:
+            out += [f"udp dport {self.vxlan_port} {m}" for m in self._inner_live(src)]
         return [f"{m} meta nftrace set 1" for m in out]
+
+    def _inner_live(self, src: str) -> list[str]:
+        """The same two matches on the encapsulated packet (raw offsets from
+        the outer UDP header: nft cannot parse inside VXLAN)."""
+        addr = f"{int(ipaddress.IPv4Address(src)):#010x}"
+        proto = f"@th,{INNER_PROTO},8 {PROTO_NUMBERS[self.proto]}"
+        if self.proto == "icmp":  # echo-request 8, echo-reply 0
+            return [f"@th,{INNER_SADDR},32 {addr} {proto} @th,{INNER_L4},8 8",
+                    f"@th,{INNER_DADDR},32 {addr} {proto} @th,{INNER_L4},8 0"]  # fmt: skip
+        return [f"@th,{INNER_SADDR},32 {addr} {proto} @th,{INNER_L4 + 16},16 {self.live_dport}",
+                f"@th,{INNER_DADDR},32 {addr} {proto}"]  # fmt: skip
 
 
 def _script(match: FlowMatch) -> str:

@@ -151,7 +151,7 @@ async def trace(
     vxlan_port = svc.config.vxlan_port if svc.kernel.overlay is not None else 0
     if live:
         src.ip = await asyncio.to_thread(source_address, src, dst.ip)
-        match = FlowMatch(proto, live_src=src.ip, live_dport=dst.port)
+        match = FlowMatch(proto, live_src=src.ip, live_dport=dst.port, vxlan_port=vxlan_port)
     else:
         icmp = proto == "icmp"
         match = FlowMatch(
@@ -160,9 +160,7 @@ async def trace(
     monitors = [Monitor(match, None, "host")]
     for net in _overlays_involved(svc, src, dst):
         monitors.append(Monitor(match, svc.kernel.overlay.namespace(net), f"overlay {net.name}"))
-    # A live trace's rules match the container's own addresses, which the far
-    # host only sees encapsulated: it would watch in vain.
-    far = None if live else _far_end(svc, dst)
+    far = _far_end(svc, dst)
     before = await _proxy_stats(svc)
     try:
         for mon in monitors:

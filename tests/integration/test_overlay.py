@@ -328,6 +328,22 @@ def test_trace_across_hosts(seed_lab):
     assert other["verdict"] != "delivered"
 
 
+def test_live_trace_across_hosts_sees_both_sides(seed_lab):
+    lab = seed_lab
+    target = lab.ip("h2", "net1c2", "net1")
+    lab.cli("h1", "run", "-d", "--name", "pinger", "--net", "net1", "--",
+            "ping", "-i", "0.2", "-c", "25", target)  # fmt: skip
+    try:
+        r = json.loads(lab.cli("h1", "trace", "--json", "--live", "2", "--from", "pinger",
+                               "--to", "net1c2").stdout)  # fmt: skip
+    finally:
+        lab.cli("h1", "rm", "-f", "pinger")
+    assert r["probe"]["packets"] > 0  # the encapsulated pings, seen in h1's host namespace
+    far = lab.state.hosts[1].address
+    assert r["remote_host"] == {"vtep": far, "reported": True}
+    assert {w["hook"] for w in r["netfilter"][f"remote host {far}"]} == {"prerouting", "output"}
+
+
 def test_published_port_of_an_overlay_container(lab2):
     from tests.integration.portmap_helpers import PROBE, SERVER
 

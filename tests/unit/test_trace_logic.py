@@ -101,3 +101,13 @@ def test_render_has_the_story():
     assert "DNAT             198.51.100.1:12580 -> 172.17.0.2:80" in text
     assert "from-pontoon0: oifname @bridges drop -> drop" in text
     assert "userland proxy: not used" in text and "verdict: delivered" in text
+
+
+def test_live_rules_also_match_inside_vxlan():
+    rules = monitor.FlowMatch("tcp", live_src="10.0.0.2", live_dport=80, vxlan_port=4789).rules()
+    # Outer UDP header, then VXLAN 8, Ethernet 14: the inner source address at
+    # byte 8+8+14+12 = 42 (bit 336), its protocol at bit 312, its dport at 416.
+    assert "udp dport 4789 @th,336,32 0x0a000002 @th,312,8 6 @th,416,16 80" in rules[2]
+    assert rules[3].startswith("udp dport 4789 @th,368,32 0x0a000002 @th,312,8 6 ")
+    plain = monitor.FlowMatch("icmp", live_src="10.0.0.2").rules()
+    assert len(plain) == 2 and all("@th" not in r for r in plain)
