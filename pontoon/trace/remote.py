@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from pontoon.errors import Unavailable
@@ -119,18 +120,19 @@ class Responder:
         self.agent = agent
         self.prefix = f"{TRACE}requests/{agent.host_id}/"
         self.watches: dict[str, _Watch] = {}
+        self._later: set[asyncio.Task[None]] = set()  # timers' tasks, kept referenced
 
     async def run(self) -> None:
         backoff = 0.2
         while True:
             try:
-                _, revision = await self.agent.store.list_prefix(self.prefix)
+                # Requests put while we were not watching count too.
+                pending, revision = await self.agent.store.list_prefix(self.prefix)
+                for kv in pending:
+                    await self._on_request(kv.key, kv.value)
                 async for event in self.agent.store.watch(self.prefix, revision + 1):
-                    trace_id = event.key.rpartition("/")[2]
-                    if event.kind == "put" and event.value is not None:
-                        await self._start(trace_id, json.loads(event.value))
-                    else:
-                        await self._stop(trace_id)
+                    put = event.kind == "put" and event.value is not None
+                    await self._on_request(event.key, event.value if put else None)
                     backoff = 0.2
             except (Unavailable, Compacted) as exc:
                 log.debug("trace requests watch interrupted: %s", exc)
@@ -151,6 +153,18 @@ class Responder:
             for mon in watch.monitors:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(mon.stop)
+
+    async def _on_request(self, key: str, value: str | None) -> None:
+        """A request put (value) or withdrawn (None); a bad one is logged and
+        skipped, never retried."""
+        trace_id = key.rpartition("/")[2]
+        try:
+            if value is None:
+                await self._stop(trace_id)
+            else:
+                await self._start(trace_id, json.loads(value))
+        except Exception:
+            log.exception("remote trace %s: request not handled", trace_id)
 
     async def _start(self, trace_id: str, request: dict[str, Any]) -> None:
         if trace_id in self.watches:
@@ -173,10 +187,7 @@ class Responder:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(mon.stop)
             return
-        loop = asyncio.get_running_loop()
-        expiry = loop.call_later(
-            WATCH_LIMIT, lambda: loop.create_task(self._stop(trace_id))
-        )  # fmt: skip
+        expiry = self._call_later(WATCH_LIMIT, lambda: self._stop(trace_id))
         self.watches[trace_id] = _Watch(started, expiry)
         await self._report(trace_id, {"state": "ready"})
 
@@ -192,8 +203,17 @@ class Responder:
             except Exception:
                 log.exception("remote trace %s: stopping %s", trace_id, mon.label)
         await self._report(trace_id, {"state": "done", "events": events})
-        loop = asyncio.get_running_loop()
-        loop.call_later(RESULT_LIFETIME, lambda: loop.create_task(self._forget(trace_id)))
+        self._call_later(RESULT_LIFETIME, lambda: self._forget(trace_id))
+
+    def _call_later(
+        self, delay: float, make: Callable[[], Coroutine[Any, Any, None]]
+    ) -> asyncio.TimerHandle:
+        def fire() -> None:
+            task = asyncio.get_running_loop().create_task(make())
+            self._later.add(task)
+            task.add_done_callback(self._later.discard)
+
+        return asyncio.get_running_loop().call_later(delay, fire)
 
     async def _report(self, trace_id: str, result: dict[str, Any]) -> None:
         with contextlib.suppress(Unavailable):
