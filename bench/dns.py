@@ -148,10 +148,12 @@ def churn(host: Any) -> Iterator[list[int]]:
 
     def loop() -> None:
         while not stop.is_set():
+            # No check: a failed `run` must not end the churn (the count says how much ran).
             name = f"churn{cycles[0] % 2}"
-            host.cli("run", "-d", "--name", name, "--net", NETWORK, "--", "sleep", "infinity")
-            host.cli("rm", "-f", name)
-            cycles[0] += 1
+            started = host.cli("run", "-d", "--name", name, "--net", NETWORK, "--", "sleep",
+                               "infinity", check=False)  # fmt: skip
+            host.cli("rm", "-f", name, check=False)
+            cycles[0] += started.returncode == 0
 
     worker = threading.Thread(target=loop, name="churn")
     worker.start()

@@ -3,15 +3,17 @@ flow while the probe runs, so one trace shows both hosts' netfilter.
 
 The hosts meet in the cluster store (the only channel they share):
 
-    /trace/requests/<host>/<trace id>   what to watch: the flow match and the
-                                        network (put by the tracing host, leased)
+    /trace/requests/<host>/<trace id>   what to watch: the flow match (put by
+                                        the tracing host, leased)
     /trace/results/<trace id>/<host>    {"state": "ready"}, then
                                         {"state": "done", "events": {...}}
 
 The tracing host puts a request and waits until the remote host reports it
 is watching, sends its probe, then deletes the request; the remote host stops
-watching and puts what it saw. A remote host that does not answer in time
-(down, cut off, an older pontoond) leaves the trace as it was: one host's view.
+watching and puts what it saw. Only its host namespace is watched: that is
+where the encapsulated flow meets netfilter (overlay namespaces have none).
+A remote host that does not answer in time (down, cut off, an older
+pontoond) leaves the trace as it was: one host's view.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 TRACE = "/trace/"
 READY_TIMEOUT = 2.0  # the remote host starts its monitors in well under that
 DONE_TIMEOUT = 3.0
-POLL = 0.02
 WATCH_LIMIT = 330.0  # a request nobody ends (tracing host died): stop anyway
 RESULT_LIFETIME = 30.0  # a result nobody collects is deleted after that
 
@@ -53,11 +53,9 @@ def result_key(trace_id: str, host: str) -> str:
 # The tracing host ------------------------------------------------------------
 
 
-async def begin(
-    agent: ClusterAgent, host: str, trace_id: str, match: FlowMatch, network_id: str
-) -> bool:
+async def begin(agent: ClusterAgent, host: str, trace_id: str, match: FlowMatch) -> bool:
     """Ask `host` to watch the flow; True once it does."""
-    request = {"match": dataclasses.asdict(match), "network": network_id}
+    request = {"match": dataclasses.asdict(match)}
     try:
         await agent.put_leased(request_key(host, trace_id), json.dumps(request))
         return await _result(agent, trace_id, host, "ready", READY_TIMEOUT) is not None
@@ -93,15 +91,29 @@ async def cancel(agent: ClusterAgent, host: str, trace_id: str) -> None:
 async def _result(
     agent: ClusterAgent, trace_id: str, host: str, state: str, timeout: float
 ) -> dict[str, Any] | None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        kv = await agent.store.get(result_key(trace_id, host))
-        if kv is not None:
-            result = json.loads(kv.value)
-            if result.get("state") == state:
+    """The far host's result once it reaches `state` (None after `timeout`):
+    what is there now, then the store's watch from that revision on."""
+    key = result_key(trace_id, host)
+
+    def reached(value: str | None) -> dict[str, Any] | None:
+        result = json.loads(value) if value else {}
+        return result if result.get("state") == state else None
+
+    async def wait() -> dict[str, Any] | None:
+        kvs, revision = await agent.store.list_prefix(key)
+        for kv in kvs:
+            if kv.key == key and (result := reached(kv.value)):
                 return result
-        await asyncio.sleep(POLL)
-    return None
+        async with contextlib.aclosing(agent.store.watch(key, revision + 1)) as events:
+            async for event in events:
+                if event.key == key and event.kind == "put" and (result := reached(event.value)):
+                    return result
+        return None
+
+    try:
+        return await asyncio.wait_for(wait(), timeout)
+    except TimeoutError:
+        return None
 
 
 # The remote host -------------------------------------------------------------
@@ -109,7 +121,7 @@ async def _result(
 
 @dataclasses.dataclass
 class _Watch:
-    monitors: list[Monitor]
+    monitor: Monitor
     expiry: asyncio.TimerHandle
 
 
@@ -147,12 +159,11 @@ class Responder:
             backoff = min(backoff * 2, 5.0)
 
     async def close(self) -> None:
-        for trace_id in list(self.watches):
-            watch = self.watches.pop(trace_id)
+        for watch in self.watches.values():
             watch.expiry.cancel()
-            for mon in watch.monitors:
-                with contextlib.suppress(Exception):
-                    await asyncio.to_thread(mon.stop)
+            with contextlib.suppress(Exception):  # the others must still stop
+                await asyncio.to_thread(watch.monitor.stop)
+        self.watches.clear()
 
     async def _on_request(self, key: str, value: str | None) -> None:
         """A request put (value) or withdrawn (None); a bad one is logged and
@@ -169,26 +180,15 @@ class Responder:
     async def _start(self, trace_id: str, request: dict[str, Any]) -> None:
         if trace_id in self.watches:
             return
-        match = FlowMatch(**request["match"])
-        monitors = [Monitor(match, None, f"remote host {self.agent.vtep}")]
-        net = self.agent.svc.networks.get(request.get("network", ""))
-        overlay = self.agent.svc.kernel.overlay
-        if net is not None and overlay is not None and overlay.present(net):
-            label = f"overlay {net.name} on {self.agent.vtep}"
-            monitors.append(Monitor(match, overlay.namespace(net), label))
-        started = []
+        monitor = Monitor(FlowMatch(**request["match"]), None, f"remote host {self.agent.vtep}")
         try:
-            for mon in monitors:
-                await asyncio.to_thread(mon.start)
-                started.append(mon)
+            await asyncio.to_thread(monitor.start)
         except Exception:
-            log.exception("remote trace %s: cannot watch", trace_id)
-            for mon in started:
-                with contextlib.suppress(Exception):
-                    await asyncio.to_thread(mon.stop)
-            return
+            with contextlib.suppress(Exception):  # its reader may be running already
+                await asyncio.to_thread(monitor.stop)
+            raise  # logged by _on_request
         expiry = self._call_later(WATCH_LIMIT, lambda: self._stop(trace_id))
-        self.watches[trace_id] = _Watch(started, expiry)
+        self.watches[trace_id] = _Watch(monitor, expiry)
         await self._report(trace_id, {"state": "ready"})
 
     async def _stop(self, trace_id: str) -> None:
@@ -196,12 +196,8 @@ class Responder:
         if watch is None:
             return
         watch.expiry.cancel()
-        events: dict[str, list[dict[str, object]]] = {}
-        for mon in watch.monitors:
-            try:
-                events[mon.label] = [e.to_dict() for e in await asyncio.to_thread(mon.stop)]
-            except Exception:
-                log.exception("remote trace %s: stopping %s", trace_id, mon.label)
+        seen = await asyncio.to_thread(watch.monitor.stop)
+        events = {watch.monitor.label: [e.to_dict() for e in seen]}
         await self._report(trace_id, {"state": "done", "events": events})
         self._call_later(RESULT_LIFETIME, lambda: self._forget(trace_id))
 

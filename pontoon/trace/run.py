@@ -166,7 +166,7 @@ async def trace(
         for mon in monitors:
             await asyncio.to_thread(mon.start)
         if far is not None:
-            far.watching = await remote.begin(svc.cluster, far.host, far.id, match, far.network)
+            far.watching = await remote.begin(svc.cluster, far.host, far.id, match)
         if live:
             await asyncio.sleep(live)  # watch real traffic, send nothing
             result: dict[str, Any] = {"live": live}
@@ -200,7 +200,6 @@ class FarEnd:
 
     host: str
     vtep: str
-    network: str
     id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
     watching: bool = False
     reported: bool = False
@@ -209,7 +208,7 @@ class FarEnd:
 def _far_end(svc: Service, dst: Point) -> FarEnd | None:
     if svc.cluster is None or not dst.remote or dst.endpoint is None or not dst.endpoint.host:
         return None
-    return FarEnd(dst.endpoint.host, dst.endpoint.vtep, dst.endpoint.network_id)
+    return FarEnd(dst.endpoint.host, dst.endpoint.vtep)
 
 
 def source_address(src: Point, dst_ip: str) -> str:
