@@ -1,8 +1,12 @@
 """Shared fixtures. Integration tests build throwaway hosts (network
-namespaces named ptt-*) and the session fails if anything they made is left."""
+namespaces named ptt-<run>*) and the session fails if anything they made is left.
+
+Every names this run makes carries RUN, so that two test sessions on one machine
+(a developer's and a helper's) never blame each other for what they made."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import uuid
@@ -13,9 +17,11 @@ import pytest
 
 from pontoon.lab import SimHost
 
-PREFIX = "ptt-"
-LAB_PREFIX = "ptl-t"  # labs made by tests are named t<hex>
+RUN = uuid.uuid4().hex[:3]
+PREFIX = f"ptt-{RUN}"
+LAB_PREFIX = f"ptl-t{RUN}"  # labs made by tests are named t<RUN><n>
 WORKDIR = Path("/tmp/pontoon-tests")
+_labs = itertools.count()
 
 
 def _root_state() -> dict[str, set[str]]:
@@ -24,7 +30,9 @@ def _root_state() -> dict[str, set[str]]:
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     mounts = Path("/proc/self/mounts").read_text()
     procs = subprocess.run(
-        ["pgrep", "-a", "-f", f"{WORKDIR}|/run/pontoon-lab/t"], capture_output=True, text=True
+        ["pgrep", "-a", "-f", f"{WORKDIR}/{PREFIX}|/run/pontoon-lab/t{RUN}"],
+        capture_output=True,
+        text=True,
     ).stdout
     return {
         "links": {line.split(":")[1].strip().split("@")[0] for line in links.splitlines()},
@@ -32,7 +40,9 @@ def _root_state() -> dict[str, set[str]]:
         "named netns": {
             n.split()[0] for n in netns.splitlines() if n.startswith((PREFIX, LAB_PREFIX))
         },
-        "mounts": {m.split()[1] for m in mounts.splitlines() if str(WORKDIR) in m.split()[1]},
+        "mounts": {
+            m.split()[1] for m in mounts.splitlines() if f"{WORKDIR}/{PREFIX}" in m.split()[1]
+        },
         "processes": set(procs.splitlines()),
     }
 
@@ -63,7 +73,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def new_host_name() -> str:
-    return PREFIX + uuid.uuid4().hex[:8]
+    return PREFIX + uuid.uuid4().hex[:5]
+
+
+def new_lab_name() -> str:
+    """`t` + RUN + a counter: at most 6 characters, unique within the run."""
+    return f"t{RUN}{next(_labs):02d}"
 
 
 @pytest.fixture

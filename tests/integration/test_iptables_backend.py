@@ -1,6 +1,6 @@
 """The iptables backend against the real iptables-restore (SPEC §5, §6).
 
-Everything happens in throwaway named network namespaces (ptt-ipt-*): the
+Everything happens in throwaway named network namespaces (ptt-<run>*): the
 firewall code runs under `nsenter --net`, so the host's own rules are never
 touched. The last tests send real packets through the chains."""
 
@@ -11,7 +11,6 @@ import json
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 
 from pontoon.firewall.base import NetworkRules, PortRule
 from pontoon.firewall.iptables import add_network_script, parse_save
+from tests.conftest import new_host_name
 
 pytestmark = pytest.mark.integration
 
@@ -114,7 +114,7 @@ def make_ns() -> Iterator[Callable[[], str]]:
     made: list[str] = []
 
     def make() -> str:
-        name = f"ptt-ipt-{uuid.uuid4().hex[:8]}"
+        name = new_host_name()
         sh("ip", "netns", "add", name)
         made.append(name)
         in_ns(name, "ip", "link", "set", "lo", "up")

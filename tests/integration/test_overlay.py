@@ -9,11 +9,11 @@ import json
 import os
 import signal
 import time
-import uuid
 
 import pytest
 
 from pontoon.lab import cluster
+from tests.conftest import new_lab_name
 from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.integration
@@ -22,7 +22,7 @@ _subnets = iter(range(200, 250))
 
 
 def make_lab(hosts: int = 2, extra: list[str] | None = None) -> cluster.LabState:
-    name = "t" + uuid.uuid4().hex[:5]
+    name = new_lab_name()
     return cluster.up(name, hosts, f"10.{next(_subnets)}.0.0/24", extra or [])
 
 
@@ -374,7 +374,7 @@ def test_lab_cli_up_status_down():
 
     from pontoon.lab.hosts import bin_path
 
-    name = "t" + uuid.uuid4().hex[:5]
+    name = new_lab_name()
     pontoon = bin_path("pontoon")
     up = subprocess.run([pontoon, "lab", "up", "--hosts", "2", "--name", name, "--subnet",
                          "10.249.0.0/24"], capture_output=True, text=True)  # fmt: skip
