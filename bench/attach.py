@@ -61,7 +61,7 @@ from common import (  # noqa: E402
 )
 
 import pontoon  # noqa: E402
-from pontoon.cli.client import Client  # noqa: E402
+from pontoon.client import Client  # noqa: E402
 from pontoon.lab import SimHost  # noqa: E402
 
 WORKER = HERE / "_attach_worker.py"

@@ -224,7 +224,7 @@ def overlay_experiment(tag: str) -> list[bool]:
         print(lab_cli(h1, "trace", "--from", "net1c1", "--to", "net1c2"))
         say("The picture the seed drew by hand")
         from pontoon.cli import topology as draw
-        from pontoon.cli.client import Client
+        from pontoon.client import Client
 
         hosts = {h.name: Client(f"unix://{h.socket}").get("/topology") for h in state.hosts}
         print(draw.to_text(hosts))

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from pontoon.cli.client import ApiError, Client, ref
+from pontoon.client import ApiError, Client, ref
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 

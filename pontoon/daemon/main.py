@@ -9,14 +9,18 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from pontoon import ipam
 from pontoon.daemon.config import DaemonConfig, parse_host
-from pontoon.daemon.service import Service
 from pontoon.errors import PontoonError
+from pontoon.firewall import Tunnel
 from pontoon.sandbox import netns
+
+if TYPE_CHECKING:
+    from pontoon.engine.engine import Engine
 
 log = logging.getLogger("pontoond")
 
@@ -168,10 +172,11 @@ def take_lock(root: Path) -> int:
 async def serve(config: DaemonConfig) -> int:
     from aiohttp import web
 
-    from pontoon.daemon.api import Api
-    from pontoon.daemon.kernel import Kernel
-    from pontoon.daemon.reconcile import reconcile
-    from pontoon.daemon.service import Service
+    from pontoon.engine.engine import Engine
+    from pontoon.engine.kernel import Kernel
+    from pontoon.engine.reconcile import reconcile
+    from pontoon.frontends.api.server import Api
+    from pontoon.runtime.containers import Runtime
     from pontoon.store.sqlite import SQLiteStore
     from pontoon.store.timed import TimedStore
 
@@ -181,20 +186,26 @@ async def serve(config: DaemonConfig) -> int:
     store = TimedStore(SQLiteStore(config.db_path), "local")
     kernel = Kernel(config.firewall_backend, config.userland_proxy)
     await kernel.call(kernel.setup)
-    svc = Service(config, store, kernel)
+    engine = Engine(config, store, kernel)
+    runtime = Runtime(config, store, engine)
     if config.userland_proxy:
         from pontoon.proxy.client import DaemonProxy
 
-        svc.proxy = DaemonProxy(config.exec_root / "proxy.sock", config.exec_root / "proxy.log")
-    await svc.load()
+        engine.ports.proxy = DaemonProxy(
+            config.exec_root / "proxy.sock", config.exec_root / "proxy.log"
+        )
+    await runtime.load()
+    await engine.state.load(runtime.sandbox_of)
     if config.cluster_store:
-        await join_cluster(config, svc)
-    await reconcile(svc)
-    await svc.ensure_default_network()
-    if svc.cluster is not None:
-        await svc.cluster.start()
+        await join_cluster(config, engine)
+    await runtime.reconcile()
+    await reconcile(engine, runtime.keep_namespaces())
+    async with engine.lock:
+        await engine.networks.ensure_default(config.bip)
+    if engine.cluster is not None:
+        await engine.cluster.start()
 
-    runner = web.AppRunner(Api(svc).app(), access_log=None)
+    runner = web.AppRunner(Api(config, engine, runtime).app(), access_log=None)
     await runner.setup()
     config.socket.parent.mkdir(parents=True, exist_ok=True)
     config.socket.unlink(missing_ok=True)
@@ -206,7 +217,7 @@ async def serve(config: DaemonConfig) -> int:
     if config.metrics_addr:
         from pontoon.daemon import metrics
 
-        metrics_runner = await metrics.start(svc, config.metrics_addr)
+        metrics_runner = await metrics.start(metrics.Sources(engine, runtime), config.metrics_addr)
     log.info("pontoond ready on %s (root %s)", config.socket, config.root)
 
     stop = asyncio.Event()
@@ -219,7 +230,8 @@ async def serve(config: DaemonConfig) -> int:
     await runner.cleanup()
     if metrics_runner is not None:
         await metrics_runner.cleanup()
-    await svc.close()
+    await runtime.close()
+    await engine.close()
     await store.close()
     kernel.close()
     config.socket.unlink(missing_ok=True)
@@ -227,25 +239,28 @@ async def serve(config: DaemonConfig) -> int:
     return 0
 
 
-async def join_cluster(config: DaemonConfig, svc: Service) -> None:
-    """Overlay support: our VTEP, the etcd store and the cluster agent."""
-    from pontoon.daemon.cluster import ClusterAgent
+async def join_cluster(config: DaemonConfig, engine: Engine) -> None:
+    """Global networks: our VTEP, the etcd store and the cluster agent."""
+    from pontoon.cluster.agent import ClusterAgent
+    from pontoon.drivers.overlay import prepare_underlay
     from pontoon.store.etcd import EtcdStore
+    from pontoon.store.timed import TimedStore
 
     try:
-        vtep, mtu = await svc.kernel.call(
-            svc.kernel.setup_overlay,
-            config.netns_dir,
+        vtep, mtu = await engine.kernel.call(
+            prepare_underlay,
+            engine.kernel.ipr,
             config.cluster_advertise or "eth0",
             config.vxlan_port,
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    svc.underlay_mtu = mtu
-    from pontoon.store.timed import TimedStore
-
+    # Applied by the start-up sync, which follows.
+    engine.kernel.firewall.tunnel = Tunnel(vtep, config.vxlan_port)
     store = TimedStore(EtcdStore.from_url(config.cluster_store), "cluster")
-    svc.cluster = ClusterAgent(svc, store, host_id(config.root), vtep, config.cluster_ttl)
+    agent = ClusterAgent(store, host_id(config.root), vtep, config.cluster_ttl)
+    agent.listener = engine
+    engine.join_cluster(agent, vtep, config.vxlan_port, mtu)
     log.info("cluster store %s, VTEP %s, VXLAN port %d", config.cluster_store, vtep,
              config.vxlan_port)  # fmt: skip
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from pontoon import __version__, model
+from pontoon import __version__
+from pontoon.core import model
 from pontoon.store.timed import TimedStore
 
 if TYPE_CHECKING:
-    from pontoon.daemon.service import Service
+    from pontoon.engine.engine import Engine
+    from pontoon.runtime.containers import Runtime
 
 
 def _escape(value: str) -> str:
@@ -34,7 +36,32 @@ class Metrics:
         return "\n".join(self.lines) + "\n"
 
 
-async def collect(svc: Service) -> str:
+class Sources:
+    """What the metrics read: the engine and the container runtime."""
+
+    def __init__(self, engine: Engine, runtime: Runtime) -> None:
+        self.engine = engine
+        self.runtime = runtime
+        self.networks = engine.state.networks
+        self.containers = runtime.containers
+        self.attachments = engine.state.attachments
+        self.store = engine.store
+        self.resolver = engine.resolver
+
+    @property
+    def remote(self) -> dict:
+        return self.engine.state.remote
+
+    @property
+    def cluster(self) -> Any:
+        return self.engine.cluster
+
+    @property
+    def proxy(self) -> Any:
+        return self.engine.ports.proxy
+
+
+async def collect(svc: Sources) -> str:
     m = Metrics()
     m.family("pontoon_build_info", "gauge", "pontoon version")
     m.sample("pontoon_build_info", 1, version=__version__)
@@ -45,19 +72,23 @@ async def collect(svc: Service) -> str:
     states = Counter(c.state for c in svc.containers.values())
     for state in (model.RUNNING, model.EXITED, model.CREATING):
         m.sample("pontoon_containers", states.get(state, 0), state=state)
-    m.family("pontoon_endpoints", "gauge", "Endpoints on this host, by network")
-    by_net = Counter(ep.network_id for ep in svc.endpoints.values())
+    m.family("pontoon_endpoints", "gauge", "Attachments on this host, by network")
+    by_net = Counter(ep.network_id for ep in svc.attachments.values())
     for net_id, count in sorted(by_net.items()):
         net = svc.networks.get(net_id)
         m.sample("pontoon_endpoints", count, network=net.name if net else net_id[:12])
     m.family("pontoon_published_ports", "gauge", "Host ports published by running containers")
     m.sample(
         "pontoon_published_ports",
-        sum(len(c.ports) for c in svc.containers.values() if c.state == model.RUNNING),
+        sum(len(a.ports) for a in svc.attachments.values()),
     )
+    m.family("pontoon_attachments", "gauge", "Attachments on this host, by owner kind")
+    kinds = Counter(a.owner.kind for a in svc.attachments.values())
+    for kind in model.OWNER_KINDS:
+        m.sample("pontoon_attachments", kinds.get(kind, 0), owner=kind)
     if svc.cluster is not None:
         m.family("pontoon_overlay_peers", "gauge", "Remote endpoints known, by overlay network")
-        peers = Counter(ep.network_id for ep in svc.cluster.remote.values())
+        peers = Counter(p.network_id for p in svc.remote.values())
         for net_id, count in sorted(peers.items()):
             net = svc.networks.get(net_id)
             m.sample("pontoon_overlay_peers", count, network=net.name if net else net_id[:12])
@@ -67,7 +98,7 @@ async def collect(svc: Service) -> str:
     return m.text()
 
 
-async def _proxy(svc: Service, m: Metrics) -> None:
+async def _proxy(svc: Sources, m: Metrics) -> None:
     if svc.proxy is None:
         return
     try:
@@ -88,7 +119,7 @@ async def _proxy(svc: Service, m: Metrics) -> None:
     m.sample("pontoon_proxy_udp_flows", totals.get("udp_flows", 0))
 
 
-def _stores(svc: Service, m: Metrics) -> None:
+def _stores(svc: Sources, m: Metrics) -> None:
     stores = [svc.store]
     if svc.cluster is not None:
         stores.append(svc.cluster.store)
@@ -107,14 +138,14 @@ def _stores(svc: Service, m: Metrics) -> None:
         m.sample("pontoon_store_errors_total", s.errors, store=s.name)
 
 
-def _dns(svc: Service, m: Metrics) -> None:
+def _dns(svc: Sources, m: Metrics) -> None:
     r = svc.resolver
     m.family("pontoon_dns_queries_total", "counter", "Queries the embedded resolver answered")
     for outcome, count in sorted(r.counters.items()):
         m.sample("pontoon_dns_queries_total", count, outcome=outcome)
 
 
-async def start(svc: Service, addr: str) -> web.AppRunner:
+async def start(svc: Sources, addr: str) -> web.AppRunner:
     async def handler(request: web.Request) -> web.Response:
         return web.Response(text=await collect(svc), content_type="text/plain", charset="utf-8")
 

@@ -1,5 +1,6 @@
-"""Network drivers: how a network and an endpoint become kernel devices."""
+"""Network drivers: how a network and an attachment become kernel devices.
+`registry` lists them; `base` is the contract."""
 
-from pontoon.drivers.base import NetworkDriver, mac_for
+from pontoon.drivers.base import Capabilities, DriverContext, NetworkDriver, Peer
 
-__all__ = ["NetworkDriver", "mac_for"]
+__all__ = ["Capabilities", "DriverContext", "NetworkDriver", "Peer"]

@@ -1,45 +1,54 @@
 """The bridge driver: one Linux bridge per network, one veth pair per endpoint.
 
     container netns                 host netns
-    eth0 (IP/prefix, default route) ── vethXXXXXXXXXXX ── <bridge> (gateway IP)
+    eth0 (IP/prefix, default route) ── vethXXXXXXXXXXX ── <bridge> (gateway IPs)
 
 The veth is created with its peer already inside the sandbox and already named
-`eth0` (one netlink request instead of create + move + rename), then the
-sandbox side gets its address and routes through a netlink socket opened in
+as asked (one netlink request instead of create + move + rename), then the
+sandbox side gets its addresses and routes through a netlink socket opened in
 that namespace.
 """
 
 from __future__ import annotations
 
-import errno
-import ipaddress
-import os
+import re
 from pathlib import Path
+from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from pontoon.core import addresses
+from pontoon.core.model import Attachment, Network, NetworkSpec
+from pontoon.drivers import links
+from pontoon.drivers.base import Capabilities, NetworkDriver
+from pontoon.errors import Conflict, InvalidArgument
+from pontoon.firewall import NetworkRules
 
-from pontoon.drivers.base import NetworkDriver
-from pontoon.model import Endpoint, Network
-from pontoon.sandbox import netns
+BRIDGE_NAME_OPTIONS = ("com.docker.network.bridge.name", "bridge.name")
+BRIDGE_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # IFNAMSIZ, ASCII only
+OUR_BRIDGE = re.compile(r"^pt-[0-9a-f]{12}$")
+OUR_VETH = re.compile(r"^veth[0-9a-f]{11}$")
 
 
-def host_ifname(endpoint_id: str) -> str:
-    return "veth" + endpoint_id[:11]
-
-
-def _ignore_missing(exc: NetlinkError) -> None:
-    if exc.code not in (errno.ENODEV, errno.ENOENT, errno.ESRCH):
-        raise exc
+def bridge_name_option(options: dict[str, str]) -> str:
+    for key in BRIDGE_NAME_OPTIONS:
+        if key in options:
+            name = options[key]
+            if not BRIDGE_NAME_RE.fullmatch(name) or name in (".", ".."):
+                raise InvalidArgument(f"invalid bridge name {name!r}: 1-15 of [A-Za-z0-9_.-]")
+            return name
+    return ""
 
 
 class BridgeDriver(NetworkDriver):
     name = "bridge"
+    capabilities = Capabilities(options=(*BRIDGE_NAME_OPTIONS, *links.MTU_OPTIONS))
 
-    def __init__(self, ipr: IPRoute, route_localnet: bool = False) -> None:
-        self.ipr = ipr  # bound to the daemon's (host) namespace
-        self.route_localnet = route_localnet
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._bridge_index: dict[str, int] = {}
+
+    @property
+    def ipr(self) -> Any:
+        return self.ctx.ipr
 
     def _lookup(self, ifname: str) -> int | None:
         found = self.ipr.link_lookup(ifname=ifname)
@@ -54,145 +63,99 @@ class BridgeDriver(NetworkDriver):
             self._bridge_index[bridge] = idx
         return idx
 
+    # -- network ---------------------------------------------------------------
+
+    def validate(self, spec: NetworkSpec) -> None:
+        super().validate(spec)
+        links.mtu_option(spec, 1500)
+        bridge_name_option(spec.options)
+
+    def default_mtu(self, spec: NetworkSpec) -> int:
+        return links.mtu_option(spec, 1500)
+
+    def device_name(self, spec: NetworkSpec, net_id: str) -> str:
+        return bridge_name_option(spec.options) or f"pt-{net_id[:12]}"
+
+    def check_device_free(self, name: str) -> None:
+        if self._lookup(name) is not None:
+            raise Conflict(f"a device named {name} already exists on this host")
+
     def create_network(self, net: Network) -> None:
-        ipr = self.ipr
         idx = self._lookup(net.bridge)
         if idx is None:
-            ipr.link("add", ifname=net.bridge, kind="bridge", mtu=net.mtu)
+            self.ipr.link("add", ifname=net.bridge, kind="bridge", mtu=net.mtu)
             idx = self._lookup(net.bridge)
             assert idx is not None
         self._bridge_index[net.bridge] = idx
-        subnet = ipaddress.IPv4Network(net.subnet)
-        have = {(a.get("address"), a["prefixlen"]) for a in ipr.addr("dump", index=idx, family=2)}
-        if (net.gateway, subnet.prefixlen) not in have:
-            ipr.addr("add", index=idx, address=net.gateway, prefixlen=subnet.prefixlen)
-        ipr.link("set", index=idx, state="up")
-        if self.route_localnet:
-            # Read by the kernel thread's namespace: this host's bridge only.
+        wanted = [(s.gateway, addresses.prefixlen_of(s.subnet)) for s in net.subnets]
+        links.ensure_addresses(self.ipr, idx, wanted)
+        self.ipr.link("set", index=idx, state="up")
+        if not self.ctx.userland_proxy:
+            # Without the proxy, the host's connections to 127.0.0.1 are NATed to
+            # containers, which the kernel allows only with route_localnet. Read
+            # by the kernel thread's namespace: this host's bridge only.
             Path(f"/proc/sys/net/ipv4/conf/{net.bridge}/route_localnet").write_text("1\n")
 
     def delete_network(self, net: Network) -> None:
         self._bridge_index.pop(net.bridge, None)
-        try:
-            self.ipr.link("del", ifname=net.bridge)
-        except NetlinkError as exc:
-            _ignore_missing(exc)
+        links.delete_link(self.ipr, net.bridge)
 
-    def join(self, net: Network, ep: Endpoint, sandbox: Path) -> None:
-        ep.host_ifname = host_ifname(ep.id)
+    def firewall_rules(self, net: Network) -> NetworkRules:
+        # The host firewall's tables are IPv4 (`ip` family) until IPv6 lands there.
+        v4 = net.subnet_for(4)
+        return NetworkRules(
+            bridge=net.bridge, subnet=v4.subnet if v4 else "", internal=net.internal, icc=net.icc
+        )
+
+    # -- endpoints -------------------------------------------------------------
+
+    def join(self, net: Network, att: Attachment, netns: Path) -> None:
+        att.host_ifname = links.host_ifname(att.id)
         master = self.bridge_index(net.bridge)
-        add_veth(self.ipr, ep, net.mtu, sandbox)
+        links.add_veth(self.ipr, att, net.mtu, netns)
         try:
-            self.ipr.link("set", ifname=ep.host_ifname, master=master, state="up")
-            configure_container_side(sandbox, ep)
+            self.ipr.link("set", ifname=att.host_ifname, master=master, state="up")
+            links.configure_container_side(netns, att)
         except BaseException:
-            self.leave(net, ep)
+            self.leave(net, att)
             raise
 
-    def leave(self, net: Network, ep: Endpoint) -> None:
-        if not ep.host_ifname:
-            return
-        try:
-            self.ipr.link("del", ifname=ep.host_ifname)  # takes the peer with it
-        except NetlinkError as exc:
-            _ignore_missing(exc)
+    def leave(self, net: Network, att: Attachment) -> None:
+        if att.host_ifname:
+            links.delete_link(self.ipr, att.host_ifname)  # takes the peer with it
 
-    def set_hairpin(self, ep: Endpoint) -> None:
+    def endpoint_present(self, net: Network, att: Attachment) -> bool:
+        return bool(att.host_ifname) and self._lookup(att.host_ifname) is not None
+
+    def prepare_publish(self, net: Network, att: Attachment) -> None:
         """Let the bridge send a frame back out the port it came in on. A
         container reaching its own published port needs it: br_netfilter
         DNATs that frame back to the container and bridges it, not routes it."""
-        self.ipr.brport("set", index=self.ipr.link_lookup(ifname=ep.host_ifname)[0], mode=1)
+        idx = self._lookup(att.host_ifname)
+        if idx is not None:
+            self.ipr.brport("set", index=idx, mode=1)
 
-    def endpoint_present(self, net: Network, ep: Endpoint) -> bool:
-        return bool(ep.host_ifname) and self._lookup(ep.host_ifname) is not None
+    def sweep(self, networks: list[Network], attachments: list[Attachment]) -> list[str]:
+        veths = {a.host_ifname for a in attachments}
+        bridges = {n.bridge for n in networks}
+        gone = []
+        for link in self.ipr.link("dump"):
+            name = link.get("ifname")
+            kind = link.get(("IFLA_LINKINFO", "IFLA_INFO_KIND"))
+            stray_veth = kind == "veth" and OUR_VETH.match(name) and name not in veths
+            stray_bridge = kind == "bridge" and OUR_BRIDGE.match(name) and name not in bridges
+            if stray_veth or stray_bridge:
+                links.delete_link(self.ipr, name)
+                gone.append(name)
+        return gone
 
+    # -- describing --------------------------------------------------------------
 
-def add_veth(
-    ipr: IPRoute, ep: Endpoint, mtu: int, sandbox: Path, host_ns: Path | None = None
-) -> None:
-    """One netlink request makes the pair with both ends where they belong:
-    the host side in `host_ns` (ipr's namespace when None), the container side
-    already in the sandbox, named eth<N>, with its MAC."""
-    fds = [os.open(sandbox, os.O_RDONLY)]
-    extra: dict[str, object] = {}
-    try:
-        if host_ns is not None:
-            fds.append(os.open(host_ns, os.O_RDONLY))
-            extra["net_ns_fd"] = fds[1]
-        ipr.link(
-            "add",
-            ifname=ep.host_ifname,
-            kind="veth",
-            mtu=mtu,
-            peer={"ifname": ep.ifname, "net_ns_fd": fds[0], "address": ep.mac, "mtu": mtu},
-            **extra,
-        )
-    finally:
-        for fd in fds:
-            os.close(fd)
+    def describe_network(self, net: Network) -> dict[str, Any]:
+        return {"BridgePorts": links.bridge_ports(self.ipr, net.bridge)}
 
-
-def configure_container_side(sandbox: Path, ep: Endpoint) -> None:
-    """Address, link up and (for the default-route network) the default route;
-    `lo` too, on the socket we have open anyway (sandboxes are made without it)."""
-    with netns.iproute(sandbox) as ipr:
-        ipr.link("set", index=1, state="up")  # lo is always ifindex 1
-        idx = ipr.link_lookup(ifname=ep.ifname)[0]
-        ipr.addr("add", index=idx, address=ep.ip, prefixlen=ep.prefixlen)
-        ipr.link("set", index=idx, state="up")
-        if ep.default_route and ep.gateway:
-            ipr.route("add", dst="0.0.0.0/0", gateway=ep.gateway, oif=idx)
-
-
-def describe_endpoint(ipr: IPRoute, sandbox: Path, ep: Endpoint) -> dict[str, object]:
-    """What the seed found with `ethtool -S` and `ip link`: both ends of the
-    veth with their ifindexes, and the container side's MTU. `ipr` is bound
-    to the namespace holding the host side (the host's, or an overlay's)."""
-    info: dict[str, object] = {"HostInterface": ep.host_ifname}
-    found = ipr.link_lookup(ifname=ep.host_ifname) if ep.host_ifname else []
-    info["HostIfindex"] = found[0] if found else None
-    try:
-        with netns.iproute(sandbox) as nipr:
-            links = nipr.link("get", ifname=ep.ifname)
-            link = links[0]
-            info["Ifindex"] = link["index"]
-            info["PeerIfindex"] = link.get("IFLA_LINK")
-            info["MTU"] = link.get("IFLA_MTU")
-    except (OSError, NetlinkError, IndexError):
-        info["Ifindex"] = None
-    return info
-
-
-def sandbox_routes(sandbox: Path) -> list[str]:
-    """The container's routing table, as `ip route` prints it (the seed's first look).
-    Empty when the sandbox is gone (the container is exiting right now)."""
-    try:
-        return _routes(sandbox)
-    except (OSError, NetlinkError):
-        return []
-
-
-def _routes(sandbox: Path) -> list[str]:
-    out = []
-    with netns.iproute(sandbox) as nipr:
-        names = {link["index"]: link.get("ifname") for link in nipr.link("dump")}
-        for route in nipr.route("dump", family=2, table=254):
-            dst = route.get("dst")
-            dest = f"{dst}/{route['dst_len']}" if dst else "default"
-            parts = [dest]
-            if route.get("gateway"):
-                parts.append(f"via {route.get('gateway')}")
-            parts.append(f"dev {names.get(route.get('oif'), '?')}")
-            if route.get("prefsrc"):
-                parts.append(f"src {route.get('prefsrc')}")
-            out.append(" ".join(parts))
-    return out
-
-
-def bridge_ports(ipr: IPRoute, bridge: str) -> list[str]:
-    found = ipr.link_lookup(ifname=bridge)
-    if not found:
-        return []
-    return sorted(
-        link.get("ifname") for link in ipr.link("dump") if link.get("IFLA_MASTER") == found[0]
-    )
+    def trace_devices(self, net: Network, att: Attachment) -> list[dict[str, Any]]:
+        return [
+            {"kind": "veth", "device": att.host_ifname, "namespace": "host"},
+            {"kind": "bridge", "device": net.bridge, "namespace": "host", "network": net.name},
+        ]

@@ -20,23 +20,27 @@ VTEP) on the VXLAN device, exactly what the seed found with `arp -a`
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import os
 from pathlib import Path
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from pontoon.drivers.base import NetworkDriver
-from pontoon.drivers.bridge import add_veth, configure_container_side, host_ifname
-from pontoon.model import Endpoint, Network
+from pontoon.core import addresses
+from pontoon.core.model import Attachment, Network, NetworkSpec
+from pontoon.drivers import links
+from pontoon.drivers.base import CLUSTER_ALLOCATOR, Capabilities, NetworkDriver, Peer
+from pontoon.ipam.pools import Pool
 from pontoon.sandbox import netns
 
 BRIDGE = "br0"
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02  # the VXLAN device's own FDB, not its master bridge's
-VXLAN_OVERHEAD = 50
+VXLAN_OVERHEAD = 50  # outer Ethernet + IP + UDP + VXLAN headers
+# The cluster's overlay subnets, when none is given (Docker's overlay default).
+OVERLAY_POOLS = (Pool(ipaddress.IPv4Network("10.0.0.0/8"), 24),)
 
 
 def namespace_name(net: Network) -> str:
@@ -57,26 +61,38 @@ def _bridge_frames_skip_netfilter() -> None:
             path.write_text("0\n")
 
 
-def _missing_ok(exc: NetlinkError) -> None:
-    if exc.code not in (errno.ENODEV, errno.ENOENT, errno.ESRCH):
-        raise exc
-
-
 class OverlayDriver(NetworkDriver):
     name = "overlay"
+    capabilities = Capabilities(
+        scope="global",
+        allocator=CLUSTER_ALLOCATOR,
+        needs_gateway_bridge=True,
+        host_reachable=False,
+        default_route=False,
+        needs_cluster=True,
+        options=links.MTU_OPTIONS,
+    )
 
-    def __init__(self, ipr: IPRoute, netns_dir: Path, vtep: str, vxlan_port: int) -> None:
-        self.ipr = ipr  # the host namespace
-        self.netns_dir = netns_dir
-        self.vtep = vtep
-        self.vxlan_port = vxlan_port
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._sockets: dict[str, IPRoute] = {}  # network id -> netlink in its namespace
         self._tuned: set[str] = set()  # network ids whose namespace has its sysctls
+
+    @property
+    def ipr(self) -> Any:
+        return self.ctx.ipr  # the host namespace
+
+    def default_mtu(self, spec: NetworkSpec) -> int:
+        return links.mtu_option(spec, self.ctx.underlay_mtu - VXLAN_OVERHEAD)
+
+    def address_pools(self, host_pools: list[Pool]) -> list[Pool]:
+        # Cluster-wide subnets: the host's pools say nothing about other hosts.
+        return list(OVERLAY_POOLS)
 
     # namespaces --------------------------------------------------------------
 
     def namespace(self, net: Network) -> Path:
-        return self.netns_dir / namespace_name(net)
+        return self.ctx.netns_dir / namespace_name(net)
 
     def _nl(self, net: Network) -> IPRoute:
         nl = self._sockets.get(net.id)
@@ -89,7 +105,21 @@ class OverlayDriver(NetworkDriver):
         return netns.is_mounted(self.namespace(net))
 
     def create_network(self, net: Network) -> None:
-        """The overlay namespace with br0 and the VTEP (idempotent)."""
+        """Nothing host-wide: the namespace comes with the first local endpoint."""
+
+    def delete_network(self, net: Network) -> None:
+        self.last_endpoint_gone(net)
+
+    def first_endpoint(self, net: Network, peers: list[Peer]) -> None:
+        """The overlay namespace with br0 and the VTEP (idempotent), and every
+        known peer programmed."""
+        fresh = not self.present(net)
+        self._ensure_namespace(net)
+        if fresh:
+            for peer in peers:
+                self.add_peer(net, peer)
+
+    def _ensure_namespace(self, net: Network) -> None:
         path = self.namespace(net)
         if not netns.is_mounted(path):
             path.unlink(missing_ok=True)
@@ -99,38 +129,39 @@ class OverlayDriver(NetworkDriver):
             netns.run_in(path, _bridge_frames_skip_netfilter)
             self._tuned.add(net.id)
         nl = self._nl(net)
-        subnet = ipaddress.IPv4Network(net.subnet)
         if not nl.link_lookup(ifname=BRIDGE):
             nl.link("add", ifname=BRIDGE, kind="bridge", mtu=net.mtu)
         br = nl.link_lookup(ifname=BRIDGE)[0]
-        have = {(a.get("address"), a["prefixlen"]) for a in nl.addr("dump", index=br, family=2)}
-        if (net.gateway, subnet.prefixlen) not in have:
-            nl.addr("add", index=br, address=net.gateway, prefixlen=subnet.prefixlen)
+        wanted = [(s.gateway, addresses.prefixlen_of(s.subnet)) for s in net.subnets]
+        links.ensure_addresses(nl, br, wanted)
         nl.link("set", index=br, state="up")
         vx = vxlan_name(net)
         if not nl.link_lookup(ifname=vx):
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                # Created by the host's socket: the VXLAN UDP socket stays in the
-                # host namespace while the device is born in the overlay one.
-                self.ipr.link(
-                    "add",
-                    ifname=vx,
-                    kind="vxlan",
-                    vxlan_id=net.vni,
-                    vxlan_local=self.vtep,
-                    vxlan_port=self.vxlan_port,
-                    vxlan_learning=0,
-                    vxlan_proxy=1,
-                    mtu=net.mtu,
-                    net_ns_fd=fd,
-                )
-            finally:
-                os.close(fd)
+            self._add_vtep(net, path, vx)
         idx = nl.link_lookup(ifname=vx)[0]
         nl.link("set", index=idx, master=br, state="up")
 
-    def delete_network(self, net: Network) -> None:
+    def _add_vtep(self, net: Network, path: Path, vx: str) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            # Created by the host's socket: the VXLAN UDP socket stays in the
+            # host namespace while the device is born in the overlay one.
+            self.ipr.link(
+                "add",
+                ifname=vx,
+                kind="vxlan",
+                vxlan_id=net.vni,
+                vxlan_local=self.ctx.vtep,
+                vxlan_port=self.ctx.vxlan_port,
+                vxlan_learning=0,
+                vxlan_proxy=1,
+                mtu=net.mtu,
+                net_ns_fd=fd,
+            )
+        finally:
+            os.close(fd)
+
+    def last_endpoint_gone(self, net: Network) -> None:
         """Drop the namespace: its bridge, VTEP and veth ends go with it."""
         nl = self._sockets.pop(net.id, None)
         if nl is not None:
@@ -138,96 +169,159 @@ class OverlayDriver(NetworkDriver):
         self._tuned.discard(net.id)
         netns.remove(self.namespace(net))
 
+    def owned_namespaces(self, net: Network) -> list[Path]:
+        return [self.namespace(net)] if self.present(net) else []
+
     # endpoints ---------------------------------------------------------------
 
-    def join(self, net: Network, ep: Endpoint, sandbox: Path) -> None:
-        ep.host_ifname = host_ifname(ep.id)
+    def join(self, net: Network, att: Attachment, sandbox: Path) -> None:
+        att.host_ifname = links.host_ifname(att.id)
         nl = self._nl(net)
         # The host side is born in the overlay namespace, next to br0.
-        add_veth(self.ipr, ep, net.mtu, sandbox, host_ns=self.namespace(net))
+        links.add_veth(self.ipr, att, net.mtu, sandbox, host_ns=self.namespace(net))
         try:
             br = nl.link_lookup(ifname=BRIDGE)[0]
-            nl.link("set", ifname=ep.host_ifname, master=br, state="up")
-            configure_container_side(sandbox, ep)
+            nl.link("set", ifname=att.host_ifname, master=br, state="up")
+            links.configure_container_side(sandbox, att)
         except BaseException:
-            self.leave(net, ep)
+            self.leave(net, att)
             raise
 
-    def leave(self, net: Network, ep: Endpoint) -> None:
-        if not ep.host_ifname or not self.present(net):
-            return
-        try:
-            self._nl(net).link("del", ifname=ep.host_ifname)
-        except NetlinkError as exc:
-            _missing_ok(exc)
+    def leave(self, net: Network, att: Attachment) -> None:
+        if att.host_ifname and self.present(net):
+            links.delete_link(self._nl(net), att.host_ifname)
 
-    def endpoint_present(self, net: Network, ep: Endpoint) -> bool:
+    def endpoint_present(self, net: Network, att: Attachment) -> bool:
         return (
-            bool(ep.host_ifname)
+            bool(att.host_ifname)
             and self.present(net)
-            and bool(self._nl(net).link_lookup(ifname=ep.host_ifname))
+            and bool(self._nl(net).link_lookup(ifname=att.host_ifname))
         )
 
     # peers -------------------------------------------------------------------
 
-    def add_peer(self, net: Network, ip: str, mac: str, vtep: str) -> None:
-        nl = self._nl(net)
-        vx = nl.link_lookup(ifname=vxlan_name(net))[0]
-        nl.neigh("replace", dst=ip, lladdr=mac, ifindex=vx, state=NUD_PERMANENT)
-        nl.fdb("replace", ifindex=vx, lladdr=mac, dst=vtep, state=NUD_PERMANENT, flags=NTF_SELF)
-
-    def remove_peer(self, net: Network, ip: str, mac: str) -> None:
+    def _vtep_index(self, net: Network) -> int | None:
         if not self.present(net):
+            return None
+        found = self._nl(net).link_lookup(ifname=vxlan_name(net))
+        return found[0] if found else None
+
+    def add_peer(self, net: Network, peer: Peer) -> None:
+        vx = self._vtep_index(net)
+        if vx is None:
             return
         nl = self._nl(net)
-        found = nl.link_lookup(ifname=vxlan_name(net))
-        if not found:
+        for ip in peer.ips:
+            nl.neigh("replace", dst=ip, lladdr=peer.mac, ifindex=vx, state=NUD_PERMANENT)
+        nl.fdb(
+            "replace", ifindex=vx, lladdr=peer.mac, dst=peer.vtep, state=NUD_PERMANENT,
+            flags=NTF_SELF,
+        )  # fmt: skip
+
+    def remove_peer(self, net: Network, peer: Peer) -> None:
+        vx = self._vtep_index(net)
+        if vx is None:
             return
-        for call in (
-            lambda: nl.neigh("del", dst=ip, lladdr=mac, ifindex=found[0]),
-            lambda: nl.fdb("del", ifindex=found[0], lladdr=mac),
-        ):
+        nl = self._nl(net)
+        calls = [
+            lambda ip=ip: nl.neigh("del", dst=ip, lladdr=peer.mac, ifindex=vx) for ip in peer.ips
+        ]
+        calls.append(lambda: nl.fdb("del", ifindex=vx, lladdr=peer.mac))
+        for call in calls:
             try:
                 call()
             except NetlinkError as exc:
-                _missing_ok(exc)
+                links.ignore_missing(exc)
+
+    def set_peers(self, net: Network, peers: list[Peer]) -> None:
+        """Kernel peers = exactly `peers`: add what is missing or different,
+        remove what is not wanted."""
+        if self._vtep_index(net) is None:
+            return
+        want = {ip: (p.mac, p.vtep) for p in peers for ip in p.ips}
+        have = self.peers(net)
+        for peer in peers:
+            if any(have.get(ip) != (peer.mac, peer.vtep) for ip in peer.ips):
+                self.add_peer(net, peer)
+        for ip, (mac, vtep) in have.items():
+            if ip not in want:
+                self.remove_peer(net, Peer([ip], mac, vtep))
 
     def peers(self, net: Network) -> dict[str, tuple[str, str]]:
         """Programmed peers: IP -> (MAC, VTEP), from the kernel's tables."""
-        nl = self._nl(net)
-        found = nl.link_lookup(ifname=vxlan_name(net))
-        if not found:
+        vx = self._vtep_index(net)
+        if vx is None:
             return {}
-        vx = found[0]
+        nl = self._nl(net)
         vteps = {}
         for entry in nl.fdb("dump", ifindex=vx):
             mac, dst = entry.get("NDA_LLADDR"), entry.get("NDA_DST")
             if mac and dst and entry.get("ifindex") == vx:
                 vteps[mac] = dst
         out = {}
-        for entry in nl.neigh("dump", ifindex=vx, family=2):
+        for entry in nl.neigh("dump", ifindex=vx):
             ip, mac = entry.get("NDA_DST"), entry.get("NDA_LLADDR")
             if ip and mac and entry["state"] & NUD_PERMANENT:
                 out[ip] = (mac, vteps.get(mac, ""))
         return out
 
-    def describe(self, net: Network) -> dict[str, object]:
+    # describing --------------------------------------------------------------
+
+    def describe_network(self, net: Network) -> dict[str, Any]:
         """What `inspect` shows of the overlay on this host (the seed's digging)."""
+        out: dict[str, Any] = {"VNI": net.vni}
         if not self.present(net):
-            return {}
+            return {**out, "Overlay": {}}
         nl = self._nl(net)
+        br = nl.link_lookup(ifname=BRIDGE)
         ports = [
             link.get("ifname")
             for link in nl.link("dump")
-            if link.get("IFLA_MASTER") == nl.link_lookup(ifname=BRIDGE)[0]
+            if br and link.get("IFLA_MASTER") == br[0]
         ]
-        return {
+        out["Overlay"] = {
             "Namespace": str(self.namespace(net)),
             "Bridge": BRIDGE,
             "VXLAN": vxlan_name(net),
             "VNI": net.vni,
-            "LocalVTEP": self.vtep,
-            "UDPPort": self.vxlan_port,
+            "LocalVTEP": self.ctx.vtep,
+            "UDPPort": self.ctx.vxlan_port,
             "BridgePorts": sorted(p for p in ports if p),
             "Peers": {ip: {"MAC": m, "VTEP": v} for ip, (m, v) in sorted(self.peers(net).items())},
         }
+        return out
+
+    def endpoint_netlink(self, net: Network) -> IPRoute:
+        return self._nl(net)
+
+    def host_namespace(self, net: Network) -> str:
+        return str(self.namespace(net))
+
+    def trace_devices(self, net: Network, att: Attachment) -> list[dict[str, Any]]:
+        ns = str(self.namespace(net))
+        return [
+            {"kind": "veth", "device": att.host_ifname, "namespace": ns},
+            {"kind": "bridge", "device": BRIDGE, "namespace": ns},
+            {"kind": "vxlan", "device": vxlan_name(net), "vni": net.vni, "namespace": ns,
+             "local_vtep": self.ctx.vtep, "udp_port": self.ctx.vxlan_port},
+            {"kind": "underlay", "note": "the VXLAN socket lives in the host namespace"},
+        ]  # fmt: skip
+
+
+def prepare_underlay(ipr: IPRoute, advertise: str, vxlan_port: int) -> tuple[str, int]:
+    """This host's VTEP address (from an interface name or an address of
+    ours) and the underlay MTU, after checking the VXLAN port is free."""
+    links_by_index = {link["index"]: link for link in ipr.link("dump")}
+    for link in links_by_index.values():
+        kind = link.get(("IFLA_LINKINFO", "IFLA_INFO_KIND"))
+        port = link.get(("IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_VXLAN_PORT"))
+        if kind == "vxlan" and port == vxlan_port:
+            raise ValueError(
+                f"VXLAN port {vxlan_port} is already used by device {link.get('ifname')} "
+                "on this host: pick another with --vxlan-port"
+            )
+    for addr in ipr.addr("dump", family=2):
+        link = links_by_index.get(addr["index"])
+        if link is not None and advertise in (link.get("ifname"), addr.get("address")):
+            return addr.get("address"), link.get("IFLA_MTU") or 1500
+    raise ValueError(f"--cluster-advertise {advertise!r} is no interface or address of this host")

@@ -89,7 +89,7 @@ class SimHost:
         self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float = 15.0) -> None:
-        from pontoon.cli.client import ApiError, Client
+        from pontoon.client import ApiError, Client
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

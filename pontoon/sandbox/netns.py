@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import socket
 import threading
@@ -27,6 +28,7 @@ CLONE_NEWNET = 0x40000000
 MS_BIND = 4096
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
+NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3), linux/nsfs.h
 
 _libc = ctypes.CDLL(None, use_errno=True)
 T = TypeVar("T")
@@ -75,6 +77,37 @@ def create(path: Path, loopback_up: bool = True) -> None:
     except BaseException:
         path.unlink(missing_ok=True)
         raise
+
+
+def pin(source: str | Path, path: Path) -> None:
+    """Pin a namespace someone else made (a file, or /proc/self/fd/N of an
+    open descriptor) at `path`, as `ip netns attach` does: it then stays
+    reachable by path from this mount namespace until `remove(path)`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444)
+    os.close(fd)
+    ret = _libc.mount(str(source).encode(), str(path).encode(), b"none", MS_BIND, None)
+    if ret != 0:
+        err = ctypes.get_errno()
+        path.unlink(missing_ok=True)
+        raise OSError(err, os.strerror(err), str(source))
+    if not is_network_namespace(path):  # some other file bound onto ours
+        remove(path)
+        raise OSError(errno.EINVAL, "not a network namespace", str(source))
+
+
+def is_network_namespace(path: Path | str) -> bool:
+    """The kernel's own answer (NS_GET_NSTYPE), not a guess from the file."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        return fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def remove(path: Path) -> None:

@@ -9,16 +9,13 @@ import ipaddress
 import socket
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pontoon import model
+from pontoon.core.model import Attachment, Network, Peer
 from pontoon.errors import InvalidArgument, NotFound
-from pontoon.model import Container, Endpoint, Network
 from pontoon.trace import probe, remote
+from pontoon.trace.inventory import Inventory, Member
 from pontoon.trace.monitor import TABLE, FlowMatch, Monitor, TraceEvent
-
-if TYPE_CHECKING:
-    from pontoon.daemon.service import Service
 
 PROTOS = ("icmp", "tcp", "udp")
 BASE_HOOKS = {
@@ -40,8 +37,8 @@ class Point:
     ns: Path | None = None  # where a source sends from (None: the daemon's namespace)
     ip: str = ""
     port: int = 0
-    container: Container | None = None
-    endpoint: Endpoint | None = None
+    container: Member | None = None
+    endpoint: Attachment | Peer | None = None
     remote: bool = False  # an overlay endpoint on another host
 
 
@@ -64,18 +61,22 @@ def parse_target(text: str, proto: str) -> tuple[str, int, str]:
     return name, port, proto
 
 
-def _container_point(svc: Service, name: str) -> Point | None:
-    for c in svc.containers.values():
-        if name in (c.name, c.id) and c.state == model.RUNNING:
-            return Point("container", c.name, Path(c.sandbox), container=c)
-    if svc.cluster is not None:
-        for ep in svc.cluster.remote.values():
-            if ep.container_name == name:
-                return Point("container", name, ip=ep.ip, endpoint=ep, remote=True)
+def _container_point(svc: Inventory, name: str) -> Point | None:
+    member = svc.member(name)
+    if member is not None:
+        return Point("container", member.name, member.netns, container=member)
+    peer = svc.remote(name)
+    if peer is not None:
+        return Point("container", name, ip=_ip(peer), endpoint=peer, remote=True)
     return None
 
 
-def resolve_source(svc: Service, text: str) -> Point:
+def _ip(item: Attachment | Peer) -> str:
+    # The host's netfilter and the probe are IPv4 today.
+    return next((ip for ip in item.ips if ":" not in ip), "")
+
+
+def resolve_source(svc: Inventory, text: str) -> Point:
     if text == "host":
         return Point("host", "host")
     if text.startswith("netns:"):
@@ -90,7 +91,7 @@ def resolve_source(svc: Service, text: str) -> Point:
 
 
 def resolve_target(
-    svc: Service, src: Point, text: str, proto: str, host_ip: str
+    svc: Inventory, src: Point, text: str, proto: str, host_ip: str
 ) -> tuple[Point, str]:
     name, port, proto = parse_target(text, proto)
     if name == "host":
@@ -107,25 +108,24 @@ def resolve_target(
     if point.remote:
         return point, proto
     point.endpoint = _shared_endpoint(svc, src, point.container)
-    point.ip = point.endpoint.ip
+    point.ip = _ip(point.endpoint)
     return point, proto
 
 
-def _shared_endpoint(svc: Service, src: Point, dst: Container | None) -> Endpoint:
+def _shared_endpoint(svc: Inventory, src: Point, dst: Member | None) -> Attachment:
     assert dst is not None
-    mine = svc.container_endpoints(dst)
+    mine = dst.attachments
     if src.container is not None:
-        theirs = {ep.network_id for ep in svc.container_endpoints(src.container)}
+        theirs = {ep.network_id for ep in src.container.attachments}
         for ep in mine:
             if ep.network_id in theirs:
                 return ep
-    primary = next((ep for ep in mine if ep.network_id == dst.networks[0].network_id), None)
-    if primary is None:
+    if not mine:
         raise NotFound(f"container {dst.name} has no address")
-    return primary
+    return mine[0]
 
 
-def host_address(svc: Service) -> str:
+def host_address(svc: Inventory) -> str:
     """This host's own address: the one of the interface with the default route
     (a route lookup only; nothing is sent). Runs on the kernel thread."""
     routes = svc.kernel.ipr.route("get", dst="192.0.2.1")
@@ -140,7 +140,7 @@ def host_address(svc: Service) -> str:
 
 
 async def trace(
-    svc: Service, source: str, target: str, proto: str = "", live: float = 0
+    svc: Inventory, source: str, target: str, proto: str = "", live: float = 0
 ) -> dict[str, Any]:
     src = resolve_source(svc, source)
     host_ip = await svc.kernel.call(host_address, svc) if target.startswith("host:") else ""
@@ -148,7 +148,7 @@ async def trace(
     if not 0 <= live <= 300:
         raise InvalidArgument("--live takes 1-300 seconds")
     mark = probe.new_mark(proto)
-    vxlan_port = svc.config.vxlan_port if svc.kernel.overlay is not None else 0
+    vxlan_port = svc.vxlan_port
     if live:
         src.ip = await asyncio.to_thread(source_address, src, dst.ip)
         match = FlowMatch(proto, live_src=src.ip, live_dport=dst.port, vxlan_port=vxlan_port)
@@ -158,8 +158,8 @@ async def trace(
             proto, port=0 if icmp else mark, icmp_id=mark if icmp else 0, vxlan_port=vxlan_port
         )
     monitors = [Monitor(match, None, "host")]
-    for net in _overlays_involved(svc, src, dst):
-        monitors.append(Monitor(match, svc.kernel.overlay.namespace(net), f"overlay {net.name}"))
+    for net, ns in _namespaces_involved(svc, src, dst):
+        monitors.append(Monitor(match, ns, f"{net.driver} {net.name}"))
     far = _far_end(svc, dst)
     before = await _proxy_stats(svc)
     try:
@@ -205,7 +205,7 @@ class FarEnd:
     reported: bool = False
 
 
-def _far_end(svc: Service, dst: Point) -> FarEnd | None:
+def _far_end(svc: Inventory, dst: Point) -> FarEnd | None:
     if svc.cluster is None or not dst.remote or dst.endpoint is None or not dst.endpoint.host:
         return None
     return FarEnd(dst.endpoint.host, dst.endpoint.vtep)
@@ -233,20 +233,20 @@ def _live_conntrack(proto: str, src_ip: str, dport: int) -> list[dict[str, Any]]
     ][:1]
 
 
-def _overlays_involved(svc: Service, src: Point, dst: Point) -> list[Network]:
-    if svc.kernel.overlay is None:
-        return []
-    nets = []
+def _namespaces_involved(svc: Inventory, src: Point, dst: Point) -> list[tuple[Network, Path]]:
+    """Namespaces of the ends' networks that drivers keep here (an overlay's)."""
+    out: list[tuple[Network, Path]] = []
     for point in (src, dst):
         if point.container is not None:
-            for ep in svc.container_endpoints(point.container):
-                net = svc.networks.get(ep.network_id)
-                if net is not None and net.driver == "overlay" and net not in nets:
-                    nets.append(net)
-    return nets
+            for ep in point.container.attachments:
+                net = svc.network(ep.network_id)
+                for ns in svc.namespaces_of(net) if net is not None else []:
+                    if (net, ns) not in out:
+                        out.append((net, ns))
+    return out
 
 
-async def _proxy_stats(svc: Service) -> dict[str, dict[str, int]]:
+async def _proxy_stats(svc: Inventory) -> dict[str, dict[str, int]]:
     if svc.proxy is None:
         return {}
     try:
@@ -295,7 +295,7 @@ def _all_conntrack(proto: str) -> list[dict[str, Any]]:
 
 
 def explain(
-    svc: Service,
+    svc: Inventory,
     src: Point,
     dst: Point,
     proto: str,
@@ -336,7 +336,7 @@ def explain(
 
 
 def _behind_nat(
-    svc: Service,
+    svc: Inventory,
     conntrack: list[dict[str, Any]],
     proxy: dict[str, Any] | None,
     path: list[dict[str, Any]],
@@ -352,21 +352,15 @@ def _behind_nat(
         target = conntrack[0]["reply"]["src"]
     if not target or any(h.get("ip") == target and h["kind"] == "container" for h in path):
         return hops
-    for ep in svc.endpoints.values():
-        c = svc.containers.get(ep.container_id)
-        if ep.ip == target and c is not None:
-            side = _container_side(svc, c, ep, outbound=False)
-            return hops + list(reversed(side))
+    found = svc.member_with_ip(target)
+    if found is not None:
+        side = _container_side(svc, found[0], found[1], outbound=False)
+        return hops + list(reversed(side))
     return hops
 
 
-def _proxy_backend(svc: Service, mapping_id: str) -> str:
-    cid = mapping_id.split("/", 1)[0]
-    for c in svc.containers.values():
-        if c.id.startswith(cid):
-            rules = svc.port_rules(c)
-            return rules[0].container_ip if rules else ""
-    return ""
+def _proxy_backend(svc: Inventory, mapping_id: str) -> str:
+    return svc.proxy_backend(mapping_id)
 
 
 def _describe_point(p: Point) -> dict[str, Any]:
@@ -473,7 +467,7 @@ def _drop(hooks: dict[str, list[dict[str, Any]]]) -> dict[str, str] | None:
 
 
 def devices(
-    svc: Service, src: Point, dst: Point, hooks: dict[str, list[dict[str, Any]]]
+    svc: Inventory, src: Point, dst: Point, hooks: dict[str, list[dict[str, Any]]]
 ) -> list[dict[str, Any]]:
     """The devices a request crosses, source to destination."""
     path: list[dict[str, Any]] = []
@@ -500,9 +494,9 @@ def devices(
     return [hop for i, hop in enumerate(path) if i == 0 or hop != path[i - 1]]
 
 
-def _source_endpoint(svc: Service, src: Point, dst: Point) -> Endpoint:
+def _source_endpoint(svc: Inventory, src: Point, dst: Point) -> Attachment:
     assert src.container is not None
-    eps = svc.container_endpoints(src.container)
+    eps = src.container.attachments
     if dst.endpoint is not None:
         for ep in eps:
             if ep.network_id == dst.endpoint.network_id:
@@ -511,28 +505,12 @@ def _source_endpoint(svc: Service, src: Point, dst: Point) -> Endpoint:
 
 
 def _container_side(
-    svc: Service, c: Container, ep: Endpoint, outbound: bool
+    svc: Inventory, c: Member, ep: Attachment, outbound: bool
 ) -> list[dict[str, Any]]:
-    net = svc.networks.get(ep.network_id)
+    net = svc.network(ep.network_id)
     hops: list[dict[str, Any]] = [
-        {"kind": "container", "name": c.name, "device": ep.ifname, "ip": ep.ip, "mac": ep.mac}
+        {"kind": "container", "name": c.name, "device": ep.ifname, "ip": _ip(ep), "mac": ep.mac}
     ]
     if net is None:
         return hops
-    if net.driver == "overlay" and svc.kernel.overlay is not None:
-        from pontoon.drivers.overlay import BRIDGE, vxlan_name
-
-        ns = str(svc.kernel.overlay.namespace(net))
-        hops += [
-            {"kind": "veth", "device": ep.host_ifname, "namespace": ns},
-            {"kind": "bridge", "device": BRIDGE, "namespace": ns},
-            {"kind": "vxlan", "device": vxlan_name(net), "vni": net.vni, "namespace": ns,
-             "local_vtep": svc.kernel.overlay.vtep, "udp_port": svc.config.vxlan_port},
-            {"kind": "underlay", "note": "the VXLAN socket lives in the host namespace"},
-        ]  # fmt: skip
-    else:
-        hops += [
-            {"kind": "veth", "device": ep.host_ifname, "namespace": "host"},
-            {"kind": "bridge", "device": net.bridge, "namespace": "host", "network": net.name},
-        ]
-    return hops
+    return hops + svc.devices(net, ep)

@@ -1,38 +1,49 @@
 """The HTTP API's request validation, error format and log framing, served by
-aiohttp's test server over a Service with no kernel (nothing here touches one)."""
+aiohttp's test server over an engine with no kernel (nothing here touches one)."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import struct
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from pontoon import model
-from pontoon.daemon.api import Api
+from pontoon.core import model
 from pontoon.daemon.config import DaemonConfig
-from pontoon.daemon.service import Service
+from pontoon.engine.engine import Engine
+from pontoon.frontends.api.server import Api
+from pontoon.runtime.containers import Runtime
 from pontoon.store.sqlite import SQLiteStore
 
 CID = "ab" * 32
 
 
+@dataclasses.dataclass
+class Parts:
+    config: DaemonConfig
+    engine: Engine
+    runtime: Runtime
+
+
 @pytest.fixture
-def svc(tmp_path: Path) -> Service:
+def svc(tmp_path: Path) -> Parts:
     cfg = DaemonConfig(root=tmp_path / "root", exec_root=tmp_path / "run")
-    service = Service(cfg, SQLiteStore(cfg.db_path), kernel=None)  # type: ignore[arg-type]
-    yield service
-    asyncio.run(service.store.close())
+    store = SQLiteStore(cfg.db_path)
+    engine = Engine(cfg, store, SimpleNamespace(ipr=None))  # type: ignore[arg-type]
+    yield Parts(cfg, engine, Runtime(cfg, store, engine))
+    asyncio.run(store.close())
 
 
-def add_container(svc: Service, state: str = model.EXITED, **logs: bytes) -> model.Container:
+def add_container(svc: Parts, state: str = model.EXITED, **logs: bytes) -> model.Container:
     c = model.Container(
         id=CID, name="web", hostname="web", command=["sleep", "1"], state=state, exit_code=3
     )
-    svc.containers[c.id] = c
+    svc.runtime.containers[c.id] = c
     cdir = svc.config.container_dir(c.id)
     cdir.mkdir(parents=True)
     for stream, data in logs.items():
@@ -40,9 +51,9 @@ def add_container(svc: Service, state: str = model.EXITED, **logs: bytes) -> mod
     return c
 
 
-def call(svc: Service, method: str, path: str, **kwargs: Any) -> tuple[int, str, bytes]:
+def call(svc: Parts, method: str, path: str, **kwargs: Any) -> tuple[int, str, bytes]:
     async def go() -> tuple[int, str, bytes]:
-        async with TestClient(TestServer(Api(svc).app())) as client:
+        async with TestClient(TestServer(Api(svc.config, svc.engine, svc.runtime).app())) as client:
             resp = await client.request(method, path, **kwargs)
             return resp.status, resp.headers.get("Content-Type", ""), await resp.read()
 
@@ -119,7 +130,7 @@ def test_unexpected_exception_is_500_with_message(svc, monkeypatch):
     def boom(ref: str) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(svc, "find_network", boom)
+    monkeypatch.setattr(svc.engine, "find_network", boom)
     status, _, body = call(svc, "GET", "/networks/x")
     assert (status, body) == (500, b'{"message": "internal error: boom"}')
 
@@ -176,3 +187,33 @@ def test_logs_without_follow_return_everything(svc):
     add_container(svc, stdout=b"x" * (3 << 20))
     got = frames(call(svc, "GET", "/containers/web/logs")[2])
     assert sum(len(chunk) for _, chunk in got) == 3 << 20
+
+
+def test_attachment_needs_a_namespace(svc):
+    payload = {"Network": "n", "Owner": {"Kind": "cni", "Id": "x"}}
+    status, _, body = call(svc, "POST", "/attachments", json=payload)
+    assert status == 400 and b"Netns" in body
+
+
+def test_attachment_owner_must_be_an_object(svc):
+    status, _, body = call(svc, "POST", "/attachments", json={"Owner": "cni"})
+    assert status == 400 and b"Owner must be an object" in body
+
+
+def test_attachment_bad_mac_is_400(svc):
+    payload = {"Network": "n", "Netns": "/x", "MAC": "zz", "Owner": {"Kind": "cni", "Id": "x"}}
+    status, _, body = call(svc, "POST", "/attachments", json=payload)
+    assert (status, body) == (400, b'{"message": "invalid MAC address \'zz\'"}')
+
+
+def test_detaching_an_unknown_attachment_is_no_error(svc):
+    assert call(svc, "DELETE", "/attachments/" + "cd" * 32)[0] == 204
+
+
+def test_detaching_by_owner_needs_kind_and_id(svc):
+    assert call(svc, "DELETE", "/attachments?owner_kind=cni")[0] == 400
+    assert call(svc, "DELETE", "/attachments?owner_kind=cni&owner_id=gone")[0] == 204
+
+
+def test_attachment_list_is_empty_without_attachments(svc):
+    assert call(svc, "GET", "/attachments?owner_kind=docker")[::2] == (200, b"[]")

@@ -1,10 +1,10 @@
-"""mac_for: Docker-style MAC addresses derived from the IPv4 address."""
+"""mac_for: Docker-style MAC addresses derived from an address."""
 
 from __future__ import annotations
 
 import pytest
 
-from pontoon.drivers import mac_for
+from pontoon.core.addresses import mac_for
 
 
 def test_mac_is_02_42_followed_by_the_address():
@@ -24,7 +24,11 @@ def test_mac_differs_per_address():
     assert mac_for("10.0.0.2") != mac_for("10.0.0.3")
 
 
-@pytest.mark.parametrize("bad", ["", "10.0.0", "fd00::1"])
-def test_mac_rejects_non_ipv4(bad):
+def test_ipv6_mac_comes_from_the_last_four_bytes():
+    assert mac_for("fd00::a:b0c:d0e") == "02:42:0b:0c:0d:0e"
+
+
+@pytest.mark.parametrize("bad", ["", "10.0.0", "fd00::zz"])
+def test_mac_rejects_non_addresses(bad):
     with pytest.raises(ValueError):
         mac_for(bad)

@@ -44,9 +44,13 @@ def test_parse_network_rejects_garbage():
         ipam.parse_network("banana")
 
 
-def test_parse_network_rejects_ipv6():
-    with pytest.raises(InvalidArgument, match="only IPv4 is supported"):
-        ipam.parse_network("fd00::/64")
+def test_parse_network_accepts_ipv6():
+    assert ipam.parse_network("fd00::/64") == ipaddress.IPv6Network("fd00::/64")
+
+
+def test_parse_network_rejects_ipv6_smaller_than_slash_126():
+    with pytest.raises(InvalidArgument, match="a /126 or larger is needed"):
+        ipam.parse_network("fd00::/127")
 
 
 def test_parse_network_names_what_was_parsed():
@@ -64,9 +68,8 @@ def test_parse_address_rejects_malformed(text):
         ipam.parse_address(text)
 
 
-def test_parse_address_rejects_ipv6():
-    with pytest.raises(InvalidArgument, match="only IPv4 is supported"):
-        ipam.parse_address("fd00::1")
+def test_parse_address_accepts_ipv6():
+    assert ipam.parse_address("fd00::1") == ipaddress.IPv6Address("fd00::1")
 
 
 def test_parse_address_names_what_was_parsed():
@@ -261,7 +264,7 @@ NET_ID = "n1"
 def make_ipam(db: Path, plan: ipam.SubnetPlan, network_id: str = NET_ID) -> ipam.Ipam:
     async def build() -> ipam.Ipam:
         alloc = ipam.Ipam(SQLiteStore(db))
-        await alloc.open(network_id, plan)
+        await alloc.open(network_id, [plan])
         return alloc
 
     return asyncio.run(build())
@@ -278,7 +281,7 @@ def alloc(db: Path) -> ipam.Ipam:
 
 
 def allocate(alloc: ipam.Ipam, requested: str = "", owner: str = "ep") -> Addr:
-    return asyncio.run(alloc.allocate(NET_ID, owner, requested))
+    return asyncio.run(alloc.allocate(NET_ID, owner, 4, requested))
 
 
 def test_allocate_hands_out_the_first_usable_address(alloc):
@@ -345,9 +348,9 @@ def test_released_address_can_be_requested_again(alloc):
 def test_release_all_removes_only_this_networks_allocations(db):
     plan = ipam.SubnetPlan.build(SUBNET)
     alloc = make_ipam(db, plan)
-    asyncio.run(alloc.open("n10", plan))  # "n1" is a string prefix of "n10"
+    asyncio.run(alloc.open("n10", [plan]))  # "n1" is a string prefix of "n10"
     allocate(alloc)
-    asyncio.run(alloc.allocate("n10", "ep"))
+    asyncio.run(alloc.allocate("n10", "ep", 4))
     asyncio.run(alloc.release_all(NET_ID))
     kvs, _ = asyncio.run(alloc.store.list_prefix("/ipam/"))
     assert [kv.key for kv in kvs] == ["/ipam/n10/10.0.0.2"]
@@ -361,3 +364,61 @@ def test_allocations_persist_in_the_database_file(db):
     assert allocate(again) == Addr("10.0.0.3")
     with pytest.raises(Conflict):
         allocate(again, "10.0.0.2")
+
+
+# ------------------------------------------------------------------- IPv6
+
+V6 = ipaddress.IPv6Network("fd00:1:2:3::/64")
+
+
+def test_ipv6_plan_has_no_broadcast_and_gateway_is_the_first_host():
+    plan = ipam.SubnetPlan.build(V6)
+    assert str(plan.gateway) == "fd00:1:2:3::1"
+    assert plan.usable(ipaddress.IPv6Address("fd00:1:2:3:ffff:ffff:ffff:ffff"))
+    assert not plan.usable(ipaddress.IPv6Address("fd00:1:2:3::"))  # subnet-router anycast
+
+
+def test_ipv6_allocation_on_a_slash_64_is_round_robin_and_cheap(db):
+    alloc = make_ipam(db, ipam.SubnetPlan.build(V6))
+    got = [asyncio.run(alloc.allocate(NET_ID, f"e{i}", 6)) for i in range(3)]
+    assert [str(a) for a in got] == ["fd00:1:2:3::2", "fd00:1:2:3::3", "fd00:1:2:3::4"]
+
+
+def test_ipv6_candidates_walk_only_as_far_as_the_used_addresses():
+    space = ipam.AddressSpace(ipam.SubnetPlan.build(V6))
+    base = int(V6.network_address)
+    space.used |= {base + i for i in range(2, 10_002)}
+    first = next(space.candidates())
+    assert int(first) == base + 10_002
+
+
+def test_two_families_on_one_network_allocate_independently(db):
+    alloc = ipam.Ipam(SQLiteStore(db))
+    plans = [ipam.SubnetPlan.build(SUBNET), ipam.SubnetPlan.build(V6)]
+    asyncio.run(alloc.open(NET_ID, plans))
+    assert alloc.families(NET_ID) == [4, 6]
+    v4 = asyncio.run(alloc.allocate(NET_ID, "e", 4))
+    v6 = asyncio.run(alloc.allocate(NET_ID, "e", 6))
+    assert (str(v4), str(v6)) == ("10.0.0.2", "fd00:1:2:3::2")
+    asyncio.run(alloc.release(NET_ID, v6))
+    assert asyncio.run(alloc.allocate(NET_ID, "e", 6, "fd00:1:2:3::2")) == v6
+
+
+def test_a_family_the_network_lacks_is_invalid(alloc):
+    with pytest.raises(InvalidArgument, match="has no IPv6 subnet"):
+        asyncio.run(alloc.allocate(NET_ID, "e", 6))
+
+
+def test_plan_subnets_takes_asked_subnets_and_pools_for_the_rest():
+    from pontoon.core.model import Subnet
+
+    pools = [ipam.Pool(Net("10.9.0.0/16"), 24)]
+    plans = ipam.plan_subnets([Subnet("fd00:9::/64")], pools, [], [], families=(4, 6))
+    assert sorted(str(p.subnet) for p in plans) == ["10.9.0.0/24", "fd00:9::/64"]
+
+
+def test_plan_subnets_refuses_two_subnets_of_one_family():
+    from pontoon.core.model import Subnet
+
+    with pytest.raises(InvalidArgument, match="more than one IPv4 subnet"):
+        ipam.plan_subnets([Subnet("10.1.0.0/24"), Subnet("10.2.0.0/24")], [], [], [])

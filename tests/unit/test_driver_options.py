@@ -1,12 +1,22 @@
-"""Pure helpers of the service layer: network options and name/ID lookup."""
+"""Pure helpers: driver options and name/ID lookup."""
 
 from __future__ import annotations
 
 import pytest
 
-from pontoon.daemon.service import _bridge_name_option, _find, _mtu_option
+from pontoon.core.model import Network, NetworkSpec
+from pontoon.drivers.bridge import bridge_name_option as _bridge_name_option
+from pontoon.drivers.links import mtu_option
+from pontoon.engine.state import find
 from pontoon.errors import InvalidArgument, NotFound
-from pontoon.model import Network
+
+
+def _mtu_option(options: dict[str, str], default: int = 1500) -> int:
+    return mtu_option(NetworkSpec("n", options=options), default)
+
+
+def _find(items: list[Network], ref: str, kind: str) -> Network:
+    return find(items, ref, kind, lambda n: (n.name, n.id))
 
 
 @pytest.mark.parametrize("key", ["com.docker.network.bridge.name", "bridge.name"])

@@ -29,21 +29,19 @@ import contextlib
 import ipaddress
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from pontoon import ipam, model
+from pontoon import ipam
+from pontoon.core import model
+from pontoon.core.addresses import IPNetwork
+from pontoon.core.model import Attachment, Network, NetworkSpec, Peer
 from pontoon.errors import Conflict, Unavailable
-from pontoon.model import Endpoint, Network, NetworkSpec
 from pontoon.store import Compacted, Compare, Delete, Event, Put
 from pontoon.store.etcd import LeasedPut, LeaseExpired
-
-if TYPE_CHECKING:
-    from pontoon.daemon.service import Service
 
 log = logging.getLogger(__name__)
 
 OVERLAY = "/overlay/"
-OVERLAY_POOL = ipam.Pool(ipaddress.IPv4Network("10.0.0.0/8"), 24)
 FIRST_VNI = 256
 # Events arrive through the watch; the periodic resync only repairs drift (an
 # entry deleted by hand, a missed event). Each one re-lists every endpoint and
@@ -60,15 +58,31 @@ def endpoint_key(net_id: str, ep_id: str) -> str:
     return f"{OVERLAY}endpoints/{net_id}/{ep_id}"
 
 
+class ClusterListener(Protocol):
+    """What the agent tells this host (the engine) and asks of it. Every call
+    that changes something takes the engine's lock, like an API call."""
+
+    def local_global_attachments(self) -> list[Attachment]: ...
+
+    async def global_networks_seen(self, nets: list[Network], complete: bool) -> None: ...
+
+    async def global_network_gone(self, net_id: str) -> None: ...
+
+    async def peers_replaced(self, peers: dict[str, Peer]) -> None: ...
+
+    async def peer_added(self, peer: Peer) -> None: ...
+
+    async def peer_removed(self, peer_id: str) -> None: ...
+
+
 class ClusterAgent:
-    def __init__(self, svc: Service, store: Any, host_id: str, vtep: str, ttl: int) -> None:
-        self.svc = svc
+    def __init__(self, store: Any, host_id: str, vtep: str, ttl: int) -> None:
         self.store = store  # an EtcdStore
         self.host_id = host_id
         self.vtep = vtep
         self.ttl = ttl
         self.ipam = ipam.Ipam(store)
-        self.remote: dict[str, Endpoint] = {}  # endpoints living on other hosts
+        self.listener: ClusterListener | None = None  # set before start()
         self.lease = 0
         self.revision = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -101,50 +115,57 @@ class ClusterAgent:
 
     # networks --------------------------------------------------------------
 
-    async def create_network(self, spec: NetworkSpec, mtu: int) -> Network:
+    async def create_network(
+        self, spec: NetworkSpec, mtu: int, pools: list[ipam.Pool], local: list[IPNetwork]
+    ) -> Network:
+        """A global network: its name, subnets and VNI taken cluster-wide in one
+        transaction. `local` are this host's own subnets, avoided too."""
         for _attempt in range(8):
-            net = await self._plan_network(spec, mtu)
+            net = await self._plan_network(spec, mtu, pools, local)
+            subnet_keys = [f"/subnets/{s.subnet}" for s in net.subnets]
             ok = await self.store.txn(
                 [
                     Compare(f"/names/networks/{net.name}", 0),
-                    Compare(f"/subnets/{net.subnet}", 0),
+                    *(Compare(key, 0) for key in subnet_keys),
                     Compare(f"/vnis/{net.vni}", 0),
                 ],
                 [
                     Put(f"/names/networks/{net.name}", net.id),
-                    Put(f"/subnets/{net.subnet}", net.id),
+                    *(Put(key, net.id) for key in subnet_keys),
                     Put(f"/vnis/{net.vni}", net.id),
                     Put(network_key(net.id), net.dumps()),
                 ],
             )
             if ok:
-                self.svc.networks[net.id] = net
                 return net
-            if spec.subnet and await self.store.get(f"/subnets/{net.subnet}"):
-                raise Conflict(f"subnet {spec.subnet} is already used by another overlay network")
+            for sub in spec.subnets:
+                if sub.subnet and await self.store.get(f"/subnets/{sub.subnet}"):
+                    raise Conflict(
+                        f"subnet {sub.subnet} is already used by another overlay network"
+                    )
             # Another host took the name, subnet or VNI between our read and
             # our write: look again.
         raise Unavailable("could not allocate a subnet and VNI: too much contention")
 
-    async def _plan_network(self, spec: NetworkSpec, mtu: int) -> Network:
+    async def _plan_network(
+        self, spec: NetworkSpec, mtu: int, pools: list[ipam.Pool], local: list[IPNetwork]
+    ) -> Network:
         if await self.store.get(f"/names/networks/{spec.name}") is not None:
             raise Conflict(f"network with name {spec.name} already exists")
         taken_kvs, _ = await self.store.list_prefix("/subnets/")
-        taken = [ipaddress.IPv4Network(kv.key.removeprefix("/subnets/")) for kv in taken_kvs]
-        local = [ipaddress.IPv4Network(n.subnet) for n in self.svc.networks.values() if n.subnet]
+        taken = [ipaddress.ip_network(kv.key.removeprefix("/subnets/")) for kv in taken_kvs]
         # Hosts may route differently, so only networks count, not routes.
-        plan = ipam.plan_subnet(spec, [OVERLAY_POOL], taken + local, [])
+        plans = ipam.plan_subnets(spec.subnets, pools, taken + local, [])
+        asked_range = {ipaddress.ip_network(s.subnet).version for s in spec.subnets if s.ip_range}
         vni_kvs, _ = await self.store.list_prefix("/vnis/")
         used = {int(kv.key.removeprefix("/vnis/")) for kv in vni_kvs}
         vni = next(v for v in range(FIRST_VNI, 1 << 24) if v not in used)
         return Network(
             id=model.new_id(),
             name=spec.name,
-            driver="overlay",
+            driver=spec.driver,
             scope="global",
-            subnet=str(plan.subnet),
-            gateway=str(plan.gateway),
-            ip_range=spec.ip_range and str(plan.ip_range),
+            subnets=[p.record(p.family in asked_range) for p in plans],
             internal=spec.internal,
             options=dict(spec.options),
             mtu=mtu,
@@ -152,14 +173,14 @@ class ClusterAgent:
             status=model.READY,
         )
 
-    async def endpoints_of(self, net: Network) -> list[Endpoint]:
+    async def peers_of(self, net: Network) -> list[Peer]:
         kvs, _ = await self.store.list_prefix(f"{OVERLAY}endpoints/{net.id}/")
-        return [Endpoint.loads(kv.value) for kv in kvs]
+        return [Peer.loads(kv.value) for kv in kvs]
 
     async def remove_network(self, net: Network) -> None:
-        users = await self.endpoints_of(net)
+        users = await self.peers_of(net)
         if users:
-            names = ", ".join(sorted(ep.container_name for ep in users))
+            names = ", ".join(sorted(p.name for p in users))
             raise Conflict(f"network {net.name} has active endpoints ({names})")
         ipam_keys, _ = await self.store.list_prefix(ipam.key(net.id))
         await self.store.txn(
@@ -167,33 +188,21 @@ class ClusterAgent:
             [
                 Delete(network_key(net.id)),
                 Delete(f"/names/networks/{net.name}"),
-                Delete(f"/subnets/{net.subnet}"),
+                *(Delete(f"/subnets/{s.subnet}") for s in net.subnets),
                 Delete(f"/vnis/{net.vni}"),
                 *(Delete(kv.key) for kv in ipam_keys),
             ],
         )
-        self.svc.networks.pop(net.id, None)
 
-    # endpoints -------------------------------------------------------------
+    # attachments -----------------------------------------------------------
 
-    async def allocate(self, net: Network, owner: str, requested: str) -> ipaddress.IPv4Address:
-        if net.id not in self.ipam.spaces:
-            await self.ipam.open(
-                net.id,
-                ipam.SubnetPlan.build(ipaddress.IPv4Network(net.subnet), net.gateway, net.ip_range),
-            )
-        return await self.ipam.allocate(net.id, owner, requested)
+    async def publish(self, att: Attachment) -> None:
+        att.host = self.host_id
+        att.vtep = self.vtep
+        await self.put_leased(endpoint_key(att.network_id, att.id), Peer.of(att).dumps())
 
-    async def release(self, net_id: str, addr: str) -> None:
-        await self.ipam.release(net_id, addr)
-
-    async def publish(self, ep: Endpoint) -> None:
-        ep.host = self.host_id
-        ep.vtep = self.vtep
-        await self.put_leased(endpoint_key(ep.network_id, ep.id), ep.dumps())
-
-    async def withdraw(self, ep: Endpoint) -> None:
-        await self.store.delete(endpoint_key(ep.network_id, ep.id))
+    async def withdraw(self, att: Attachment) -> None:
+        await self.store.delete(endpoint_key(att.network_id, att.id))
 
     async def put_leased(self, key: str, value: str) -> None:
         if not self.lease:
@@ -270,53 +279,52 @@ class ClusterAgent:
 
     async def resync(self) -> None:
         """Make caches and kernel match the store exactly (drift, missed events)."""
+        assert self.listener is not None
         kvs, revision = await self.store.list_prefix(OVERLAY)
         networks: dict[str, Network] = {}
-        endpoints: dict[str, Endpoint] = {}
+        peers: dict[str, Peer] = {}
         for kv in kvs:
             kind, _, rest = kv.key.removeprefix(OVERLAY).partition("/")
             if kind == "networks":
                 networks[rest] = Network.loads(kv.value)
             elif kind == "endpoints":
-                ep = Endpoint.loads(kv.value)
-                endpoints[ep.id] = ep
+                peer = Peer.loads(kv.value)
+                peers[peer.id] = peer
         if not self.lease:
             await self._register()
-        # Our own endpoints must be in the store (a lapsed lease deleted them),
+        # Our own attachments must be in the store (a lapsed lease deleted them),
         # and only those: what we failed to withdraw while etcd was away goes now.
-        local = {ep.id: ep for ep in self.svc.local_overlay_endpoints()}
-        for ep in local.values():
-            if ep.id not in endpoints:
-                log.info("re-publishing endpoint %s of %s", ep.id[:12], ep.container_name)
-                await self.publish(ep)
-        for ep in endpoints.values():
-            if ep.host == self.host_id and ep.id not in local:
-                log.info("withdrawing stale endpoint %s of %s", ep.id[:12], ep.container_name)
-                await self.withdraw(ep)
-                await self.release(ep.network_id, ep.ip)
-        for net in networks.values():
-            await self.svc.global_network_seen(net)
-        for net in [n for n in self.svc.networks.values() if n.scope == "global"]:
-            if net.id not in networks:
-                await self.svc.global_network_gone(net)
-        self.remote = {e.id: e for e in endpoints.values() if e.host != self.host_id}
-        await self.svc.reprogram_peers()
+        local = {a.id: a for a in self.listener.local_global_attachments()}
+        for att in local.values():
+            if att.id not in peers:
+                log.info("re-publishing attachment %s of %s", att.id[:12], att.owner.name)
+                await self.publish(att)
+        for peer in peers.values():
+            if peer.host == self.host_id and peer.id not in local:
+                log.info("withdrawing stale attachment %s of %s", peer.id[:12], peer.name)
+                await self.store.delete(endpoint_key(peer.network_id, peer.id))
+                for ip in peer.ips:
+                    await self.ipam.release(peer.network_id, ip)
+        await self.listener.global_networks_seen(list(networks.values()), complete=True)
+        remote = {p.id: p for p in peers.values() if p.host != self.host_id}
+        await self.listener.peers_replaced(remote)
         self.revision = revision
         self._synced.set()
 
     async def _apply(self, event: Event) -> None:
+        assert self.listener is not None
         kind, _, rest = event.key.removeprefix(OVERLAY).partition("/")
         if kind == "networks":
             if event.kind == "put" and event.value is not None:
-                await self.svc.global_network_seen(Network.loads(event.value))
-            elif (net := self.svc.networks.get(rest)) is not None:
-                await self.svc.global_network_gone(net)
+                net = Network.loads(event.value)
+                await self.listener.global_networks_seen([net], complete=False)
+            else:
+                await self.listener.global_network_gone(rest)
         elif kind == "endpoints":
-            ep_id = rest.rpartition("/")[2]
+            peer_id = rest.rpartition("/")[2]
             if event.kind == "put" and event.value is not None:
-                ep = Endpoint.loads(event.value)
-                if ep.host != self.host_id:
-                    self.remote[ep.id] = ep
-                    await self.svc.peer_added(ep)
-            elif (gone := self.remote.pop(ep_id, None)) is not None:
-                await self.svc.peer_removed(gone)
+                peer = Peer.loads(event.value)
+                if peer.host != self.host_id:
+                    await self.listener.peer_added(peer)
+            else:
+                await self.listener.peer_removed(peer_id)

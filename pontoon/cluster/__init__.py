@@ -1,0 +1,1 @@
+"""The cluster side of a host: global networks and peers, over etcd."""

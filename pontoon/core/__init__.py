@@ -1,0 +1,1 @@
+"""The core records and address helpers every other part builds on."""

@@ -1,0 +1,186 @@
+"""The engine: networks and attachments over drivers, IPAM, firewall and store.
+
+Front ends (the HTTP API, pontoon's own container runtime, the CNI and Docker
+front ends) call the public methods here. Each takes the one engine lock, so
+a change from a front end and a change from the cluster store never
+interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from pontoon import ipam
+from pontoon.core.model import Attachment, Network, NetworkSpec, Owner, Peer
+from pontoon.daemon.config import DaemonConfig
+from pontoon.dns.server import Resolver
+from pontoon.dns.views import DnsViews
+from pontoon.drivers.base import DriverContext
+from pontoon.drivers.base import Peer as DriverPeer
+from pontoon.drivers.registry import DriverRegistry
+from pontoon.engine.attachments import Attachments, AttachRequest, AttachResult
+from pontoon.engine.kernel import Kernel
+from pontoon.engine.networks import Networks
+from pontoon.engine.ports import Ports
+from pontoon.engine.state import State, find
+from pontoon.store import Store
+
+if TYPE_CHECKING:
+    from pontoon.cluster.agent import ClusterAgent
+
+log = logging.getLogger(__name__)
+
+# Whether an owner of a kind still exists (a front end's judgement, used by
+# restart reconciliation). Kinds without a judge are never taken for stray.
+OwnerJudge = Callable[[Owner], bool]
+
+
+class Engine:
+    def __init__(self, config: DaemonConfig, store: Store, kernel: Kernel) -> None:
+        self.config = config
+        self.store = store
+        self.kernel = kernel
+        self.lock = asyncio.Lock()
+        self.state = State(store)
+        self.ipam = ipam.Ipam(store)
+        self.dns_views = DnsViews(self.state, lambda: list(config.dns))
+        self.resolver = Resolver(self.dns_views)
+        # kernel.ipr exists once kernel.setup() ran on the kernel thread.
+        self.drivers = DriverRegistry(
+            DriverContext(kernel.ipr, config.netns_dir, userland_proxy=config.userland_proxy)
+        )
+        self.networks = Networks(self.state, self.drivers, kernel, self.ipam, config.pools)
+        self.ports = Ports(self.state, self.drivers, kernel)
+        self.attachments = Attachments(
+            self.state, self.drivers, kernel, self.ipam, self.networks, self.ports,
+            self.resolver, config.netns_dir,
+        )  # fmt: skip
+        self.cluster: ClusterAgent | None = None
+        self.judges: dict[str, OwnerJudge] = {}
+
+    def join_cluster(self, agent: ClusterAgent, vtep: str, vxlan_port: int, mtu: int) -> None:
+        self.cluster = agent
+        self.networks.cluster = agent
+        self.attachments.cluster = agent
+        ctx = self.drivers.ctx
+        ctx.vtep, ctx.vxlan_port, ctx.underlay_mtu = vtep, vxlan_port, mtu
+
+    # -- networks ---------------------------------------------------------------
+
+    async def create_network(self, spec: NetworkSpec) -> Network:
+        async with self.lock:
+            return await self.networks.create(spec)
+
+    async def remove_network(self, ref: str) -> None:
+        async with self.lock:
+            await self.networks.remove(self.state.find_network(ref))
+
+    def find_network(self, ref: str) -> Network:
+        return self.state.find_network(ref)
+
+    def network_attachments(self, net: Network) -> list[Attachment | Peer]:
+        """Every attachment of a network, here and (global networks) on other hosts."""
+        return [*self.state.on_network(net.id), *self.state.remote_on(net.id)]
+
+    # -- attachments ------------------------------------------------------------
+
+    async def attach(self, req: AttachRequest) -> AttachResult:
+        async with self.lock:
+            return await self.attachments.attach(req)
+
+    async def detach(self, att_ref: str) -> None:
+        async with self.lock:
+            att = self.state.attachments.get(att_ref) or self.find_attachment(att_ref)
+            await self.attachments.detach(att)
+
+    async def detach_owner(self, owner_key: str) -> None:
+        """Every attachment of an owner; nothing to do is fine."""
+        async with self.lock:
+            await self.attachments.detach_owner(owner_key)
+
+    def find_attachment(self, ref: str) -> Attachment:
+        return find(self.state.attachments.values(), ref, "attachment", lambda a: ("", a.id))
+
+    def result_of(self, owner_key: str) -> AttachResult:
+        atts = self.state.of_owner(owner_key)
+        return AttachResult(atts, self.attachments.nameservers(owner_key))
+
+    # -- the cluster listener ------------------------------------------------------
+    # Called by the cluster agent from its watch and resync tasks; each takes
+    # the engine lock like an API call.
+
+    def local_global_attachments(self) -> list[Attachment]:
+        return [
+            a
+            for a in self.state.attachments.values()
+            if (net := self.state.networks.get(a.network_id)) is not None
+            and self.drivers.of(net).capabilities.scope == "global"
+        ]
+
+    async def global_networks_seen(self, nets: list[Network], complete: bool) -> None:
+        """Networks in the cluster store; with `complete`, every global network
+        not among them is gone."""
+        async with self.lock:
+            for net in nets:
+                self.state.networks[net.id] = net
+            if complete:
+                ids = {n.id for n in nets}
+                for net in list(self.state.networks.values()):
+                    scope = self.drivers.of(net).capabilities.scope
+                    if scope == "global" and net.id not in ids:
+                        await self._global_network_gone(net)
+
+    async def global_network_gone(self, net_id: str) -> None:
+        async with self.lock:
+            net = self.state.networks.get(net_id)
+            if net is not None:
+                await self._global_network_gone(net)
+
+    async def _global_network_gone(self, net: Network) -> None:
+        if self.state.participating(net.id):
+            log.warning("network %s vanished from the cluster store while in use here", net.name)
+            return
+        await self.networks.drop_global(net)
+
+    async def peers_replaced(self, peers: dict[str, Peer]) -> None:
+        """The cluster's full view of remote attachments: the kernel follows."""
+        async with self.lock:
+            self.state.remote.clear()
+            self.state.remote.update(peers)
+            self.state.changed()
+            for net_id in {a.network_id for a in self.local_global_attachments()}:
+                net = self.state.networks[net_id]
+                want = [_driver_peer(p) for p in self.state.remote_on(net_id)]
+                await self.kernel.call(self.drivers.of(net).set_peers, net, want)
+
+    async def peer_added(self, peer: Peer) -> None:
+        async with self.lock:
+            self.state.remote[peer.id] = peer
+            self.state.changed()
+            net = self.state.networks.get(peer.network_id)
+            if net is not None and self.state.participating(net.id):
+                await self.kernel.call(self.drivers.of(net).add_peer, net, _driver_peer(peer))
+
+    async def peer_removed(self, peer_id: str) -> None:
+        async with self.lock:
+            peer = self.state.remote.pop(peer_id, None)
+            if peer is None:
+                return
+            self.state.changed()
+            net = self.state.networks.get(peer.network_id)
+            if net is not None and self.state.participating(net.id):
+                await self.kernel.call(self.drivers.of(net).remove_peer, net, _driver_peer(peer))
+
+    # -- shutdown --------------------------------------------------------------------
+
+    async def close(self) -> None:
+        if self.cluster is not None:
+            await self.cluster.close()
+        await self.resolver.close()
+
+
+def _driver_peer(p: Peer) -> DriverPeer:
+    return DriverPeer(p.ips, p.mac, p.vtep)

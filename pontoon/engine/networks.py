@@ -1,0 +1,229 @@
+"""Networks: create, remove, restore. Every step asks the network's driver;
+nothing here knows a driver by name.
+
+The shape of every change: validate (nothing exists yet), write an intent
+record (status "creating"), change the kernel, mark the record ready; on
+failure undo in reverse. Restart reconciliation rolls back what a killed
+daemon left in "creating".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+from typing import TYPE_CHECKING
+
+from pontoon import ipam
+from pontoon.core import model
+from pontoon.core.model import Network, NetworkSpec, Subnet
+from pontoon.drivers.base import CLUSTER_ALLOCATOR, NetworkDriver
+from pontoon.drivers.registry import DriverRegistry
+from pontoon.engine.kernel import Kernel
+from pontoon.engine.state import State
+from pontoon.errors import Conflict, InvalidArgument
+
+if TYPE_CHECKING:
+    from pontoon.cluster.agent import ClusterAgent
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NETWORK = "bridge"
+DEFAULT_BRIDGE = "pontoon0"
+# docker_gwbridge's counterpart. The device name is shorter than the network
+# name because Linux caps interface names at 15 characters.
+GW_NETWORK = "pontoon_gwbridge"
+GW_BRIDGE = "pontoon_gwbr"
+BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
+
+
+class Networks:
+    def __init__(
+        self,
+        state: State,
+        drivers: DriverRegistry,
+        kernel: Kernel,
+        ipam_: ipam.Ipam,
+        pools: list[ipam.Pool],
+    ) -> None:
+        self.state = state
+        self.drivers = drivers
+        self.kernel = kernel
+        self.ipam = ipam_
+        self.pools = pools
+        self.cluster: ClusterAgent | None = None
+
+    # -- creating ---------------------------------------------------------------
+
+    def validate(self, spec: NetworkSpec) -> NetworkDriver:
+        model.check_name("network", spec.name)
+        driver = self.drivers.get(spec.driver)
+        if driver.capabilities.needs_cluster and self.cluster is None:
+            raise InvalidArgument(
+                f"{spec.driver} networks need a cluster store: start pontoond with "
+                "--cluster-store etcd://HOST:PORT"
+            )
+        for sub in spec.subnets:
+            if sub.subnet and ipam.parse_network(sub.subnet).version == 6:
+                raise InvalidArgument("IPv6 subnets are not supported yet")
+        if any(n.name == spec.name for n in self.state.networks.values()):
+            raise Conflict(f"network with name {spec.name} already exists")
+        return driver
+
+    async def create(
+        self,
+        spec: NetworkSpec,
+        default: bool = False,
+        icc: bool = True,
+        gateway_bridge: bool = False,
+    ) -> Network:
+        """Make a network (the caller holds the engine lock)."""
+        driver = self.validate(spec)
+        # Drivers may look at the host's devices (a macvlan parent): kernel thread.
+        await self.kernel.call(driver.validate, spec)
+        mtu = await self.kernel.call(driver.default_mtu, spec)
+        if driver.capabilities.allocator == CLUSTER_ALLOCATOR:
+            assert self.cluster is not None
+            pools = driver.address_pools(self.pools)
+            net = await self.cluster.create_network(spec, mtu, pools, self._taken())
+            self.state.networks[net.id] = net
+            log.info("%s network %s (%s) created: %s", net.driver, net.name, net.id[:12],
+                     _subnets(net))  # fmt: skip
+            return net
+        return await self._create_local(driver, spec, mtu, default, icc, gateway_bridge)
+
+    def _taken(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [
+            ipaddress.ip_network(s.subnet) for n in self.state.networks.values() for s in n.subnets
+        ]
+
+    async def _create_local(
+        self,
+        driver: NetworkDriver,
+        spec: NetworkSpec,
+        mtu: int,
+        default: bool,
+        icc: bool,
+        gateway_bridge: bool,
+    ) -> Network:
+        net_id = model.new_id()
+        device = driver.device_name(spec, net_id)
+        if device:
+            if any(n.bridge == device for n in self.state.networks.values()):
+                raise Conflict(f"bridge {device} is already used by another network")
+            if not default:
+                await self.kernel.call(driver.check_device_free, device)
+        ours = {n.bridge for n in self.state.networks.values() if n.bridge}
+        routes = await self.kernel.call(self.kernel.host_routes, ours)
+        plans = ipam.plan_subnets(
+            spec.subnets, driver.address_pools(self.pools), self._taken(), routes
+        )
+        asked_range = {ipaddress.ip_network(s.subnet).version for s in spec.subnets if s.ip_range}
+        net = Network(
+            id=net_id,
+            name=spec.name,
+            driver=driver.name,
+            subnets=[p.record(p.family in asked_range) for p in plans],
+            internal=spec.internal,
+            options=dict(spec.options),
+            bridge=device,
+            mtu=mtu,
+            default=default,
+            icc=icc,
+            gateway_bridge=gateway_bridge,
+        )
+        await self.state.save_network(net)  # intent: status "creating"
+        try:
+            await self.kernel.call(driver.create_network, net)
+            await self._firewall_add(driver, net)
+            await self.ipam.open(net.id, plans)
+            net.status = model.READY
+            await self.state.save_network(net)
+        except BaseException:
+            await self.destroy(net)
+            raise
+        log.info("network %s (%s) created: %s on %s", net.name, net.id[:12], _subnets(net),
+                 device or driver.name)  # fmt: skip
+        return net
+
+    async def _firewall_add(self, driver: NetworkDriver, net: Network) -> None:
+        rules = driver.firewall_rules(net)
+        if rules is not None:
+            await self.kernel.call(self.kernel.firewall.add_network, rules)
+
+    async def ensure_default(self, bip: str) -> None:
+        if self.state.default_network() is not None:
+            return
+        iface = ipaddress.ip_interface(bip)
+        spec = NetworkSpec(
+            DEFAULT_NETWORK,
+            subnets=(Subnet(str(iface.network), str(iface.ip)),),
+            options={BRIDGE_NAME_OPTION: DEFAULT_BRIDGE},
+        )
+        await self.create(spec, default=True)
+
+    async def gateway_network(self) -> Network:
+        """pontoon_gwbridge, made on first need: the default route and outbound
+        NAT of endpoints whose own network has no way out (docker_gwbridge in
+        the seed). Endpoints on it cannot reach each other through it (icc off)."""
+        existing = self.state.gateway_network()
+        if existing is not None:
+            return existing
+        spec = NetworkSpec(GW_NETWORK, options={BRIDGE_NAME_OPTION: GW_BRIDGE})
+        return await self.create(spec, icc=False, gateway_bridge=True)
+
+    # -- removing -----------------------------------------------------------------
+
+    async def remove(self, net: Network) -> None:
+        """Remove a network nobody uses (the caller holds the engine lock)."""
+        if net.default:
+            raise Conflict(f"{net.name} is a pre-defined network and cannot be removed")
+        users = sorted(a.owner.name or a.owner.id[:12] for a in self.state.on_network(net.id))
+        users += sorted(p.name or p.owner_id[:12] for p in self.state.remote_on(net.id))
+        if users:
+            raise Conflict(f"network {net.name} has active endpoints ({', '.join(users)})")
+        driver = self.drivers.of(net)
+        if driver.capabilities.scope == "global":
+            assert self.cluster is not None
+            await self.cluster.remove_network(net)
+            await self.drop_global(net)
+        else:
+            await self.destroy(net)
+        log.info("network %s (%s) removed", net.name, net.id[:12])
+
+    async def destroy(self, net: Network) -> None:
+        """Remove every trace of a local network; safe on a half-made one."""
+        driver = self.drivers.of(net)
+        rules = driver.firewall_rules(net)
+        if rules is not None:
+            with contextlib.suppress(Exception):
+                await self.kernel.call(self.kernel.firewall.remove_network, rules)
+        await self.kernel.call(driver.delete_network, net)
+        await self.ipam.release_all(net.id)
+        await self.state.forget_network(net)
+
+    async def drop_global(self, net: Network) -> None:
+        """This host leaves a global network: its devices here go."""
+        await self.kernel.call(self.drivers.of(net).last_endpoint_gone, net)
+        await self.state.forget_global(net)
+        self.state.networks.pop(net.id, None)
+
+    # -- restart -------------------------------------------------------------------
+
+    async def restore(self, net: Network) -> None:
+        driver = self.drivers.of(net)
+        await self.kernel.call(driver.create_network, net)
+        await self.ipam.open(net.id, [ipam.SubnetPlan.of(s) for s in net.subnets])
+
+    def firewall_state(self) -> list:
+        """Every local network's firewall rules (start-up sync)."""
+        out = []
+        for net in self.state.networks.values():
+            rules = self.drivers.of(net).firewall_rules(net)
+            if rules is not None and net.status == model.READY:
+                out.append(rules)
+        return out
+
+
+def _subnets(net: Network) -> str:
+    return ", ".join(s.subnet for s in net.subnets)

@@ -1,0 +1,87 @@
+"""What `pontoon topology` draws: this host's networks, namespaces, bridges,
+veths, tunnels and published ports (the pictures the seed drew by hand)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pontoon.core import model
+
+if TYPE_CHECKING:
+    from pontoon.daemon.config import DaemonConfig
+    from pontoon.engine.engine import Engine
+    from pontoon.runtime.containers import Runtime
+
+
+async def topology(engine: Engine, runtime: Runtime, config: DaemonConfig) -> dict[str, Any]:
+    host = {
+        "id": engine.cluster.host_id if engine.cluster is not None else "",
+        "vtep": engine.drivers.ctx.vtep,
+        "socket": str(config.socket),
+    }
+    networks = []
+    for net in sorted(engine.state.networks.values(), key=lambda n: n.name):
+        local = engine.state.on_network(net.id)
+        networks.append(await _network(engine, net, local))
+    containers = [
+        {
+            "name": c.name,
+            "id": c.id[:12],
+            "sandbox": c.sandbox,
+            "ports": [
+                {
+                    "host": f"{p.host_ip}:{p.host_port}",
+                    "container": p.container_port,
+                    "proto": p.proto,
+                }
+                for att in runtime.attachments(c)
+                for p in att.ports
+            ],
+        }
+        for c in runtime.containers.values()
+        if c.state == model.RUNNING
+    ]
+    return {"host": host, "networks": networks, "containers": containers}
+
+
+async def _network(engine: Engine, net: model.Network, local: list[model.Attachment]) -> dict:
+    driver = engine.drivers.of(net)
+    here = bool(local) or driver.capabilities.scope != "global" or net.gateway_bridge
+    info: dict[str, Any] = {
+        "name": net.name,
+        "driver": net.driver,
+        "subnet": ", ".join(s.subnet for s in net.subnets),
+        "gateway": ", ".join(s.gateway for s in net.subnets),
+        "internal": net.internal,
+        "present": here,
+        "endpoints": [
+            {
+                "container": att.owner.name or att.owner.id[:12],
+                "ifname": att.ifname,
+                "ip": ", ".join(att.ips),
+                "mac": att.mac,
+                "host_ifname": att.host_ifname,
+            }
+            for att in local
+        ],
+    }
+    if not here:
+        return info
+    described = await engine.kernel.call(driver.describe_network, net)
+    overlay = described.get("Overlay") or {}
+    if overlay:
+        info.update(
+            namespace=overlay["Namespace"],
+            bridge=overlay["Bridge"],
+            vxlan=overlay["VXLAN"],
+            vni=net.vni,
+            peers=[
+                {"container": p.name, "ip": ", ".join(p.ips), "vtep": p.vtep}
+                for p in engine.state.remote_on(net.id)
+            ],
+        )
+    elif net.bridge:
+        info["bridge"] = net.bridge
+    else:
+        info.update({k.lower(): v for k, v in described.items() if isinstance(v, str)})
+    return info
