@@ -12,8 +12,9 @@ more container) with {"up_ms": [...], "down_ms": [...]}, and {"op": "quit"}
 with clean-up. Errors come back as {"error"}.
 
 with TOOL one of:
-  pontoon   the daemon's own building blocks, in process: netns.create +
-            Service._attach to bring up, Service._release_network to tear down;
+  pontoon   the daemon's engine, in process: netns.create + Engine.attach to
+            bring up, Engine.detach_owner + netns.remove to tear down (what
+            every front end does);
   cni       the reference CNI plugins (bridge + host-local), ADD/DEL;
   netavark  podman's netavark, setup/teardown.
 
@@ -50,7 +51,7 @@ from common import (  # noqa: E402
     unmount_all_under,
 )
 
-from pontoon.model import Container  # noqa: E402
+from pontoon.core.model import Owner, new_id  # noqa: E402
 from pontoon.sandbox import netns  # noqa: E402
 
 CNI_DIR = Path("/usr/lib/cni")
@@ -76,57 +77,48 @@ class PontoonHarness:
         self.loop.run_until_complete(self._open())
 
     async def _open(self) -> None:
-        from pontoon.daemon.kernel import Kernel
-        from pontoon.daemon.reconcile import reconcile
-        from pontoon.daemon.service import Service
+        from pontoon.engine.engine import Engine
+        from pontoon.engine.kernel import Kernel
+        from pontoon.engine.reconcile import reconcile
         from pontoon.store.sqlite import SQLiteStore
 
         self.config.netns_dir.mkdir(parents=True, exist_ok=True)
         self.store = SQLiteStore(self.config.db_path)
         self.kernel = Kernel(self.config.firewall_backend)
         await self.kernel.call(self.kernel.setup)
-        self.svc = Service(self.config, self.store, self.kernel)
-        await self.svc.load()
-        await reconcile(self.svc)
-        await self.svc.ensure_default_network()
-        self.net = self.svc.find_network("bridge")
+        self.engine = Engine(self.config, self.store, self.kernel)
+        await self.engine.state.load(lambda _: "")
+        await reconcile(self.engine, set())
+        async with self.engine.lock:
+            await self.engine.networks.ensure_default(self.config.bip)
 
-    def prepare(self, index: int) -> Container:
-        return self.svc._validate_run(
-            name=f"b{index}",
-            command=["sleep", "infinity"],
-            networks=[],
-            ip="",
-            aliases=[],
-            hostname="",
-            env=[],
-            dns=[],
-            auto_remove=False,
-            ports=[],
-        )
+    def prepare(self, index: int) -> tuple[Owner, Path]:
+        owner_id = new_id()
+        return Owner("pontoon", owner_id, f"b{index}"), self.config.netns_dir / owner_id[:12]
 
-    def up(self, c: Container) -> Container:
-        return self.loop.run_until_complete(self._up(c))
+    def up(self, handle: tuple[Owner, Path]) -> tuple[Owner, Path]:
+        return self.loop.run_until_complete(self._up(handle))
 
-    async def _up(self, c: Container) -> Container:
-        """Service._start's network part: the sandbox, then each endpoint."""
-        await self.svc.kernel.call(netns.create, Path(c.sandbox))
-        await self.svc._attach(c, self.net, c.networks[0], "eth0", True)
-        return c
+    async def _up(self, handle: tuple[Owner, Path]) -> tuple[Owner, Path]:
+        """A front end's bring-up: the namespace, then its attachment."""
+        from pontoon.engine.attachments import AttachRequest
 
-    def down(self, c: Container) -> None:
-        self.loop.run_until_complete(self.svc._release_network(c))
+        owner, path = handle
+        await self.kernel.call(netns.create, path)
+        await self.engine.attach(AttachRequest("bridge", str(path), "eth0", owner))
+        return handle
 
-    def forget(self, c: Container) -> None:
-        """The container record _attach saved: what _destroy_container drops."""
-        from pontoon.daemon.service import ctr_key
+    def down(self, handle: tuple[Owner, Path]) -> None:
+        owner, path = handle
+        self.loop.run_until_complete(self.engine.detach_owner(owner.key))
+        self.loop.run_until_complete(self.kernel.call(netns.remove, path))
 
-        self.loop.run_until_complete(self.svc.store.delete(ctr_key(c.id)))
-        self.svc.containers.pop(c.id, None)
+    def forget(self, handle: tuple[Owner, Path]) -> None:
+        """Nothing: the engine keeps no record once the owner detached."""
 
     def close(self) -> None:
         async def work() -> None:
-            await self.svc.close()
+            await self.engine.close()
             await self.store.close()
 
         try:

@@ -6,9 +6,9 @@ namespace; nothing touches the machine's own namespace):
   pontoon API   POST /containers/run of `sleep infinity`, DELETE ?force=1
                 (the user-facing figure: includes starting and killing the
                 container's processes);
-  pontoon net   the network part alone, in process with the daemon's own
-                building blocks (netns.create + Service._attach, and
-                Service._release_network);
+  pontoon net   the network part alone, in process with the daemon's engine
+                (netns.create + Engine.attach, Engine.detach_owner +
+                netns.remove: what every front end calls);
   CNI bridge    /usr/lib/cni/bridge + host-local, ADD / DEL, plus creating and
                 removing the namespace;
   netavark      /usr/lib/podman/netavark setup / teardown, plus the namespace.

@@ -96,6 +96,11 @@ class NetworkDriver(abc.ABC):
         """Where subnets come from when none is asked for."""
         return host_pools
 
+    def routes_to_avoid(self, routes: list[Any]) -> list[Any]:
+        """Of the host's routes, those a new subnet must not overlap (a
+        network on a link the host is on may share that link's prefix)."""
+        return routes
+
     def check_device_free(self, name: str) -> None:
         """Refuse a device name another network or program already uses."""
         return None

@@ -60,6 +60,10 @@ class MacvlanDriver(NetworkDriver):
         self._parent_index(parent)
         links.mtu_option(spec, 1500)
 
+    def routes_to_avoid(self, routes: list[Any]) -> list[Any]:
+        # The subnet is the parent's LAN: the host routes it already, rightly.
+        return []
+
     def default_mtu(self, spec: NetworkSpec) -> int:
         parent = self.ctx.ipr.link("get", index=self._parent_index(spec.options[PARENT]))[0]
         return links.mtu_option(spec, parent.get("IFLA_MTU") or 1500)

@@ -223,13 +223,13 @@ class OverlayDriver(NetworkDriver):
         if vx is None:
             return
         nl = self._nl(net)
-        calls = [
-            lambda ip=ip: nl.neigh("del", dst=ip, lladdr=peer.mac, ifindex=vx) for ip in peer.ips
+        calls: list[tuple[str, dict[str, Any]]] = [
+            ("neigh", {"dst": ip, "lladdr": peer.mac, "ifindex": vx}) for ip in peer.ips
         ]
-        calls.append(lambda: nl.fdb("del", ifindex=vx, lladdr=peer.mac))
-        for call in calls:
+        calls.append(("fdb", {"ifindex": vx, "lladdr": peer.mac}))
+        for table, args in calls:
             try:
-                call()
+                getattr(nl, table)("del", **args)
             except NetlinkError as exc:
                 links.ignore_missing(exc)
 

@@ -244,7 +244,7 @@ class Attachments:
         return any(a.id != att.id for a in self.state.on_network(net.id))
 
     async def _allocate(self, att: Attachment, net: Network, wanted: list[str]) -> None:
-        asked = {ipam.parse_address(ip).version: ip for ip in wanted}
+        asked: dict[int, str] = {ipam.parse_address(ip).version: ip for ip in wanted}
         allocator = self._allocator(net)
         if not allocator.loaded(net.id):
             await allocator.open(net.id, [ipam.SubnetPlan.of(s) for s in net.subnets])

@@ -114,7 +114,7 @@ class Networks:
             if not default:
                 await self.kernel.call(driver.check_device_free, device)
         ours = {n.bridge for n in self.state.networks.values() if n.bridge}
-        routes = await self.kernel.call(self.kernel.host_routes, ours)
+        routes = driver.routes_to_avoid(await self.kernel.call(self.kernel.host_routes, ours))
         plans = ipam.plan_subnets(
             spec.subnets, driver.address_pools(self.pools), self._taken(), routes
         )

@@ -32,7 +32,9 @@ class SubnetPlan:
 
     @classmethod
     def build(cls, subnet: IPNetwork, gateway: str = "", ip_range: str = "") -> SubnetPlan:
-        gw = parse_address(gateway, "gateway") if gateway else next(iter(subnet.hosts()))
+        gw: IPAddress = (
+            parse_address(gateway, "gateway") if gateway else next(iter(subnet.hosts()))  # type: ignore[assignment]
+        )
         if gw.version != subnet.version or not _host_address(subnet, gw):
             raise InvalidArgument(f"gateway {gw} is not a usable address of subnet {subnet}")
         rng = parse_network(ip_range, "ip-range") if ip_range else subnet

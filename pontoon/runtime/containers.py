@@ -235,9 +235,9 @@ class Runtime:
                 host_resolv = Path("/etc/resolv.conf").read_text()
             except OSError:
                 host_resolv = ""
-            if c.embedded_dns:
-                servers, options = [LISTEN_ADDR], ["ndots:0"]
-            else:
+            servers: list[str] | None = [LISTEN_ADDR]
+            options = ["ndots:0"]
+            if not c.embedded_dns:
                 servers, options = (c.dns or self.config.dns or None), []
             files.write_in_place(
                 cdir / "resolv.conf", files.resolv_text(host_resolv, servers, options)

@@ -51,10 +51,10 @@ class Inventory:
             member.attachments.append(att)
         # A container's asked networks first, in its order (eth0 = its primary).
         for c in self._runtime.containers.values():
-            member = owners.get(c.owner.key)
-            if member is not None:
+            found = owners.get(c.owner.key)
+            if found is not None:
                 order = [r.network_id for r in c.networks]
-                member.attachments.sort(
+                found.attachments.sort(
                     key=lambda a: order.index(a.network_id) if a.network_id in order else 99
                 )
         return list(owners.values())

@@ -31,7 +31,7 @@ from pontoon.store import Compacted
 from pontoon.trace.monitor import FlowMatch, Monitor, TraceEvent
 
 if TYPE_CHECKING:
-    from pontoon.daemon.cluster import ClusterAgent
+    from pontoon.cluster.agent import ClusterAgent
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from pontoon.model import Container, Endpoint, NetworkRequest
+from pontoon.core.model import Attachment, Container, NetworkRequest, Owner
 from pontoon.sandbox import netns
 from tests.integration.helpers import can_ping, ip_of, snapshot
 
@@ -27,7 +27,8 @@ def _put(db_path, key: str, value: str) -> None:
         db.close()
 
 
-def test_half_made_container_is_rolled_back_on_restart(make_host):
+@pytest.mark.parametrize("shape", ["release 1", "current"])
+def test_half_made_container_is_rolled_back_on_restart(make_host, shape):
     host = make_host()
     host.cli("network", "create", "--subnet", "10.50.0.0/24", "web")
     net_id = host.cli_json("network", "inspect", "web")[0]["Id"]
@@ -35,21 +36,30 @@ def test_half_made_container_is_rolled_back_on_restart(make_host):
     host.stop_daemon()
 
     # What a daemon killed in the middle of `run` leaves: the intent record,
-    # a sandbox, an endpoint record, an address allocation and a veth.
+    # a sandbox, an endpoint (attachment) record, an address allocation and a
+    # veth; written as release 1 wrote them, or as this release does.
     cid, epid = "a" * 64, "b" * 64
     sandbox = host.exec_root / "netns" / cid[:12]
     netns.create(sandbox)
     ctr = Container(id=cid, name="half", hostname="half", command=["sleep", "1"],
-                    networks=[NetworkRequest(net_id)], endpoints={net_id: epid},
+                    networks=[NetworkRequest(net_id)], attachments={net_id: epid},
                     sandbox=str(sandbox))  # fmt: skip
-    ep = Endpoint(id=epid, network_id=net_id, container_id=cid, container_name="half",
-                  ifname="eth0", ip="10.50.0.2", mac="02:42:0a:32:00:02", prefixlen=24,
-                  host_ifname="veth" + epid[:11])  # fmt: skip
+    host_ifname = "veth" + epid[:11]
+    if shape == "current":
+        att = Attachment(id=epid, network_id=net_id, owner=Owner("pontoon", cid, "half"),
+                         netns=str(sandbox), ifname="eth0", addresses=["10.50.0.2/24"],
+                         mac="02:42:0a:32:00:02", host_ifname=host_ifname)  # fmt: skip
+        key, value = f"/attachments/{epid}", att.dumps()
+    else:
+        ep = {"id": epid, "network_id": net_id, "container_id": cid, "container_name": "half",
+              "ifname": "eth0", "ip": "10.50.0.2", "mac": "02:42:0a:32:00:02", "prefixlen": 24,
+              "host_ifname": host_ifname}  # fmt: skip
+        key, value = f"/endpoints/{epid}", json.dumps(ep)
     db = host.root / "pontoon.db"
     _put(db, f"/containers/{cid}", ctr.dumps())
-    _put(db, f"/endpoints/{epid}", ep.dumps())
+    _put(db, key, value)
     _put(db, f"/ipam/{net_id}/10.50.0.2", epid)
-    host.sh("ip", "link", "add", ep.host_ifname, "type", "veth", "peer", "name", "tmp0")
+    host.sh("ip", "link", "add", host_ifname, "type", "veth", "peer", "name", "tmp0")
 
     host.start_daemon()
     assert snapshot(host) == clean

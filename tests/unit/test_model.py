@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from pontoon.errors import InvalidArgument
 from pontoon.core.model import (
     CREATING,
     READY,
@@ -22,6 +21,7 @@ from pontoon.core.model import (
     check_name,
     new_id,
 )
+from pontoon.errors import InvalidArgument
 
 # ------------------------------------------------------------------- names
 

@@ -327,7 +327,7 @@ class Api:
         return Inventory(self.config, self.engine, self.runtime)
 
     async def topology(self, request: web.Request) -> web.Response:
-        from pontoon.daemon.topology import topology
+        from pontoon.frontends.api.topology import topology
 
         return web.json_response(await topology(self.engine, self.runtime, self.config))
 

@@ -137,7 +137,9 @@ def container_view(
             entry["Interface"] = ep.ifname
             entry.update(devices.get(ep.id, {}))
         nets[net.name] = entry
-    default = next((nets[n.name] for n in networks.values() if n.default and n.name in nets), {})
+    default: dict[str, Any] = next(
+        (nets[n.name] for n in networks.values() if n.default and n.name in nets), {}
+    )
     running = c.state == "running"
     bindings: dict[str, list[dict[str, str]]] = {}
     for p in c.ports:
