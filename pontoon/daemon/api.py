@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from pyroute2 import NetlinkError
 
 from pontoon import __version__, model
 from pontoon.daemon import views
 from pontoon.daemon.service import Service
 from pontoon.drivers.bridge import bridge_ports, describe_endpoint, sandbox_routes
-from pontoon.errors import InvalidArgument, PontoonError
+from pontoon.errors import InvalidArgument, PontoonError, os_error_text
 from pontoon.model import Endpoint, NetworkSpec
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,11 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return web.json_response({"message": exc.message}, status=exc.status)
     except web.HTTPException:
         raise
+    except (OSError, NetlinkError) as exc:
+        # The kernel refused something no check caught: say what, in words.
+        log.exception("kernel error on %s %s", request.method, request.path)
+        message = f"{request.method} {request.path} failed: {os_error_text(exc)}"
+        return web.json_response({"message": message}, status=500)
     except Exception as exc:
         log.exception("internal error on %s %s", request.method, request.path)
         return web.json_response({"message": f"internal error: {exc}"}, status=500)
