@@ -3,9 +3,12 @@ veths, VXLAN links and published ports (the pictures the seed drew by hand)."""
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING, Any
 
 from pontoon import model
+
+IFF_LOOPBACK = 0x8
 
 if TYPE_CHECKING:
     from pontoon.daemon.service import Service
@@ -16,6 +19,9 @@ async def topology(svc: Service) -> dict[str, Any]:
         "id": svc.cluster.host_id if svc.cluster is not None else "",
         "vtep": svc.kernel.overlay.vtep if svc.kernel.overlay is not None else "",
         "socket": str(svc.config.socket),
+        # Who serves a published port depends on it (see cli/topology.py).
+        "userland_proxy": svc.config.userland_proxy,
+        "links": await svc.kernel.call(host_links, svc.kernel.ipr),
     }
     networks = []
     for net in sorted(svc.networks.values(), key=lambda n: n.name):
@@ -34,8 +40,11 @@ async def topology(svc: Service) -> dict[str, Any]:
                     "host": f"{p.host_ip}:{p.host_port}",
                     "container": p.container_port,
                     "proto": p.proto,
+                    # Where DNAT (or the proxy) sends it, and through which bridge.
+                    "container_ip": rule.container_ip if rule else "",
+                    "bridge": rule.bridge if rule else "",
                 }
-                for p in c.ports
+                for p, rule in zip(c.ports, _padded(svc.port_rules(c), len(c.ports)), strict=True)
             ],
         }
         for c in svc.containers.values()
@@ -80,3 +89,33 @@ def _network(svc: Service, net: model.Network, local: list[model.Endpoint], here
     else:
         info["bridge"] = net.bridge
     return info
+
+
+def _padded(items: list[Any], size: int) -> list[Any]:
+    return items + [None] * (size - len(items))
+
+
+def host_links(ipr: Any) -> list[dict[str, Any]]:
+    """The host's own interfaces and IPv4 addresses, as `ip -br addr` shows
+    them (the picture starts where a packet enters). Runs on the kernel thread."""
+    links = list(ipr.get_links())
+    names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in links}
+    addresses: dict[int, list[str]] = {}
+    for addr in ipr.get_addr(family=socket.AF_INET):
+        addresses.setdefault(addr["index"], []).append(
+            f"{addr.get_attr('IFA_ADDRESS')}/{addr['prefixlen']}"
+        )
+    out = []
+    for link in sorted(links, key=lambda link: link["index"]):
+        info = link.get_attr("IFLA_LINKINFO")
+        kind = info.get_attr("IFLA_INFO_KIND") if info is not None else ""
+        out.append(
+            {
+                "name": names[link["index"]],
+                "kind": kind or ("loopback" if link["flags"] & IFF_LOOPBACK else "device"),
+                "state": str(link.get_attr("IFLA_OPERSTATE") or "").lower(),
+                "addresses": addresses.get(link["index"], []),
+                "master": names.get(link.get_attr("IFLA_MASTER"), ""),
+            }
+        )
+    return out
