@@ -113,7 +113,7 @@ def _network_text(net: dict[str, Any]) -> list[str]:
     lines = [f"  network {net['name']} ({net['driver']}, {net['subnet']}): "
              f"bridge {dev}{where}{gateway}{extra}"]  # fmt: skip
     for ep in net["endpoints"]:
-        lines.append(f"    {ep['container']} {ep['ifname']} {ep['ip']} <-> "
+        lines.append(f"    {ep['container']}:{ep['ifname']} {ep['ip']} <-> "
                      f"{ep['host_ifname']} <-> {dev}")  # fmt: skip
     for peer in net.get("peers", []):
         lines.append(f"    peer {peer['container']} {peer['ip']} at VTEP {peer['vtep']}")
@@ -122,9 +122,8 @@ def _network_text(net: dict[str, Any]) -> list[str]:
 
 def _port_text(topo: dict[str, Any], cname: str, p: dict[str, Any]) -> list[str]:
     target = _target(topo, cname, p)
-    to = (f"{cname} {target['ifname']} {target['ip']}:{p['container']} via {p['bridge']}"
-          if target else f"{cname}:{p['container']}")  # fmt: skip
-    lines = [f"  published {p['host']}/{p['proto']} -> {to}"]
+    where = f" ({target['ifname']} {target['ip']} via {p['bridge']})" if target else ""
+    lines = [f"  published {p['host']}/{p['proto']} -> {cname}:{p['container']}{where}"]
     for way in entrances(topo, p):
         lines.append(f"    in at {way['address']} ({way['link']}) from {way['from']}: "
                      f"{way['served_by']}")  # fmt: skip

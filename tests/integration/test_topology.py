@@ -48,7 +48,7 @@ def test_topology_shows_how_a_packet_gets_in(make_host, proxy):
 
     text = host.cli("topology").stdout
     assert f"  link eth0 {HOST_ADDR}/24" in text
-    assert f"    pub eth0 {ep['IPAddress']} <-> {ep['HostInterface']} <-> {bridge}" in text
+    assert f"    pub:eth0 {ep['IPAddress']} <-> {ep['HostInterface']} <-> {bridge}" in text
     if shutil.which("dot"):
         svg = host.cli("topology", "--format", "svg").stdout
         assert ET.fromstring(svg).tag.endswith("svg")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import errno
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pyroute2 import NetlinkError
 
+from pontoon.cli import main as cli_main
 from pontoon.daemon.api import errors
 from pontoon.errors import os_error_text
 
@@ -47,3 +49,14 @@ def test_middleware_turns_kernel_errors_into_one_line():
     assert body["message"] == "POST /trace failed: network is unreachable (ENETUNREACH)"
     status, body = answer(PermissionError(errno.EPERM, "Operation not permitted"))
     assert body["message"] == "POST /trace failed: operation not permitted (EPERM)"
+
+
+def test_cli_reports_an_os_error_in_one_line(monkeypatch, capsys):
+    def refuse(self, url, **query):
+        raise PermissionError(errno.EACCES, "Permission denied", "/run/x")
+
+    monkeypatch.setattr(cli_main.Client, "get", refuse)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main.main(["-H", "unix:///run/x", "ps"])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == "Error: permission denied: /run/x (EACCES)\n"

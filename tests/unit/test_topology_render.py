@@ -84,8 +84,8 @@ def test_text_shows_links_ports_and_veth_pairs():
     text = draw.to_text({"host": topo(proxy=True)})
     assert "host host (userland proxy on)" in text
     assert "  link eth0 198.51.100.1/24" in text and "  link lo 127.0.0.1/8" in text
-    assert "    pub eth0 10.50.0.3 <-> vethbbb <-> pt-web" in text
-    assert "  published 0.0.0.0:12580/tcp -> pub eth0 10.50.0.3:80 via pt-web" in text
+    assert "    pub:eth0 10.50.0.3 <-> vethbbb <-> pt-web" in text
+    assert "  published 0.0.0.0:12580/tcp -> pub:80 (eth0 10.50.0.3 via pt-web)" in text
     assert "    in at 198.51.100.1 (eth0) from outside: kernel DNAT (prerouting)" in text
     assert "    in at 127.0.0.1 (lo) from this host: userland proxy" in text
 
