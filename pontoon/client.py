@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from pontoon.errors import os_error_text
+
 DEFAULT_HOST = "unix:///run/pontoon/pontoon.sock"
 
 
@@ -71,7 +73,8 @@ class Client:
                 0, f"cannot reach pontoond at {self.path}: is the daemon running?"
             ) from None
         except OSError as exc:
-            raise ApiError(0, f"cannot talk to pontoond at {self.path}: {exc}") from None
+            reason = os_error_text(exc)
+            raise ApiError(0, f"cannot talk to pontoond at {self.path}: {reason}") from None
         if resp.status >= 400:
             raw = resp.read()
             try:

@@ -5,6 +5,9 @@ and the HTTP status the API answers with; anything else is a bug and is
 reported as an internal error.
 """
 
+import errno
+import os
+
 
 class PontoonError(Exception):
     status = 500
@@ -30,3 +33,15 @@ class Unavailable(PontoonError):
     """A dependency (the cluster store, the kernel) cannot serve the request now."""
 
     status = 503
+
+
+def os_error_text(exc: BaseException) -> str:
+    """An OSError or pyroute2 NetlinkError as words ("network is unreachable
+    (ENETUNREACH)"), never the raw (errno, text) tuple."""
+    code = getattr(exc, "errno", None) or getattr(exc, "code", None)
+    if not isinstance(code, int) or not code:
+        return str(exc) or type(exc).__name__
+    text = os.strerror(code).lower()
+    name = errno.errorcode.get(code)
+    where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+    return f"{text}{where}" + (f" ({name})" if name else "")

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from pontoon.client import ApiError, Client, ref
+from pontoon.errors import os_error_text
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -475,6 +476,9 @@ def main(argv: list[str] | None = None) -> None:
         _fail(exc.message)
     except BrokenPipeError:
         sys.exit(1)
+    except OSError as exc:
+        # exec's nsenter, topology's dot, a file: what failed, in words.
+        _fail(os_error_text(exc))
 
 
 def _fail(message: str) -> None:

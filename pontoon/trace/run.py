@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import ipaddress
 import socket
 import uuid
 from pathlib import Path
 from typing import Any
 
+from pyroute2 import NetlinkError
+
 from pontoon.core.model import Attachment, Network, Peer
-from pontoon.errors import InvalidArgument, NotFound
+from pontoon.errors import InvalidArgument, NotFound, os_error_text
 from pontoon.trace import probe, remote
 from pontoon.trace.inventory import Inventory, Member
 from pontoon.trace.monitor import TABLE, FlowMatch, Monitor, TraceEvent
@@ -126,14 +129,40 @@ def _shared_endpoint(svc: Inventory, src: Point, dst: Member | None) -> Attachme
 
 
 def host_address(svc: Inventory) -> str:
-    """This host's own address: the one of the interface with the default route
-    (a route lookup only; nothing is sent). Runs on the kernel thread."""
-    routes = svc.kernel.ipr.route("get", dst="192.0.2.1")
-    for route in routes:
-        src = route.get("RTA_PREFSRC")
-        if src:
-            return src
-    raise NotFound("this host has no address to trace to (no default route)")
+    """The address of this host's interface with the default route (a route
+    lookup only; nothing is sent), "" when it has none. Runs on the kernel thread."""
+    try:
+        routes = svc.kernel.ipr.route("get", dst="192.0.2.1")
+    except NetlinkError as exc:
+        if exc.code == errno.ENETUNREACH:
+            return ""
+        raise InvalidArgument(f"cannot pick this host's address: {os_error_text(exc)}") from None
+    return next((str(r.get("RTA_PREFSRC")) for r in routes if r.get("RTA_PREFSRC")), "")
+
+
+def _container_gateway(svc: Inventory, src: Point) -> str:
+    """The host as a container sees it: the gateway of its default route."""
+    if src.container is None:
+        return ""
+    eps = src.container.attachments
+    return next((gw for ep in eps if ep.default_route for gw in ep.gateways if ":" not in gw), "")
+
+
+async def _host_ip(svc: Inventory, src: Point, target: str, proto: str) -> str:
+    """`--to host:PORT`: the default route's address; on a host without a
+    default route (a laptop offline, a CI sandbox) a container source still
+    reaches the host at its gateway, as Docker's host-gateway does."""
+    _, port, proto = parse_target(target, proto)
+    address = await svc.kernel.call(host_address, svc) or _container_gateway(svc, src)
+    if address:
+        return address
+    if src.kind == "host":
+        instead = f"--to 127.0.0.1:{port}/{proto} (or another address of this host)"
+    else:
+        instead = f"--to IP:{port}/{proto} with an address of this host"
+    raise InvalidArgument(
+        f"cannot pick this host's address: it has no default route; give one instead: {instead}"
+    )
 
 
 # -- running ---------------------------------------------------------------
@@ -143,14 +172,19 @@ async def trace(
     svc: Inventory, source: str, target: str, proto: str = "", live: float = 0
 ) -> dict[str, Any]:
     src = resolve_source(svc, source)
-    host_ip = await svc.kernel.call(host_address, svc) if target.startswith("host:") else ""
+    host_ip = await _host_ip(svc, src, target, proto) if target.startswith("host:") else ""
     dst, proto = resolve_target(svc, src, target, proto, host_ip)
     if not 0 <= live <= 300:
         raise InvalidArgument("--live takes 1-300 seconds")
     mark = probe.new_mark(proto)
     vxlan_port = svc.vxlan_port
+    # A route lookup first: a probe with no route would only come back as an
+    # errno; this says where it cannot go and what to do instead.
+    src_ip = await asyncio.to_thread(source_address, src, dst.ip)
     if live:
-        src.ip = await asyncio.to_thread(source_address, src, dst.ip)
+        if not src_ip:
+            raise NotFound(f"{src.label} has no source address toward {dst.ip}")
+        src.ip = src_ip
         match = FlowMatch(proto, live_src=src.ip, live_dport=dst.port, vxlan_port=vxlan_port)
     else:
         icmp = proto == "icmp"
@@ -212,15 +246,23 @@ def _far_end(svc: Inventory, dst: Point) -> FarEnd | None:
 
 
 def source_address(src: Point, dst_ip: str) -> str:
-    """The address a source uses toward `dst_ip` (a route lookup in its namespace)."""
+    """The address a source uses toward `dst_ip` (a route lookup in its
+    namespace), "" when the route names none."""
     from pontoon.sandbox import netns
 
     def lookup() -> str:
         with netns.iproute(None) as ipr:
-            for route in ipr.route("get", dst=dst_ip):
+            try:
+                routes = ipr.route("get", dst=dst_ip)
+            except NetlinkError as exc:
+                raise InvalidArgument(
+                    f"cannot route a probe from {src.label} to {dst_ip}: {os_error_text(exc)}; "
+                    f"trace to an address {src.label} has a route to"
+                ) from None
+            for route in routes:
                 if route.get("RTA_PREFSRC"):
                     return str(route.get("RTA_PREFSRC"))
-        raise NotFound(f"{src.label} has no route to {dst_ip}")
+        return ""
 
     return netns.run_in(src.ns, lookup) if src.ns is not None else lookup()
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from pyroute2 import NetlinkError
 
 from pontoon import __version__
 from pontoon.core import model
@@ -22,7 +23,7 @@ from pontoon.daemon.config import DaemonConfig
 from pontoon.drivers.links import describe_endpoint, sandbox_routes
 from pontoon.engine.attachments import AttachRequest
 from pontoon.engine.engine import Engine
-from pontoon.errors import InvalidArgument, NotFound, PontoonError
+from pontoon.errors import InvalidArgument, NotFound, PontoonError, os_error_text
 from pontoon.frontends.api import views
 from pontoon.portmap import spec as portspec
 from pontoon.runtime.containers import Runtime
@@ -43,6 +44,11 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return web.json_response({"message": exc.message}, status=exc.status)
     except web.HTTPException:
         raise
+    except (OSError, NetlinkError) as exc:
+        # The kernel refused something no check caught: say what, in words.
+        log.exception("kernel error on %s %s", request.method, request.path)
+        message = f"{request.method} {request.path} failed: {os_error_text(exc)}"
+        return web.json_response({"message": message}, status=500)
     except Exception as exc:
         log.exception("internal error on %s %s", request.method, request.path)
         return web.json_response({"message": f"internal error: {exc}"}, status=500)

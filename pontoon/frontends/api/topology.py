@@ -3,9 +3,12 @@ veths, tunnels and published ports (the pictures the seed drew by hand)."""
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING, Any
 
 from pontoon.core import model
+
+IFF_LOOPBACK = 0x8
 
 if TYPE_CHECKING:
     from pontoon.daemon.config import DaemonConfig
@@ -18,6 +21,9 @@ async def topology(engine: Engine, runtime: Runtime, config: DaemonConfig) -> di
         "id": engine.cluster.host_id if engine.cluster is not None else "",
         "vtep": engine.drivers.ctx.vtep,
         "socket": str(config.socket),
+        # Who serves a published port depends on it (see cli/topology.py).
+        "userland_proxy": config.userland_proxy,
+        "links": await engine.kernel.call(host_links, engine.kernel.ipr),
     }
     networks = []
     for net in sorted(engine.state.networks.values(), key=lambda n: n.name):
@@ -29,13 +35,11 @@ async def topology(engine: Engine, runtime: Runtime, config: DaemonConfig) -> di
             "id": c.id[:12],
             "sandbox": c.sandbox,
             "ports": [
-                {
-                    "host": f"{p.host_ip}:{p.host_port}",
-                    "container": p.container_port,
-                    "proto": p.proto,
-                }
+                _port(p, rule)
                 for att in runtime.attachments(c)
-                for p in att.ports
+                for p, rule in zip(
+                    att.ports, _padded(engine.ports.rules(att), len(att.ports)), strict=True
+                )
             ],
         }
         for c in runtime.containers.values()
@@ -85,3 +89,44 @@ async def _network(engine: Engine, net: model.Network, local: list[model.Attachm
     else:
         info.update({k.lower(): v for k, v in described.items() if isinstance(v, str)})
     return info
+
+
+def _port(p: model.PortMapping, rule: Any) -> dict[str, Any]:
+    return {
+        "host": f"{p.host_ip}:{p.host_port}",
+        "container": p.container_port,
+        "proto": p.proto,
+        # Where DNAT (or the proxy) sends it, and through which bridge.
+        "container_ip": rule.container_ip if rule else "",
+        "bridge": rule.bridge if rule else "",
+    }
+
+
+def _padded(items: list[Any], size: int) -> list[Any]:
+    return items + [None] * (size - len(items))
+
+
+def host_links(ipr: Any) -> list[dict[str, Any]]:
+    """The host's own interfaces and IPv4 addresses, as `ip -br addr` shows
+    them (the picture starts where a packet enters). Runs on the kernel thread."""
+    links = list(ipr.get_links())
+    names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in links}
+    addresses: dict[int, list[str]] = {}
+    for addr in ipr.get_addr(family=socket.AF_INET):
+        addresses.setdefault(addr["index"], []).append(
+            f"{addr.get_attr('IFA_ADDRESS')}/{addr['prefixlen']}"
+        )
+    out = []
+    for link in sorted(links, key=lambda link: link["index"]):
+        info = link.get_attr("IFLA_LINKINFO")
+        kind = info.get_attr("IFLA_INFO_KIND") if info is not None else ""
+        out.append(
+            {
+                "name": names[link["index"]],
+                "kind": kind or ("loopback" if link["flags"] & IFF_LOOPBACK else "device"),
+                "state": str(link.get_attr("IFLA_OPERSTATE") or "").lower(),
+                "addresses": addresses.get(link["index"], []),
+                "master": names.get(link.get_attr("IFLA_MASTER"), ""),
+            }
+        )
+    return out
