@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from pontoon import model
 from pontoon.errors import InvalidArgument, NotFound
+from pontoon.firewall.nft.trace import TABLE
 from pontoon.model import Container, Endpoint, Network
 from pontoon.trace import probe, remote
-from pontoon.trace.monitor import TABLE, FlowMatch, Monitor, TraceEvent
+from pontoon.trace.monitor import FlowMatch, Monitor, TraceEvent
 
 if TYPE_CHECKING:
     from pontoon.daemon.service import Service

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pontoon.firewall.base import NetworkRules, Tunnel
-from pontoon.firewall.nftables import network_commands, remove_network_commands, skeleton
+from pontoon.firewall.nft.host import network_commands, remove_network_commands, skeleton
 
 T = "ip pontoon"
 NORMAL = NetworkRules(bridge="pt-0123456789ab", subnet="10.5.0.0/24")
