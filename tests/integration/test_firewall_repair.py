@@ -1,0 +1,88 @@
+"""The periodic firewall check: rules removed or changed by something else
+(`nft flush ruleset`, a deleted map element, iptables -F) are re-applied,
+logged and counted in /metrics."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from pontoon.lab import SimHost
+from tests.integration.helpers import HOST_ADDR, add_outside, wait_for
+from tests.integration.portmap_helpers import PROBE, SERVER
+
+pytestmark = pytest.mark.integration
+
+INTERVAL = 0.5  # seconds between checks in these tests (the daemon's default is 10)
+# The port must answer again within one interval; the slack absorbs a loaded
+# machine (the probe itself, the CLI, the scrape).
+DEADLINE = INTERVAL + 4
+
+
+def answers(outside: SimHost, port: int = 12580) -> bool:
+    proc = outside.sh("python3", "-c", PROBE, HOST_ADDR, str(port), "tcp", "0.5", check=False)
+    return proc.stdout.startswith("peer=")
+
+
+def repairs(host: SimHost) -> float:
+    text = host.sh("curl", "-sf", "http://127.0.0.1:9323/metrics").stdout
+    for line in text.splitlines():
+        if line.startswith("pontoon_firewall_repairs_total "):
+            return float(line.split()[1])
+    raise AssertionError("no pontoon_firewall_repairs_total in /metrics")
+
+
+def publish(make_host, backend: str) -> tuple[SimHost, SimHost]:
+    # Kernel NAT only: with the userland proxy, its listening socket would
+    # answer the port even without our rules.
+    host = make_host(
+        "--userland-proxy=false",
+        "--firewall-backend", backend,
+        "--firewall-check-interval", str(INTERVAL),
+    )  # fmt: skip
+    outside = add_outside(make_host, host)
+    host.cli("network", "create", "--subnet", "10.50.0.0/24", "front")
+    host.cli("run", "-d", "--name", "web", "--net", "front", "-p", "12580:80",
+             "--", "python3", "-c", SERVER, "80/tcp")  # fmt: skip
+    wait_for(lambda: answers(outside), DEADLINE, "the published port")
+    return host, outside
+
+
+@pytest.fixture
+def nft_host(make_host):
+    return publish(make_host, "nftables")
+
+
+def test_flushed_ruleset_is_reapplied(nft_host):
+    host, outside = nft_host
+    # Our own changes (a second container publishing and going) are no drift.
+    host.cli("run", "-d", "--name", "other", "--net", "front", "-p", "12581:80",
+             "--", "python3", "-c", SERVER, "80/tcp")  # fmt: skip
+    host.cli("rm", "-f", "other")
+    time.sleep(3 * INTERVAL)
+    assert repairs(host) == 0
+
+    host.sh("nft", "flush", "ruleset")
+    wait_for(lambda: answers(outside), DEADLINE, "the port after nft flush ruleset")
+    assert repairs(host) == 1
+    assert "table ip pontoon is missing" in host.log_tail(50)
+    assert "portmap_any" in host.sh("nft", "list", "table", "ip", "pontoon").stdout
+
+
+def test_deleted_map_element_is_reapplied(nft_host):
+    host, outside = nft_host
+    host.sh("nft", "delete element ip pontoon portmap_any { tcp . 12580 }")
+    wait_for(lambda: repairs(host) == 1, DEADLINE, "the repair of the map element")
+    assert answers(outside)
+    assert "portmap_any: 1 element(s) missing" in host.log_tail(50)
+
+
+def test_deleted_table_is_reapplied_and_new_ports_still_work(nft_host):
+    host, outside = nft_host
+    host.sh("nft", "delete", "table", "ip", "pontoon")
+    wait_for(lambda: answers(outside), DEADLINE, "the port after the table was deleted")
+    host.cli("run", "-d", "--name", "late", "--net", "front", "-p", "12582:80",
+             "--", "python3", "-c", SERVER, "80/tcp")  # fmt: skip
+    wait_for(lambda: answers(outside, 12582), DEADLINE, "a port published after the repair")
+    assert repairs(host) == 1
