@@ -86,3 +86,14 @@ def test_deleted_table_is_reapplied_and_new_ports_still_work(nft_host):
              "--", "python3", "-c", SERVER, "80/tcp")  # fmt: skip
     wait_for(lambda: answers(outside, 12582), DEADLINE, "a port published after the repair")
     assert repairs(host) == 1
+
+
+def test_iptables_backend_repairs_a_flushed_chain(make_host):
+    host, outside = publish(make_host, "iptables")
+    host.sh("iptables", "-t", "nat", "-F", "PONTOON")
+    wait_for(lambda: answers(outside), DEADLINE, "the port after iptables -t nat -F PONTOON")
+    assert repairs(host) == 1
+    assert "rule(s) missing" in host.log_tail(50)
+    host.sh("nft", "flush", "ruleset")
+    wait_for(lambda: repairs(host) == 2, DEADLINE, "the repair after nft flush ruleset")
+    assert answers(outside)

@@ -145,6 +145,27 @@ def run(script: str, ns: Path | str | int | None = None) -> str:
     return netns.run_in(path, lambda: _run_with_private_fds(script))
 
 
+class Generation:
+    """The namespace's ruleset generation, which the kernel bumps on every
+    committed nftables transaction, ours or anyone's (iptables-nft's too):
+    while it stands still, nothing in the ruleset changed. One netlink round
+    trip, about 0.3 ms."""
+
+    def __init__(self) -> None:
+        self._sock: NFTSocket | None = None
+
+    def __call__(self) -> int:
+        if self._sock is None:
+            self._sock = NFTSocket(nfgen_family=0)
+        (reply,) = self._sock.request_get(nft_gen_msg(), NFT_MSG_GETGEN)
+        return int(reply.get_attr("NFTA_GEN_ID"))
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
 class HostContext:
     """The daemon's long-lived context for its own namespace. Open it early
     (the kernel thread's setup()), while descriptor numbers are low, and use it
@@ -153,21 +174,7 @@ class HostContext:
     def __init__(self) -> None:
         self._nft = nftables.Nftables()
         self._nft.set_handle_output(False)
-        self._gen: NFTSocket | None = None
-
-    def generation(self) -> int:
-        """The namespace's ruleset generation: the kernel bumps it on every
-        committed nftables transaction, ours or anyone's (one netlink round
-        trip, about 0.3 ms)."""
-        if self._gen is None:
-            self._gen = NFTSocket(nfgen_family=0)
-        (reply,) = self._gen.request_get(nft_gen_msg(), NFT_MSG_GETGEN)
-        return int(reply.get_attr("NFTA_GEN_ID"))
-
-    def close(self) -> None:
-        if self._gen is not None:
-            self._gen.close()
-            self._gen = None
+        self.generation = Generation()
 
     def run(self, script: str) -> str:
         """Run a script as one transaction: all of it applies or none does."""
