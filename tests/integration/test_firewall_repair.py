@@ -1,14 +1,22 @@
 """The periodic firewall check: rules removed or changed by something else
 (`nft flush ruleset`, a deleted map element, iptables -F) are re-applied,
-logged and counted in /metrics."""
+logged and counted in /metrics. And the one nft writer, in other namespaces,
+from a process holding more than 1,024 descriptors."""
 
 from __future__ import annotations
 
+import os
+import resource
 import time
+from collections.abc import Iterator
 
 import pytest
 
+from pontoon.firewall import nft
+from pontoon.firewall.nft import trace as trace_rules
+from pontoon.firewall.nft.sandbox import redirect_dns
 from pontoon.lab import SimHost
+from pontoon.sandbox import netns
 from tests.integration.helpers import HOST_ADDR, add_outside, wait_for
 from tests.integration.portmap_helpers import PROBE, SERVER
 
@@ -97,3 +105,43 @@ def test_iptables_backend_repairs_a_flushed_chain(make_host):
     host.sh("nft", "flush", "ruleset")
     wait_for(lambda: repairs(host) == 2, DEADLINE, "the repair after nft flush ruleset")
     assert answers(outside)
+
+
+@pytest.fixture
+def many_descriptors() -> Iterator[None]:
+    """This process holds more than 1,024 descriptors, as a busy daemon does."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    held = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]
+    try:
+        yield
+        for fd in held:  # none of them was closed behind our back
+            os.fstat(fd)
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_writer_with_descriptors_past_1024(make_host, many_descriptors):
+    """libnftables would abort the process on a socket numbered 1024 or more;
+    the writer's private descriptor table keeps its socket low."""
+    host = make_host(start=False)
+    probe = os.dup(0)
+    os.close(probe)
+    assert probe > 1024
+    redirect_dns("127.0.0.11", 40123, host.netns)  # by path
+    fd = os.open(host.netns, os.O_RDONLY)
+    try:
+        trace_rules.install(["tcp sport 40000 meta nftrace set 1"], fd)  # by descriptor
+    finally:
+        os.close(fd)
+    netns.run_in(host.netns, lambda: nft.run("add table ip from_inside"))  # the thread's own
+    listing = host.sh("nft", "list", "ruleset").stdout
+    assert "udp dport 53 udp dport set 40123" in listing
+    assert "tcp sport 40000 meta nftrace set 1" in listing
+    assert "table ip from_inside" in listing
+    with pytest.raises(nft.NftError, match="syntax error"):
+        nft.run("add table ip ;", host.netns)
+    trace_rules.remove(host.netns)
+    assert "pontoon_trace" not in host.sh("nft", "list", "ruleset").stdout
