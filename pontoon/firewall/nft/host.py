@@ -395,9 +395,10 @@ class NftablesFirewall(Firewall):
         # Cost, measured on the 2-CPU dev VM with 1,000 published ports: while
         # no nftables transaction has been committed in this namespace since
         # the last match, one generation query (0.3 ms). Otherwise the table is
-        # read back as JSON (libnftables 47 ms, json.loads 7 ms, our view of it
-        # 7 ms) and compared with the model's view (cached; 14 ms to rebuild
-        # after a change): about 60 ms, at most once per check interval.
+        # read back as JSON (libnftables about 47 ms, json.loads 7 ms, our view
+        # of it 7 ms) and compared with the model's view (cached; 14 ms to
+        # rebuild after a change): 60-100 ms with the machine's noise, at most
+        # once per check interval, on the kernel thread.
         generation = self._nft.generation()
         if generation == self._verified_generation:
             return []
