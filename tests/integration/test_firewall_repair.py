@@ -41,13 +41,13 @@ def repairs(host: SimHost) -> float:
     raise AssertionError("no pontoon_firewall_repairs_total in /metrics")
 
 
-def publish(make_host, backend: str) -> tuple[SimHost, SimHost]:
+def publish(make_host, backend: str, interval: float = INTERVAL) -> tuple[SimHost, SimHost]:
     # Kernel NAT only: with the userland proxy, its listening socket would
     # answer the port even without our rules.
     host = make_host(
         "--userland-proxy=false",
         "--firewall-backend", backend,
-        "--firewall-check-interval", str(INTERVAL),
+        "--firewall-check-interval", str(interval),
     )  # fmt: skip
     outside = add_outside(make_host, host)
     host.cli("network", "create", "--subnet", "10.50.0.0/24", "front")
@@ -93,6 +93,16 @@ def test_deleted_table_is_reapplied_and_new_ports_still_work(nft_host):
     host.cli("run", "-d", "--name", "late", "--net", "front", "-p", "12582:80",
              "--", "python3", "-c", SERVER, "80/tcp")  # fmt: skip
     wait_for(lambda: answers(outside, 12582), DEADLINE, "a port published after the repair")
+    assert repairs(host) == 1
+
+
+def test_a_change_after_a_flush_repairs_first_without_waiting(make_host):
+    host, outside = publish(make_host, "nftables", interval=3600)
+    host.sh("nft", "flush", "ruleset")
+    host.cli("run", "-d", "--name", "late", "--net", "front", "-p", "12582:80",
+             "--", "python3", "-c", SERVER, "80/tcp")  # fmt: skip
+    wait_for(lambda: answers(outside, 12582), DEADLINE, "the port published after the flush")
+    assert answers(outside)  # the older port came back with the repair
     assert repairs(host) == 1
 
 

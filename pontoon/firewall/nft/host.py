@@ -365,17 +365,27 @@ class NftablesFirewall(Firewall):
         self.run("\n".join(lines))
         self.desired.replace(networks, ports)
 
+    def _change(self, cmds: list[str]) -> None:
+        """An incremental change; when it fails because something else broke
+        the table since the last check, repair the table first and retry."""
+        try:
+            self.run("\n".join(cmds))
+        except NftError:
+            if not self.check():
+                raise
+            self.run("\n".join(cmds))
+
     def add_network(self, net: NetworkRules) -> None:
-        self.run("\n".join(network_commands(net)))
+        self._change(network_commands(net))
         self.desired.add_network(net)
 
     def remove_network(self, net: NetworkRules) -> None:
-        self.run("\n".join(remove_network_commands(net)))
+        self._change(remove_network_commands(net))
         self.desired.remove_network(net)
 
     def add_ports(self, rules: list[PortRule]) -> None:
         if rules:
-            self.run("\n".join(port_commands(rules)))
+            self._change(port_commands(rules))
             self.desired.add_ports(rules)
 
     def remove_ports(self, rules: list[PortRule]) -> None:
