@@ -17,6 +17,7 @@ class DaemonConfig:
     cluster_advertise: str = ""
     userland_proxy: bool = True
     firewall_backend: str = "nftables"
+    firewall_check_interval: float = 10.0  # seconds between checks of our rules; 0: none
     bip: str = ipam.DEFAULT_BIP
     pools: list[ipam.Pool] = dataclasses.field(default_factory=lambda: list(ipam.DEFAULT_POOLS))
     vxlan_port: int = 4789

@@ -21,6 +21,7 @@ from pontoon.sandbox import netns
 
 if TYPE_CHECKING:
     from pontoon.engine.engine import Engine
+    from pontoon.engine.kernel import Kernel
 
 log = logging.getLogger("pontoond")
 
@@ -44,6 +45,15 @@ log = logging.getLogger("pontoond")
     type=click.Choice(["nftables", "iptables"]),
     default="nftables",
     show_default=True,
+)
+@click.option(
+    "--firewall-check-interval",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    hidden=True,
+    help="Seconds between checks that re-apply our firewall rules if something else "
+    "removed or changed them (0: never).",
 )
 @click.option("--bip", default=ipam.DEFAULT_BIP, show_default=True, help="Default bridge CIDR.")
 @click.option(
@@ -79,6 +89,7 @@ def cli(
     cluster_advertise: str,
     userland_proxy: bool,
     firewall_backend: str,
+    firewall_check_interval: float,
     bip: str,
     pools: tuple[str, ...],
     dns: tuple[str, ...],
@@ -103,6 +114,7 @@ def cli(
             cluster_advertise=cluster_advertise,
             userland_proxy=userland_proxy,
             firewall_backend=firewall_backend,
+            firewall_check_interval=firewall_check_interval,
             bip=_check_bip(bip),
             pools=[ipam.parse_pool(p) for p in pools] or list(ipam.DEFAULT_POOLS),
             vxlan_port=vxlan_port,
@@ -204,6 +216,9 @@ async def serve(config: DaemonConfig) -> int:
         await engine.networks.ensure_default(config.bip)
     if engine.cluster is not None:
         await engine.cluster.start()
+    checker = None
+    if config.firewall_check_interval > 0:
+        checker = asyncio.create_task(check_firewall(kernel, config.firewall_check_interval))
 
     runner = web.AppRunner(Api(config, engine, runtime).app(), access_log=None)
     await runner.setup()
@@ -227,6 +242,8 @@ async def serve(config: DaemonConfig) -> int:
     loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
     await stop.wait()
     log.info("shutting down; containers keep running")
+    if checker is not None:
+        checker.cancel()
     await runner.cleanup()
     if metrics_runner is not None:
         await metrics_runner.cleanup()
@@ -237,6 +254,18 @@ async def serve(config: DaemonConfig) -> int:
     config.socket.unlink(missing_ok=True)
     os.close(lock_fd)
     return 0
+
+
+async def check_firewall(kernel: Kernel, interval: float) -> None:
+    """Every `interval` seconds, re-apply our firewall rules if something else
+    (`nft flush ruleset`, another tool) removed or changed them. On the kernel
+    thread, like every other firewall call, so it never interleaves with one."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await kernel.call(kernel.firewall.check)
+        except Exception:  # a failed check is retried at the next interval
+            log.exception("firewall check failed")
 
 
 async def join_cluster(config: DaemonConfig, engine: Engine) -> None:

@@ -92,6 +92,12 @@ async def collect(svc: Sources) -> str:
         for net_id, count in sorted(peers.items()):
             net = svc.networks.get(net_id)
             m.sample("pontoon_overlay_peers", count, network=net.name if net else net_id[:12])
+    m.family(
+        "pontoon_firewall_repairs_total",
+        "counter",
+        "Times our firewall rules were found removed or changed by something else and re-applied",
+    )
+    m.sample("pontoon_firewall_repairs_total", svc.kernel.firewall.repairs)
     await _proxy(svc, m)
     _stores(svc, m)
     _dns(svc, m)

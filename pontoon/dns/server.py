@@ -369,32 +369,8 @@ def _open_sockets() -> tuple[socket.socket, socket.socket]:
 
 
 def _redirect_port_53(port: int) -> None:
-    """Inside the sandbox: 127.0.0.11:53 <-> 127.0.0.11:port, in a table of our
-    own replaced atomically (a restarted daemon picks a new port).
+    """Inside the sandbox: 127.0.0.11:53 <-> 127.0.0.11:port, by a stateless
+    port rewrite (pontoon/firewall/nft/sandbox.py says why)."""
+    from pontoon.firewall.nft.sandbox import redirect_dns
 
-    Stateless port rewriting, not a DNAT: a NAT rule would switch conntrack on
-    for every packet of the container, which costs overlay and bridge
-    throughput for the sake of a few DNS queries. Queries have their
-    destination port rewritten on the way out of the asker, answers their
-    source port on the way out of the resolver's socket; both sockets live in
-    this namespace, so every packet passes this output hook. Priority raw:
-    before conntrack, should the container enable it, so it sees port 53 on
-    both directions of the flow."""
-    chain = "\n        ".join(
-        f"ip daddr {LISTEN_ADDR} {proto} dport 53 {proto} dport set {port}\n        "
-        f"ip saddr {LISTEN_ADDR} {proto} sport {port} {proto} sport set 53"
-        for proto in ("udp", "tcp")
-    )
-    script = f"""
-add table ip pontoon_dns
-delete table ip pontoon_dns
-table ip pontoon_dns {{
-    chain output {{
-        type filter hook output priority raw; policy accept;
-        {chain}
-    }}
-}}
-"""
-    from pontoon.sandbox.nft import run_script
-
-    run_script(script)
+    redirect_dns(LISTEN_ADDR, port)

@@ -12,7 +12,7 @@ from pontoon.firewall.base import Firewall, NetworkRules, PortRule, Tunnel
 
 def create_firewall(backend: str, userland_proxy: bool = True) -> Firewall:
     if backend == "nftables":
-        from pontoon.firewall.nftables import NftablesFirewall
+        from pontoon.firewall.nft.host import NftablesFirewall
 
         return NftablesFirewall(userland_proxy)
     if backend == "iptables":

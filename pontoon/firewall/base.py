@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import logging
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +46,56 @@ class Tunnel:
     udp_port: int
 
 
+PortKey = tuple[str, str, int]
+
+
+def port_key(rule: PortRule) -> PortKey:
+    """A published port is identified by where it listens."""
+    return rule.host_ip, rule.proto, int(rule.host_port)
+
+
+@dataclasses.dataclass
+class DesiredState:
+    """What a firewall last applied, kept from the calls that changed it, so
+    that check() can tell when something else changed the kernel's copy and
+    rebuild it without asking the daemon."""
+
+    networks: dict[str, NetworkRules] = dataclasses.field(default_factory=dict)  # by bridge
+    ports: dict[PortKey, PortRule] = dataclasses.field(default_factory=dict)
+    applied: bool = False  # a sync() wrote all of it: only then is there a model to check
+    version: int = 0  # bumped on every change, so views of it can be cached
+
+    def replace(self, networks: list[NetworkRules], ports: list[PortRule]) -> None:
+        self.networks = {n.bridge: n for n in networks}
+        self.ports = {port_key(p): p for p in ports}
+        self.applied = True
+        self.version += 1
+
+    def clear(self) -> None:
+        self.networks, self.ports, self.applied = {}, {}, False
+        self.version += 1
+
+    def add_network(self, net: NetworkRules) -> None:
+        self.networks[net.bridge] = net
+        self.version += 1
+
+    def remove_network(self, net: NetworkRules) -> None:
+        self.networks.pop(net.bridge, None)
+        self.version += 1
+
+    def add_ports(self, rules: list[PortRule]) -> None:
+        self.ports.update((port_key(p), p) for p in rules)
+        self.version += 1
+
+    def remove_ports(self, rules: list[PortRule]) -> None:
+        for rule in rules:
+            self.ports.pop(port_key(rule), None)
+        self.version += 1
+
+    def container_ips(self) -> set[str]:
+        return {p.container_ip for p in self.ports.values()}
+
+
 class Firewall(abc.ABC):
     """`userland_proxy` picks the port-mapping mode (SPEC §6): with the proxy,
     the host's own connections to 127.0.0.1 are left to it; without, every
@@ -52,6 +105,8 @@ class Firewall(abc.ABC):
         self.userland_proxy = userland_proxy
         # Set before the start-up sync() when this host has overlays.
         self.tunnel: Tunnel | None = None
+        self.desired = DesiredState()
+        self.repairs = 0  # times check() found our rules changed and re-applied them
 
     @abc.abstractmethod
     def sync(self, networks: list[NetworkRules], ports: list[PortRule]) -> None:
@@ -79,3 +134,27 @@ class Firewall(abc.ABC):
     @abc.abstractmethod
     def dump(self) -> str:
         """Our rules in the backend's own syntax, for `inspect` and debugging."""
+
+    def drift(self) -> list[str]:
+        """How the kernel's copy of our rules differs from self.desired, in
+        words; empty when it does not (or the backend cannot tell)."""
+        return []
+
+    def check(self) -> list[str]:
+        """Compare the kernel's copy of our rules with what we last applied;
+        when something else removed or changed it (`nft flush ruleset`,
+        another tool), re-apply all of it atomically, log what was wrong and
+        count it. Returns what was wrong. Runs on the kernel thread."""
+        if not self.desired.applied:
+            return []
+        problems = self.drift()
+        if problems:
+            shown = "; ".join(problems[:5]) + (
+                f"; and {len(problems) - 5} more" if problems[5:] else ""
+            )
+            log.warning(
+                "firewall: our rules were changed by something else (%s): re-applying", shown
+            )
+            self.sync(list(self.desired.networks.values()), list(self.desired.ports.values()))
+            self.repairs += 1
+        return problems

@@ -1,8 +1,8 @@
 """Kernel trace events: `meta nftrace set 1` for one flow, `nft monitor trace`.
 
-The trace table `ip pontoon_trace` hooks prerouting and output at priority
--350 (before conntrack and every other table), so the events cover the whole
-walk through every table of the namespace, ours or not.
+Which packets to mark is decided here (FlowMatch); the marking table
+`ip pontoon_trace` is written by pontoon/firewall/nft/trace.py, and read back
+by an `nft monitor trace` process per namespace.
 """
 
 from __future__ import annotations
@@ -14,10 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from pontoon.sandbox import netns
-from pontoon.sandbox.nft import run_script
+from pontoon.firewall.nft import trace as trace_rules
 
-TABLE = "pontoon_trace"
 TRACE_LINE = re.compile(
     r"^trace id (?P<id>[0-9a-f]+) (?P<family>\w+) (?P<table>\S+) (?P<chain>\S+) (?P<rest>.*)$"
 )
@@ -94,26 +92,9 @@ class FlowMatch:
                 f"@th,{INNER_DADDR},32 {addr} {proto}"]  # fmt: skip
 
 
-def _script(match: FlowMatch) -> str:
-    body = "\n".join(f"        {rule}" for rule in match.rules())
-    chains = "".join(
-        f"""
-    chain {hook} {{
-        type filter hook {hook} priority -350; policy accept;
-{body}
-    }}"""
-        for hook in ("prerouting", "output")
-    )
-    return f"add table ip {TABLE}\ndelete table ip {TABLE}\ntable ip {TABLE} {{{chains}\n}}\n"
-
-
-def _nft(script: str) -> None:
-    run_script(script)
-
-
 def remove_rules() -> None:
     """Drop the trace table of the current namespace, if any."""
-    _nft(f"add table ip {TABLE}\ndelete table ip {TABLE}\n")
+    trace_rules.remove()
 
 
 class Monitor:
@@ -125,12 +106,6 @@ class Monitor:
         self.label = label
         self.proc: subprocess.Popen[str] | None = None
 
-    def _in_ns(self, fn) -> None:  # type: ignore[no-untyped-def]
-        if self.ns is None:
-            fn()
-        else:
-            netns.run_in(self.ns, fn)
-
     def start(self) -> None:
         prefix = [] if self.ns is None else ["nsenter", f"--net={self.ns}", "--"]
         self.proc = subprocess.Popen(
@@ -139,13 +114,13 @@ class Monitor:
             stderr=subprocess.DEVNULL,
             text=True,
         )
-        self._in_ns(lambda: _nft(_script(self.match)))
+        trace_rules.install(self.match.rules(), self.ns)
         time.sleep(0.05)  # let the monitor subscribe before the first packet
 
     def stop(self) -> list[TraceEvent]:
         """Remove the rules, end the reader, return what it saw."""
         try:
-            self._in_ns(remove_rules)
+            trace_rules.remove(self.ns)
         finally:
             out = ""
             if self.proc is not None:

@@ -16,9 +16,10 @@ from pyroute2 import NetlinkError
 
 from pontoon.core.model import Attachment, Network, Peer
 from pontoon.errors import InvalidArgument, NotFound, os_error_text
+from pontoon.firewall.nft.trace import TABLE
 from pontoon.trace import probe, remote
 from pontoon.trace.inventory import Inventory, Member
-from pontoon.trace.monitor import TABLE, FlowMatch, Monitor, TraceEvent
+from pontoon.trace.monitor import FlowMatch, Monitor, TraceEvent
 
 PROTOS = ("icmp", "tcp", "udp")
 BASE_HOOKS = {

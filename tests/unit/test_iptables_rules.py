@@ -721,7 +721,7 @@ def _walk(fake: FakeIptables, table: str, chain: str, pkt: dict) -> str | None:
 
 
 def nft_forward(nets: list[NetworkRules], i: str, o: str, dnat: bool) -> str:
-    """pontoon/firewall/nftables.py's forward + from-<bridge> chains."""
+    """pontoon/firewall/nft/host.py's forward + from-<bridge> chains."""
     bridges = {n.bridge: n for n in nets}
     if i in bridges:
         if o == i:
@@ -775,7 +775,7 @@ def test_published_port_is_accepted_from_outside_under_drop_policy():
 
 
 def nft_masquerade(nets, ports, proxy: bool, src: str, dst: str, out: str, dnat: bool) -> bool:
-    """pontoon/firewall/nftables.py's postrouting chain."""
+    """pontoon/firewall/nft/host.py's postrouting chain."""
     bridges = {n.bridge for n in nets}
     hairpin = {(p.container_ip, p.container_ip) for p in ports}
     if dnat and (src, dst) in hairpin:

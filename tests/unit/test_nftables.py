@@ -1,11 +1,20 @@
-"""The nftables backend's generated commands (text only: nothing is applied)."""
+"""The nft builders' generated commands: the host table, the sandbox DNS
+rewrite and the trace rules (text only: nothing is applied)."""
 
 from __future__ import annotations
 
 import pytest
 
-from pontoon.firewall.base import NetworkRules, Tunnel
-from pontoon.firewall.nftables import network_commands, remove_network_commands, skeleton
+from pontoon.firewall.base import NetworkRules, PortRule, Tunnel
+from pontoon.firewall.nft import trace as trace_rules
+from pontoon.firewall.nft.host import (
+    network_commands,
+    port_commands,
+    remove_network_commands,
+    remove_port_commands,
+    skeleton,
+)
+from pontoon.firewall.nft.sandbox import dns_rewrite_script
 
 T = "ip pontoon"
 NORMAL = NetworkRules(bridge="pt-0123456789ab", subnet="10.5.0.0/24")
@@ -101,3 +110,57 @@ def test_vxlan_between_vteps_is_untracked_only_on_overlay_hosts():
 def test_tunnel_address_must_be_an_address():
     with pytest.raises(ValueError):
         skeleton(userland_proxy=True, tunnel=Tunnel("10.0.0.1; flush ruleset", 4789))
+
+
+def test_skeleton_chains_hook_as_before():
+    text = skeleton(userland_proxy=True)
+    assert "chain guard {\n        type filter hook prerouting priority raw; policy accept;" in text
+    assert "type nat hook output priority -100; policy accept;" in text
+    assert "ip daddr 127.0.0.0/8 return" in text  # proxy mode: loopback left to the proxy
+    kernel_mode = skeleton(userland_proxy=False)
+    assert "ip daddr 127.0.0.0/8 return" not in kernel_mode
+    assert "ip saddr 127.0.0.0/8 oifname @bridges masquerade" in kernel_mode
+
+
+def test_removing_ports_keeps_the_hairpin_of_a_container_still_publishing():
+    web = PortRule("0.0.0.0", "tcp", 8080, "10.5.0.2", 80, NORMAL.bridge)
+    assert remove_port_commands([web], keep={"10.5.0.2"}) == [
+        f"delete element {T} portmap_any {{ tcp . 8080 }}"
+    ]
+    assert remove_port_commands([web])[-1] == (
+        f"delete element {T} self_hairpin {{ 10.5.0.2 . 10.5.0.2 }}"
+    )
+
+
+def test_port_elements_reject_bad_addresses():
+    with pytest.raises(ValueError):
+        port_commands([PortRule("0.0.0.0", "tcp", 80, "10.0.0.1 }; flush ruleset", 80, "br")])
+
+
+# -- the sandbox DNS rewrite and the trace rules ---------------------------------------
+
+
+def test_dns_rewrite_maps_port_53_both_ways_in_its_own_table():
+    script = dns_rewrite_script("127.0.0.11", 40123)
+    assert script.index("add table ip pontoon_dns") < script.index("delete table ip pontoon_dns")
+    assert "type filter hook output priority raw; policy accept;" in script
+    for proto in ("udp", "tcp"):
+        assert f"ip daddr 127.0.0.11 {proto} dport 53 {proto} dport set 40123" in script
+        assert f"ip saddr 127.0.0.11 {proto} sport 40123 {proto} sport set 53" in script
+
+
+@pytest.mark.parametrize(("addr", "port"), [("127.0.0.11; flush ruleset", 53), ("127.0.0.11", 0)])
+def test_dns_rewrite_rejects_bad_input(addr, port):
+    with pytest.raises(ValueError):
+        dns_rewrite_script(addr, port)
+
+
+def test_trace_rules_hook_both_paths_before_conntrack():
+    script = trace_rules.trace_script(["tcp sport 40000 meta nftrace set 1"])
+    assert script.startswith("add table ip pontoon_trace\ndelete table ip pontoon_trace\n")
+    for hook in ("prerouting", "output"):
+        assert f"type filter hook {hook} priority -350; policy accept;" in script
+    assert script.count("tcp sport 40000 meta nftrace set 1") == 2
+    assert trace_rules.remove_script() == (
+        "add table ip pontoon_trace\ndelete table ip pontoon_trace\n"
+    )
