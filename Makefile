@@ -43,6 +43,7 @@ demo: install
 test: install
 	$(BIN)/ruff check pontoon tests bench
 	$(BIN)/ruff format --check pontoon tests bench
+	$(BIN)/mypy
 	$(BIN)/pytest -q -p no:cacheprovider tests
 
 unit: install
@@ -54,6 +55,7 @@ integration: install
 lint: install
 	$(BIN)/ruff check pontoon tests bench
 	$(BIN)/ruff format --check pontoon tests bench
+	$(BIN)/mypy
 
 format: install
 	$(BIN)/ruff format pontoon tests bench

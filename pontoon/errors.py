@@ -43,5 +43,6 @@ def os_error_text(exc: BaseException) -> str:
         return str(exc) or type(exc).__name__
     text = os.strerror(code).lower()
     name = errno.errorcode.get(code)
-    where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+    filename = getattr(exc, "filename", None)
+    where = f": {filename}" if filename else ""
     return f"{text}{where}" + (f" ({name})" if name else "")

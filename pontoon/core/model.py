@@ -72,7 +72,7 @@ class Record:
     SCHEMA: ClassVar[int] = 1
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload, no-any-return]
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
 
     def dumps(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

@@ -47,6 +47,7 @@ class Sources:
         self.attachments = engine.state.attachments
         self.store = engine.store
         self.resolver = engine.resolver
+        self.kernel = engine.kernel
 
     @property
     def remote(self) -> dict:
@@ -108,7 +109,7 @@ async def _proxy(svc: Sources, m: Metrics) -> None:
     if svc.proxy is None:
         return
     try:
-        stats = await asyncio.to_thread(svc.proxy.stats)  # type: ignore[attr-defined]
+        stats = await asyncio.to_thread(svc.proxy.stats)
     except Exception:
         stats = {}
     totals = Counter()  # type: Counter[str]

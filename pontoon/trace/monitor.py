@@ -182,9 +182,9 @@ def _packet_fields(text: str) -> dict[str, str]:
     for m in re.finditer(r"(tcp|udp) (sport|dport) (\d+)", text):
         out[m.group(2)] = m.group(3)
         out["proto"] = m.group(1)
-    if m := re.search(r"tcp flags == (\S+)", text):
-        out["tcp_flags"] = _flags(m.group(1))
-    if m := re.search(r"icmp type (\S+)", text):
-        out["icmp_type"] = m.group(1)
+    if flags := re.search(r"tcp flags == (\S+)", text):
+        out["tcp_flags"] = _flags(flags.group(1))
+    if icmp := re.search(r"icmp type (\S+)", text):
+        out["icmp_type"] = icmp.group(1)
         out["proto"] = "icmp"
     return out

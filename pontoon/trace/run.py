@@ -10,7 +10,7 @@ import ipaddress
 import socket
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyroute2 import NetlinkError
 
@@ -20,6 +20,10 @@ from pontoon.firewall.nft.trace import TABLE
 from pontoon.trace import probe, remote
 from pontoon.trace.inventory import Inventory, Member
 from pontoon.trace.monitor import FlowMatch, Monitor, TraceEvent
+
+if TYPE_CHECKING:
+    # Only for types: the etcd client it imports costs ~20 MB.
+    from pontoon.cluster.agent import ClusterAgent
 
 PROTOS = ("icmp", "tcp", "udp")
 BASE_HOOKS = {
@@ -201,7 +205,7 @@ async def trace(
         for mon in monitors:
             await asyncio.to_thread(mon.start)
         if far is not None:
-            far.watching = await remote.begin(svc.cluster, far.host, far.id, match)
+            far.watching = await remote.begin(far.agent, far.host, far.id, match)
         if live:
             await asyncio.sleep(live)  # watch real traffic, send nothing
             result: dict[str, Any] = {"live": live}
@@ -212,11 +216,11 @@ async def trace(
         for mon in monitors:
             events[mon.label] = await asyncio.to_thread(mon.stop)
         if far is not None and far.watching:
-            far_events = await remote.end(svc.cluster, far.host, far.id)
+            far_events = await remote.end(far.agent, far.host, far.id)
             far.reported = bool(far_events)
             events.update(far_events)
         elif far is not None:
-            await remote.cancel(svc.cluster, far.host, far.id)
+            await remote.cancel(far.agent, far.host, far.id)
     after = await _proxy_stats(svc)
     if live:
         nat = await svc.kernel.call(_live_conntrack, proto, src.ip, dst.port)
@@ -233,6 +237,7 @@ async def trace(
 class FarEnd:
     """The other host of a cross-host overlay trace, which watches too."""
 
+    agent: ClusterAgent
     host: str
     vtep: str
     id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
@@ -243,7 +248,7 @@ class FarEnd:
 def _far_end(svc: Inventory, dst: Point) -> FarEnd | None:
     if svc.cluster is None or not dst.remote or dst.endpoint is None or not dst.endpoint.host:
         return None
-    return FarEnd(dst.endpoint.host, dst.endpoint.vtep)
+    return FarEnd(svc.cluster, dst.endpoint.host, dst.endpoint.vtep)
 
 
 def source_address(src: Point, dst_ip: str) -> str:
@@ -283,7 +288,9 @@ def _namespaces_involved(svc: Inventory, src: Point, dst: Point) -> list[tuple[N
         if point.container is not None:
             for ep in point.container.attachments:
                 net = svc.network(ep.network_id)
-                for ns in svc.namespaces_of(net) if net is not None else []:
+                if net is None:
+                    continue
+                for ns in svc.namespaces_of(net):
                     if (net, ns) not in out:
                         out.append((net, ns))
     return out
@@ -293,7 +300,7 @@ async def _proxy_stats(svc: Inventory) -> dict[str, dict[str, int]]:
     if svc.proxy is None:
         return {}
     try:
-        return await asyncio.to_thread(svc.proxy.stats)  # type: ignore[attr-defined]
+        return await asyncio.to_thread(svc.proxy.stats)
     except Exception:
         return {}
 
@@ -424,6 +431,7 @@ def _group(events: list[TraceEvent]) -> list[dict[str, Any]]:
     tell the story, the rest of the flow repeats it."""
     walks: list[dict[str, Any]] = []
     current: dict[str, dict[str, Any]] = {}  # trace id -> its walk in progress
+    walk: dict[str, Any] | None
     for ev in events:
         if ev.kind == "packet" and ev.table == TABLE:
             walk = {"hook": ev.chain, "packet": dict(ev.fields), "seen": [], "chains": []}
@@ -518,7 +526,7 @@ def devices(
         ep = _source_endpoint(svc, src, dst)
         path += _container_side(svc, src.container, ep, outbound=True)
     else:
-        first = next((w["packet"] for w in hooks.get("host", [])), {})
+        first: dict[str, Any] = next((w["packet"] for w in hooks.get("host", [])), {})
         path.append({"kind": "namespace", "name": src.label})
         if first.get("iif") or first.get("oif"):
             way = "enters the host on" if first.get("iif") else "leaves through"
@@ -529,7 +537,7 @@ def devices(
                      "note": "decapsulated there: vxlan -> br0 -> veth -> eth0"})  # fmt: skip
         path.append({"kind": "container", "name": dst.label, "ip": dst.ip,
                      "host": dst.endpoint.host})  # fmt: skip
-    elif dst.container is not None and dst.endpoint is not None:
+    elif dst.container is not None and isinstance(dst.endpoint, Attachment):
         path += list(reversed(_container_side(svc, dst.container, dst.endpoint, outbound=False)))
     else:
         path.append({"kind": "destination", "name": dst.label, "ip": dst.ip})

@@ -271,7 +271,7 @@ def _element(value: object) -> Element:
     if isinstance(value, list):  # a map element: [key, data]
         return tuple(_element(v) for v in value)
     if not isinstance(value, dict):
-        return value  # type: ignore[return-value]
+        return value
     if "elem" in value:  # an element with options (timeout, comment)
         return _element(value["elem"]["val"])
     if "concat" in value:
@@ -297,10 +297,10 @@ def kernel_view(objects: list[dict[str, object]]) -> TableView | None:
             found = True
         elif "chain" in obj:
             c = obj["chain"]
-            view.chains[c["name"]] = (c.get("hook", ""), c.get("policy", ""), 0)  # type: ignore[index,union-attr]
+            view.chains[c["name"]] = (c.get("hook", ""), c.get("policy", ""), 0)  # type: ignore[index,attr-defined]
         elif "set" in obj or "map" in obj:
             s = obj.get("set") or obj["map"]
-            view.elements[s["name"]] = {_element(e) for e in s.get("elem", [])}  # type: ignore[index,union-attr]
+            view.elements[s["name"]] = {_element(e) for e in s.get("elem", [])}  # type: ignore[index,attr-defined]
         elif "rule" in obj:
             chain = obj["rule"]["chain"]  # type: ignore[index]
             counts[chain] = counts.get(chain, 0) + 1

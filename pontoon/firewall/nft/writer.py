@@ -112,8 +112,8 @@ def _run_with_private_fds(script: str) -> str:
         gc.disable()
         try:
             if _libc.unshare(CLONE_FILES) != 0:
-                err = ctypes.get_errno()
-                raise NftError(f"unshare(CLONE_FILES): {os.strerror(err)}")
+                code = ctypes.get_errno()
+                raise NftError(f"unshare(CLONE_FILES): {os.strerror(code)}")
             # Private copies: the daemon's own stay open in the shared table.
             os.closerange(_PRIVATE_LOW_FDS.start, _PRIVATE_LOW_FDS.stop)
             ctx = lib.ctx_new(0)

@@ -21,6 +21,7 @@ from pontoon.core import model
 from pontoon.core.model import Attachment, NetworkSpec, Owner, Subnet
 from pontoon.daemon.config import DaemonConfig
 from pontoon.drivers.links import describe_endpoint, sandbox_routes
+from pontoon.drivers.registry import DEFAULT_DRIVER
 from pontoon.engine.attachments import AttachRequest
 from pontoon.engine.engine import Engine
 from pontoon.errors import InvalidArgument, NotFound, PontoonError, os_error_text
@@ -162,7 +163,7 @@ class Api:
             raise InvalidArgument("Options must map strings to strings")
         spec = NetworkSpec(
             _str(data, "Name"),
-            driver=_str(data, "Driver") or "bridge",
+            driver=_str(data, "Driver") or DEFAULT_DRIVER,
             subnets=_subnets(data),
             internal=bool(data.get("Internal")),
             options=options,
