@@ -290,14 +290,18 @@ class ClusterAgent:
             elif kind == "endpoints":
                 peer = Peer.loads(kv.value)
                 peers[peer.id] = peer
-        if not self.lease:
+        fresh = not self.lease
+        if fresh:
             await self._register()
         # Our own attachments must be in the store (a lapsed lease deleted them),
         # and only those: what we failed to withdraw while etcd was away goes now.
+        # Under a new lease (a restart) every one is put again: those still in
+        # the store hang on the previous daemon's lease, and would vanish
+        # cluster-wide when it expires.
         local = {a.id: a for a in self.listener.local_global_attachments()}
         for att in local.values():
-            if att.id not in peers:
-                log.info("re-publishing attachment %s of %s", att.id[:12], att.owner.name)
+            if fresh or att.id not in peers:
+                log.info("publishing attachment %s of %s", att.id[:12], att.owner.name)
                 await self.publish(att)
         for peer in peers.values():
             if peer.host == self.host_id and peer.id not in local:

@@ -40,7 +40,7 @@ def _check(ret: int, what: str, path: str | Path = "") -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}", str(path))
 
 
-def _in_thread(fn: Callable[[], T]) -> T:
+def in_thread(fn: Callable[[], T]) -> T:
     """Run fn in a fresh thread: namespace changes there never touch ours."""
     box: dict[str, object] = {}
 
@@ -73,7 +73,7 @@ def create(path: Path, loopback_up: bool = True) -> None:
                 ipr.link("set", index=1, state="up")  # lo is always ifindex 1
 
     try:
-        _in_thread(work)
+        in_thread(work)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
@@ -155,7 +155,7 @@ def run_in(path: Path | str, fn: Callable[[], T]) -> T:
             os.close(fd)
         return fn()
 
-    return _in_thread(work)
+    return in_thread(work)
 
 
 def netlink_socket(path: Path | str) -> socket.socket:

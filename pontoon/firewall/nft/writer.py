@@ -31,9 +31,7 @@ import gc
 import json
 import os
 import threading
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import nftables
 from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_GETGEN, NFTSocket, nft_gen_msg
@@ -80,25 +78,6 @@ class _Lib:
 
 
 _lib: _Lib | None = None
-T = TypeVar("T")
-
-
-def _in_new_thread(fn: Callable[[], T]) -> T:
-    """Run fn in a fresh thread, which starts in the caller's namespace."""
-    box: dict[str, object] = {}
-
-    def work() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=work, name="pontoon-nft")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["value"]  # type: ignore[return-value]
 
 
 def _run_with_private_fds(script: str) -> str:
@@ -140,7 +119,7 @@ def run(script: str, ns: Path | str | int | None = None) -> str:
     or of the open descriptor `ns`, or (None) the calling thread's own. Safe
     from any thread, whatever descriptor numbers the daemon holds."""
     if ns is None:
-        return _in_new_thread(lambda: _run_with_private_fds(script))
+        return netns.in_thread(lambda: _run_with_private_fds(script))
     path = f"/proc/self/fd/{ns}" if isinstance(ns, int) else ns
     return netns.run_in(path, lambda: _run_with_private_fds(script))
 
