@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -86,7 +87,46 @@ class TrafficLoop:
             self.proc.wait()
 
 
-def wait_all_answered(loops: Iterable[TrafficLoop], more_than: dict[str, dict[str, int]],
+class PingLoop:
+    """`ping -i 0.1 TARGET` inside a container (its network and mount
+    namespaces: a name resolves through the container's resolv.conf), until
+    we stop it."""
+
+    def __init__(self, name: str, container_pid: int, target: str, output: Path) -> None:
+        self.name = name
+        self.output = output
+        with open(output, "w") as out:
+            self.proc = subprocess.Popen(
+                ["nsenter", "-t", str(container_pid), "-n", "-m", "--",
+                 "ping", "-n", "-i", "0.1", target],
+                stdout=out, stderr=subprocess.STDOUT, text=True,
+            )  # fmt: skip
+
+    def replies(self) -> list[int]:
+        """The icmp_seq of every reply so far."""
+        text = self.output.read_text(errors="replace")
+        return [int(m) for m in re.findall(r"bytes from .* icmp_seq=(\d+)", text)]
+
+    def successes(self) -> dict[str, int]:
+        return {"ping": len(self.replies())}
+
+    def stop(self) -> dict[str, dict[str, Any]]:
+        """Every echo request up to the last answered one was answered (the
+        one in flight when we stop is no loss): the ping never stopped."""
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=10)
+        seqs = sorted(set(self.replies()))
+        missing = sorted(set(range(1, seqs[-1] + 1)) - set(seqs)) if seqs else ["all"]
+        errors = [f"no reply to icmp_seq {missing[:20]}"] if missing else []
+        return {"ping": {"ok": len(seqs), "fail": len(missing), "errors": errors}}
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def wait_all_answered(loops: Iterable[TrafficLoop | PingLoop], more_than: dict[str, dict[str, int]],
                       rounds: int = 5, timeout: float = 30.0) -> None:  # fmt: skip
     """Every probe of every loop got `rounds` more answers than `more_than`
     (a snapshot of `successes()` by loop name)."""
@@ -105,11 +145,16 @@ def wait_all_answered(loops: Iterable[TrafficLoop], more_than: dict[str, dict[st
     raise AssertionError(f"no answers for {pending} within {timeout:g}s")
 
 
+class TrafficInterrupted(AssertionError):
+    """A request or a ping failed while the daemons changed release."""
+
+
 def assert_no_failures(results: dict[str, dict[str, dict[str, Any]]]) -> None:
     failed = {
         f"{loop} {probe}": c for loop, r in results.items() for probe, c in r.items() if c["fail"]
     }
-    assert not failed, f"requests failed across the upgrade: {failed}\nall: {results}"
+    if failed:
+        raise TrafficInterrupted(f"requests failed across the upgrade: {failed}\nall: {results}")
 
 
 # Comparing what the old and the new release report --------------------------
@@ -207,9 +252,9 @@ def alive(pid: int) -> bool:
     return False
 
 
-def daemon_release(host: SimHost) -> str:
-    """The PYTHONPATH the running daemon was started with ("" = this tree)."""
-    assert host.daemon is not None
-    environ = Path(f"/proc/{host.daemon.pid}/environ").read_bytes().split(b"\0")
+def release_of(pid: int) -> str:
+    """The PYTHONPATH process `pid` (a daemon) was started with: the release
+    it runs ("" = this tree)."""
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     found = [e[len(b"PYTHONPATH=") :] for e in environ if e.startswith(b"PYTHONPATH=")]
     return os.fsdecode(found[0]) if found else ""
