@@ -241,11 +241,13 @@ def test_single_host_upgrade(make_host, old_release, tmp_path, userland_proxy):
     loops = start_loops(host, outside, tmp_path)
     try:
         wait_all_answered(loops, {})
+        stopping = time.time()
         host.stop_daemon()  # SIGTERM: the containers keep running
         assert all(alive(c["State"]["Pid"]) for c in before["inspect"].values())
         answered = {loop.name: loop.successes() for loop in loops}
         time.sleep(1)  # traffic while no daemon runs at all
         start_release(host, "", *flags)
+        switch = f"old daemon stopping at {stopping:.3f}, new one ready at {time.time():.3f}"
         wait_all_answered(loops, answered)
         after = reports(host)
         assert_same_reports(before, after)
@@ -255,7 +257,7 @@ def test_single_host_upgrade(make_host, old_release, tmp_path, userland_proxy):
     finally:
         for loop in loops:
             loop.kill()
-    assert_no_failures(results)
+    assert_no_failures(results, switch)
 
     remove_everything(host)
     assert_clean(host, make_host(*flags), before)

@@ -149,12 +149,16 @@ class TrafficInterrupted(AssertionError):
     """A request or a ping failed while the daemons changed release."""
 
 
-def assert_no_failures(results: dict[str, dict[str, dict[str, Any]]]) -> None:
+def assert_no_failures(results: dict[str, dict[str, dict[str, Any]]], when: str = "") -> None:
+    """No failed request; `when` (the switch's times) goes into the message,
+    to set against the time stamps of the errors."""
     failed = {
         f"{loop} {probe}": c for loop, r in results.items() for probe, c in r.items() if c["fail"]
     }
     if failed:
-        raise TrafficInterrupted(f"requests failed across the upgrade: {failed}\nall: {results}")
+        raise TrafficInterrupted(
+            f"requests failed across the upgrade ({when}): {failed}\nall: {results}"
+        )
 
 
 # Comparing what the old and the new release report --------------------------
