@@ -46,9 +46,10 @@ class LabHost:
     address: str
     workdir: str
     daemon_pid: int = 0
+    pythonpath: str = ""  # another release's source to run (SimHost.pythonpath)
 
     def sim(self) -> SimHost:
-        host = SimHost(self.netns, Path(self.workdir))
+        host = SimHost(self.netns, Path(self.workdir), self.pythonpath)
         return host
 
     @property
@@ -65,6 +66,7 @@ class LabState:
     etcd_url: str = ""  # what --cluster-store takes: etcd://HOST:PORT
     etcd_client_url: str = ""  # what etcdctl takes: http://HOST:PORT
     hosts: list[LabHost] = dataclasses.field(default_factory=list)
+    daemon_args: list[str] = dataclasses.field(default_factory=list)  # extra pontoond flags
 
     @property
     def directory(self) -> Path:
@@ -132,6 +134,7 @@ def up(
     hosts: int = 2,
     subnet: str = DEFAULT_SUBNET,
     daemon_args: list[str] | None = None,
+    pythonpath: str = "",
 ) -> LabState:
     if not 1 <= hosts <= 50:
         raise LabError("--hosts must be 1-50")
@@ -142,15 +145,14 @@ def up(
     net = check_subnet(subnet, hosts)
     addrs = list(net.hosts())
     switch_ip = addrs[0]
-    state = LabState(name=name, subnet=str(net), switch=f"ptl-{name}-sw")
+    state = LabState(name=name, subnet=str(net), switch=f"ptl-{name}-sw",
+                     daemon_args=list(daemon_args or []))  # fmt: skip
     state.save()
     try:
         _make_switch(state, f"{switch_ip}/{net.prefixlen}")
         _start_etcd(state, str(switch_ip))
         for i in range(1, hosts + 1):
-            _add_host(
-                state, i, f"{addrs[9 + i]}/{net.prefixlen}", str(switch_ip), daemon_args or []
-            )
+            _add_host(state, i, f"{addrs[9 + i]}/{net.prefixlen}", str(switch_ip), pythonpath)
             state.save()
     except BaseException:
         down(name)
@@ -181,10 +183,10 @@ def _start_etcd(state: LabState, ip: str) -> None:
     state.save()
 
 
-def _add_host(state: LabState, index: int, address: str, gateway: str, extra: list[str]) -> None:
+def _add_host(state: LabState, index: int, address: str, gateway: str, pythonpath: str) -> None:
     name = f"h{index}"
     host = LabHost(name, f"ptl-{state.name}-{name}", address.split("/")[0],
-                   str(state.directory / name))  # fmt: skip
+                   str(state.directory / name), pythonpath=pythonpath)  # fmt: skip
     state.hosts.append(host)
     sim = host.sim()
     sim.create()
@@ -195,10 +197,29 @@ def _add_host(state: LabState, index: int, address: str, gateway: str, extra: li
     sim.sh("ip", "addr", "add", address, "dev", "eth0")
     sim.sh("ip", "link", "set", "eth0", "up")
     sim.sh("ip", "route", "add", "default", "via", gateway)
+    _start_daemon(state, host)
+
+
+def _start_daemon(state: LabState, host: LabHost) -> None:
+    sim = host.sim()
     store = f"{state.etcd_url}{CLUSTER_PREFIX}"
-    sim.start_daemon("--cluster-store", store, "--cluster-advertise", "eth0", *extra)
+    sim.start_daemon("--cluster-store", store, "--cluster-advertise", "eth0", *state.daemon_args)
     assert sim.daemon is not None
     host.daemon_pid = sim.daemon.pid
+
+
+def restart_daemon(
+    state: LabState, name: str, pythonpath: str = "", sig: int = signal.SIGTERM
+) -> LabHost:
+    """Stop host NAME's daemon with `sig` (its containers keep running) and
+    start it again from the release at `pythonpath` ("" = this tree): an
+    in-place upgrade, or a downgrade."""
+    host = state.host(name)
+    _stop(host.daemon_pid, sig)
+    host.pythonpath = pythonpath
+    _start_daemon(state, host)
+    state.save()
+    return host
 
 
 def down(name: str = "lab") -> None:
@@ -224,17 +245,33 @@ def down(name: str = "lab") -> None:
 
 
 def _kill(pid: int) -> None:
+    _stop(pid, signal.SIGKILL)
+
+
+def _stop(pid: int, sig: int, timeout: float = 10.0) -> None:
+    """Signal `pid` and wait until it is gone; SIGKILL after `timeout`."""
     if pid <= 0:
         return
     with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, sig)
+    deadline = time.monotonic() + (timeout if sig != signal.SIGKILL else 2.0)
+    while _alive_or_unreaped(pid):
+        if time.monotonic() > deadline:
+            if sig == signal.SIGKILL:
+                return
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            sig, deadline = signal.SIGKILL, time.monotonic() + 2.0
+        time.sleep(0.01)
+
+
+def _alive_or_unreaped(pid: int) -> bool:
     # Reap it when it is our child (the lab was made by this process), so no
     # zombie is left behind; anyone else's child is its parent's business.
-    with contextlib.suppress(ChildProcessError):
-        for _ in range(200):
-            if os.waitpid(pid, os.WNOHANG)[0]:
-                break
-            time.sleep(0.01)
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == 0
+    except ChildProcessError:
+        return _alive(pid)
 
 
 def status(name: str = "lab") -> dict[str, Any]:

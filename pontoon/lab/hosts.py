@@ -43,9 +43,13 @@ def run(*args: str, check: bool = True, **kwargs: Any) -> subprocess.CompletedPr
 
 
 class SimHost:
-    def __init__(self, name: str, workdir: Path) -> None:
+    def __init__(self, name: str, workdir: Path, pythonpath: str = "") -> None:
         self.name = name
         self.workdir = workdir
+        # A directory holding another release's `pontoon/` package: put first
+        # on PYTHONPATH, it shadows the installed one for the daemon and CLI
+        # (the upgrade tests run an old release this way).
+        self.pythonpath = pythonpath
         self.root = workdir / "root"
         self.exec_root = workdir / "run"
         self.socket = workdir / "pontoon.sock"
@@ -84,9 +88,19 @@ class SimHost:
             prefix = ["ip", "netns", "exec", self.name]
         with open(self.log, "ab") as log:
             self.daemon = subprocess.Popen(
-                prefix + args, stdout=log, stderr=log, stdin=subprocess.DEVNULL
-            )
+                prefix + args, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                **self._release_env(),
+            )  # fmt: skip
         self.wait_ready(timeout)
+
+    def _release_env(self) -> dict[str, Any]:
+        """Popen arguments that run the release at `pythonpath`: its package
+        first on the path, and a cwd with no other `pontoon/` in it (children
+        started with `python -c` or `-m` put their cwd first)."""
+        if not self.pythonpath:
+            return {}
+        env = dict(os.environ, PYTHONPATH=self.pythonpath)
+        return {"env": env, "cwd": self.pythonpath}
 
     def wait_ready(self, timeout: float = 15.0) -> None:
         from pontoon.client import ApiError, Client
@@ -145,7 +159,8 @@ class SimHost:
     def cli(
         self, *args: str, check: bool = True, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
-        proc = run(bin_path("pontoon"), "-H", self.host_url, *args, check=False, timeout=timeout)
+        proc = run(bin_path("pontoon"), "-H", self.host_url, *args, check=False, timeout=timeout,
+                   **self._release_env())  # fmt: skip
         if check and proc.returncode != 0:
             raise AssertionError(
                 f"pontoon {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}"
