@@ -297,6 +297,7 @@ class Peer(Record):
     container_name: str = ""
     ifname: str = "eth0"
     gateway: str = ""
+    host_ifname: str = ""
 
     @classmethod
     def of(cls, att: Attachment) -> Peer:
@@ -319,6 +320,7 @@ class Peer(Record):
             container_name=att.owner.name,
             ifname=att.ifname,
             gateway=next(iter(att.gateways), ""),
+            host_ifname=att.host_ifname,
         )
 
     @classmethod

@@ -208,6 +208,7 @@ async def serve(config: DaemonConfig) -> int:
         )
     await runtime.load()
     await engine.state.load(runtime.sandbox_of)
+    await runtime.upgrade()
     if config.cluster_store:
         await join_cluster(config, engine)
     await runtime.reconcile()

@@ -65,6 +65,18 @@ class Runtime:
             c = Container.loads(value)
             self.containers[c.id] = c
 
+    async def upgrade(self) -> None:
+        """Release 1 kept published ports on the container only; they belong to
+        its first network's attachment now (after the engine loaded its state)."""
+        state = self.engine.state
+        for c in self.containers.values():
+            if not c.ports or not c.networks or c.state != model.RUNNING:
+                continue
+            att = state.attachments.get(c.attachments.get(c.networks[0].network_id, ""))
+            if att is not None and not att.ports:
+                att.ports = [PortMapping(**p.to_dict()) for p in c.ports]
+                await state.save_attachment(att)
+
     def sandbox_of(self, container_id: str) -> str:
         """A container's namespace file (release-1 endpoint records lack it)."""
         c = self.containers.get(container_id)

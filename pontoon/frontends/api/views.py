@@ -42,7 +42,7 @@ def _member(item: Attachment | Peer) -> dict[str, Any]:
     if isinstance(item, Peer):
         return {"Name": item.name, "EndpointID": item.id, "MacAddress": item.mac,
                 "IPv4Address": v4[0] if v4 else "", "IPv6Address": v6[0] if v6 else "",
-                "Interface": item.ifname, "HostInterface": "", "Host": item.host,
+                "Interface": item.ifname, "HostInterface": item.host_ifname, "Host": item.host,
                 "VTEP": item.vtep}  # fmt: skip
     return {
         "Name": item.owner.name,
