@@ -280,6 +280,8 @@ class Peer(Record):
     container_name) beside the address list, so that hosts still on release 1
     keep reading it during a rolling upgrade."""
 
+    SCHEMA: ClassVar[int] = 2
+
     id: str
     network_id: str
     mac: str
@@ -298,6 +300,7 @@ class Peer(Record):
     ifname: str = "eth0"
     gateway: str = ""
     host_ifname: str = ""
+    schema: int = 2
 
     @classmethod
     def of(cls, att: Attachment) -> Peer:
@@ -329,6 +332,7 @@ class Peer(Record):
             data["addresses"] = [f"{data['ip']}/{data.get('prefixlen', 32)}"]
         data.setdefault("name", data.get("container_name", ""))
         data.setdefault("owner_id", data.get("container_id", ""))
+        data["schema"] = cls.SCHEMA
         return data
 
     @classmethod
