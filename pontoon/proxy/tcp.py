@@ -32,6 +32,7 @@ import os
 import socket
 import struct
 
+from pontoon.proxy import wakeup
 from pontoon.proxy.mapping import Backend, Counters, Mapping
 
 log = logging.getLogger("pontoon.proxy.tcp")
@@ -72,10 +73,14 @@ class TcpMapping(Mapping):
         self._accepting = False
         self._resume: asyncio.TimerHandle | None = None  # while accepting is paused
 
-    def start(self) -> None:
+    def start(self, exclusive: bool = False) -> None:
+        """Serve the socket; `exclusive`: other workers watch it too, and
+        one idle worker is to be woken per connection, not all."""
         # listen() on an already listening socket only updates the backlog.
         self.sock.listen(LISTEN_BACKLOG)
         self.sock.setblocking(False)
+        if exclusive:
+            wakeup.EXCLUSIVE.add(self.sock.fileno())
         self._set_accepting(True)
 
     def _set_accepting(self, on: bool) -> None:
@@ -119,6 +124,7 @@ class TcpMapping(Mapping):
         if self._resume is not None:
             self._resume.cancel()
             self._resume = None
+        wakeup.EXCLUSIVE.discard(self.sock.fileno())  # before the number is free again
         self.sock.close()
 
     def close(self) -> None:
