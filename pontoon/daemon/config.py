@@ -16,6 +16,7 @@ class DaemonConfig:
     cluster_store: str = ""
     cluster_advertise: str = ""
     userland_proxy: bool = True
+    userland_proxy_workers: int | None = None  # None: one per CPU
     firewall_backend: str = "nftables"
     bip: str = ipam.DEFAULT_BIP
     pools: list[ipam.Pool] = dataclasses.field(default_factory=lambda: list(ipam.DEFAULT_POOLS))

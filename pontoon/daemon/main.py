@@ -36,6 +36,12 @@ log = logging.getLogger("pontoond")
 @click.option("--cluster-advertise", default="", help="Interface or IP other hosts reach us at.")
 @click.option("--userland-proxy", type=click.BOOL, default=True, show_default=True)
 @click.option(
+    "--userland-proxy-workers",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="Proxy worker processes.  [default: one per CPU]",
+)
+@click.option(
     "--firewall-backend",
     type=click.Choice(["nftables", "iptables"]),
     default="nftables",
@@ -74,6 +80,7 @@ def cli(
     cluster_store: str,
     cluster_advertise: str,
     userland_proxy: bool,
+    userland_proxy_workers: int | None,
     firewall_backend: str,
     bip: str,
     pools: tuple[str, ...],
@@ -98,6 +105,7 @@ def cli(
             cluster_store=cluster_store,
             cluster_advertise=cluster_advertise,
             userland_proxy=userland_proxy,
+            userland_proxy_workers=userland_proxy_workers,
             firewall_backend=firewall_backend,
             bip=_check_bip(bip),
             pools=[ipam.parse_pool(p) for p in pools] or list(ipam.DEFAULT_POOLS),
@@ -183,9 +191,17 @@ async def serve(config: DaemonConfig) -> int:
     await kernel.call(kernel.setup)
     svc = Service(config, store, kernel)
     if config.userland_proxy:
+        from pontoon.daemon.reconcile import restore_proxy
         from pontoon.proxy.client import DaemonProxy
 
-        svc.proxy = DaemonProxy(config.exec_root / "proxy.sock", config.exec_root / "proxy.log")
+        loop = asyncio.get_running_loop()
+        svc.proxy = DaemonProxy(
+            config.exec_root / "proxy.sock",
+            config.exec_root / "proxy.log",
+            workers=config.userland_proxy_workers,
+            # From the proxy's watcher thread, once a new proxy runs.
+            on_restart=lambda: asyncio.run_coroutine_threadsafe(restore_proxy(svc), loop),
+        )
     await svc.load()
     if config.cluster_store:
         await join_cluster(config, svc)

@@ -92,6 +92,12 @@ async def _ports(svc: Service, running: list[model.Container]) -> None:
             log.warning("container %s: cannot restore its ports: %s", c.name, exc)
 
 
+async def restore_proxy(svc: Service) -> None:
+    """The proxy died and a new, empty one runs (DaemonProxy's `on_restart`):
+    hand it the ports of every running container again."""
+    await _ports(svc, [c for c in svc.containers.values() if c.state == model.RUNNING])
+
+
 async def _replug(svc: Service, c: model.Container) -> None:
     """Re-create endpoints whose devices vanished while we were down."""
     for ep in svc.container_endpoints(c):

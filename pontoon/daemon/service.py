@@ -17,7 +17,7 @@ import re
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -665,13 +665,12 @@ class Service:
         assert self.proxy is not None
         socks = self._reservations.pop(c.id, [])
         try:
-            for mapping, rule, sock in zip(c.ports, rules, socks, strict=True):
-                if mapping.proto == "sctp":
-                    continue  # kernel path only: the proxy speaks TCP and UDP
-                await asyncio.to_thread(
-                    self.proxy.add, self.proxy_id(c, mapping), mapping.proto, sock,
-                    rule.container_ip, rule.container_port,
-                )  # fmt: skip
+            # The proxy speaks TCP and UDP; SCTP takes the kernel path only.
+            batch = [(self.proxy_id(c, mapping), mapping.proto, sock, rule.container_ip,
+                      rule.container_port)
+                     for mapping, rule, sock in zip(c.ports, rules, socks, strict=True)
+                     if mapping.proto != "sctp"]  # fmt: skip
+            await asyncio.to_thread(self.proxy.add_many, batch)  # one round trip
         finally:
             for sock in socks:
                 sock.close()
@@ -681,9 +680,9 @@ class Service:
         if rules:
             await self.kernel.call(self.kernel.firewall.remove_ports, rules)
         if self.proxy is not None and c.ports:
-            for mapping in c.ports:
-                with contextlib.suppress(Exception):
-                    await asyncio.to_thread(self.proxy.remove, self.proxy_id(c, mapping))
+            with contextlib.suppress(Exception):
+                ids = [self.proxy_id(c, mapping) for mapping in c.ports]
+                await asyncio.to_thread(self.proxy.remove_many, ids)
         for sock in self._reservations.pop(c.id, []):
             sock.close()
         taken = [(p.host_ip, p.proto, p.host_port) for p in c.ports if p.host_port]
@@ -883,6 +882,10 @@ class ProxyPort(Protocol):
     def add(self, mapping_id: str, proto: str, sock: socket.socket, ip: str, port: int) -> None: ...
 
     def remove(self, mapping_id: str) -> None: ...
+
+    def add_many(self, mappings: Sequence[tuple[str, str, socket.socket, str, int]]) -> None: ...
+
+    def remove_many(self, ids: Sequence[str]) -> list[str]: ...
 
     def list(self) -> dict[str, dict]: ...
 
