@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import functools
 import ipaddress
 import json
 import logging
@@ -249,9 +250,13 @@ class ProxyServer:
             for (mid, proto, ip, port), sock in zip(parsed, socks, strict=True)
         ]
         await self.supervisor.add(mappings)
-        for d in mappings:
-            log.info("%s: %s %s -> %s:%d", d.id, d.proto, d.describe()["listen"],
-                     d.backend_ip, d.backend_port)  # fmt: skip
+        if len(mappings) == 1 or log.isEnabledFor(logging.DEBUG):  # not 1,000 lines per range
+            for d in mappings:
+                log.info("%s: %s %s -> %s:%d", d.id, d.proto, d.describe()["listen"],
+                         d.backend_ip, d.backend_port)  # fmt: skip
+        else:
+            log.info("added %d mappings (%s ... %s)", len(mappings), mappings[0].id,
+                     mappings[-1].id)  # fmt: skip
         return {}
 
     async def _remove(self, request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
@@ -259,8 +264,11 @@ class ProxyServer:
         if not isinstance(ids, list) or not ids:
             raise RequestError("remove takes a non-empty list of ids")
         removed = await self.supervisor.remove([_id(i) for i in ids])
-        for mapping_id in removed:
-            log.info("%s: removed", mapping_id)
+        if len(removed) == 1 or log.isEnabledFor(logging.DEBUG):
+            for mapping_id in removed:
+                log.info("%s: removed", mapping_id)
+        elif removed:
+            log.info("removed %d mappings (%s ... %s)", len(removed), removed[0], removed[-1])
         return {"removed": removed}
 
     async def _list(self, request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
@@ -297,6 +305,12 @@ def _id(value: Any) -> str:
 
 
 def _ip(value: Any) -> str:
+    # A batch names the same few backends again and again: parse each once.
+    return _parse_ip(value) if isinstance(value, str) else _parse_ip.__wrapped__(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_ip(value: Any) -> str:
     try:
         if not isinstance(value, str):  # ip_address() would take an int
             raise ValueError

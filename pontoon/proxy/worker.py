@@ -61,6 +61,8 @@ class Worker:
         self.loop = asyncio.get_running_loop()
         self.stopped = asyncio.Event()
         self._assembler = Assembler()
+        # A range shares its backend: one object, its address parsed once.
+        self._backends: dict[tuple[str, int], Backend] = {}
 
     def start(self) -> None:
         self.channel.setblocking(False)
@@ -126,7 +128,8 @@ class Worker:
 
     def _add_one(self, item: dict[str, Any], sock: socket.socket) -> None:
         mapping_id = item["id"]
-        backend = Backend(item["backend_ip"], item["backend_port"])
+        key = (item["backend_ip"], item["backend_port"])
+        backend = self._backends.get(key) or self._backends.setdefault(key, Backend(*key))
         try:
             mapping: Mapping
             if item["proto"] == "tcp":

@@ -26,6 +26,7 @@ def make_proxy(tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
         pid = spawn(control, log, log_level="debug", **spawn_options)
         pids.append(pid)  # before anything else can fail: teardown must kill it
         clients.append(ProxyClient.connect(control, timeout=2.0))
+        clients[-1].stats()  # answered by every worker: all have started (fd counts settle)
         return Proxy(pid, control, log, clients[-1])
 
     yield factory
