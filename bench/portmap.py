@@ -366,32 +366,37 @@ def load_average() -> str:
 
 
 def section_wakeups(session: Session, host: Any, cip: str, p: Params, out: list[str]) -> None:
-    """The daemon's proxy (EPOLLEXCLUSIVE) beside a second proxy that wakes
-    every worker per connection, same container, alternating rounds."""
-    log("  accept wake-ups: exclusive vs all")
-    control = WORK / f"herd-{host.name}.sock"
-    argv = [PY, "-m", "pontoon.proxy", "--control", str(control), "--accept-wakeup", "all",
-            "--log-level", "warning"]  # fmt: skip
-    herd = session.spawn(in_netns(host.name, argv), cwd=str(REPO))
-    session.cleanups.append(lambda: control.unlink(missing_ok=True))
-    deadline = time.monotonic() + 10
-    while not control.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    ports = [OURS_BASE + 10000 + port - 5000 for port in (IPERF, GREET, ECHO)]
-    for port, cport in zip(ports, (IPERF, GREET, ECHO), strict=True):
-        proxy_batch(host, str(control), "add", port, 1, f"{cip}:{cport}")
+    """The daemon's proxy (one worker per CPU, EPOLLEXCLUSIVE) beside a proxy
+    that wakes every worker per connection and one with a single worker,
+    same container, alternating rounds."""
     where = in_netns(host.name, [])
-    exclusive = Path4(where, "127.0.0.1", *host_ports(OURS_BASE))
-    all_workers = Path4(where, "127.0.0.1", *ports)
-    m_excl, m_all = measure_pair(exclusive, all_workers, p, ["conn", "rr"])
-    rows = comparisons(m_excl, m_all, {})
-    out.append(
-        f"**(a) accept wake-ups**: the daemon's proxy (EPOLLEXCLUSIVE: one idle worker "
-        f"woken per connection) vs a second proxy waking every worker (`--accept-wakeup "
-        f"all`), same container, {p.reps} alternating rounds\n"
-    )
-    out.append(comparison_table("exclusive", "all workers", rows) + "\n")
-    session.stop(herd)
+    daemons = Path4(where, "127.0.0.1", *host_ports(OURS_BASE))
+    variants = [
+        ("all", ["--accept-wakeup", "all"], "a proxy waking every worker (`--accept-wakeup all`)"),
+        ("one", ["--workers", "1"], "a proxy with one worker (`--workers 1`)"),
+    ]
+    for k, (name, flags, what) in enumerate(variants, start=1):
+        log(f"  the daemon's proxy vs {what}")
+        control = WORK / f"{name}-{host.name}.sock"
+        argv = [PY, "-m", "pontoon.proxy", "--control", str(control), *flags,
+                "--log-level", "warning"]  # fmt: skip
+        proc = session.spawn(in_netns(host.name, argv), cwd=str(REPO))
+        session.cleanups.append(lambda control=control: control.unlink(missing_ok=True))
+        deadline = time.monotonic() + 10
+        while not control.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ports = [OURS_BASE + 1000 * k + port - 5000 for port in (IPERF, GREET, ECHO)]
+        for port, cport in zip(ports, (IPERF, GREET, ECHO), strict=True):
+            proxy_batch(host, str(control), "add", port, 1, f"{cip}:{cport}")
+        other = Path4(where, "127.0.0.1", *ports)
+        m_ours, m_other = measure_pair(daemons, other, p, ["conn", "rr"])
+        rows = comparisons(m_ours, m_other, {})
+        out.append(
+            f"**(a) the daemon's proxy (one worker per CPU, EPOLLEXCLUSIVE: one idle worker "
+            f"woken per connection) vs {what}**, same container, {p.reps} alternating rounds\n"
+        )
+        out.append(comparison_table("daemon's proxy", name, rows) + "\n")
+        session.stop(proc)
 
 
 # ------------------------------------------------------------------- (b) RSS
