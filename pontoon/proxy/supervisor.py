@@ -44,6 +44,8 @@ CRASH_WINDOW = 10.0  # more than CRASH_LIMIT restarts of a slot in this many sec
 CRASH_LIMIT = 5
 CRASH_BACKOFF = 1.0  # ... and the next one waits this long
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+CHANNEL_BUFFER = 16 << 20
+SO_SNDBUFFORCE = 32  # not exported by Python; root may exceed wmem_max with it
 
 
 class WorkerGone(Exception):
@@ -141,6 +143,11 @@ class Supervisor:
         finally:
             theirs.close()
         ours.settimeout(WORKER_TIMEOUT)  # for sends; replies are read when readable
+        for option in (SO_SNDBUFFORCE, socket.SO_SNDBUF):
+            # Room for a whole share of mappings while the new worker boots.
+            with contextlib.suppress(OSError):
+                ours.setsockopt(socket.SOL_SOCKET, option, CHANNEL_BUFFER)
+                break
         worker = WorkerProcess(slot, proc, ours, os.pidfd_open(proc.pid))
         self.workers[slot] = worker
         self.loop.add_reader(worker.pidfd, self._on_exit, worker)
