@@ -77,6 +77,7 @@ class ProxyServer:
         self._lock_fd: int | None = None
         self._inode: int | None = None
         self._clients: dict[socket.socket, wire.Assembler] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self._ops: dict[str, Handler] = {
             "add": self._add,
             "remove": self._remove,
@@ -155,7 +156,9 @@ class ProxyServer:
             return
         # One request at a time per client: stop reading it until this one is answered.
         self.loop.remove_reader(conn.fileno())
-        self.loop.create_task(self._answer(conn, *complete))
+        task = self.loop.create_task(self._answer(conn, *complete))
+        self._tasks.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(self._tasks.discard)
 
     async def _answer(self, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
         reply = await self.handle(request, fds)

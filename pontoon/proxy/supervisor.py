@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +157,7 @@ class Supervisor:
             self._post(worker, "add", share).add_done_callback(_log_failure)
         log.info("worker %d started (pid %d, %d mappings)", slot, proc.pid, len(share))
 
-    def _share(self, slot: int, mappings: Any) -> list[Desired]:
+    def _share(self, slot: int, mappings: Iterable[Desired]) -> list[Desired]:
         return [d for d in mappings if d.proto == "tcp" or owner(d.id, self.size) == slot]
 
     def _on_exit(self, worker: WorkerProcess) -> None:
