@@ -16,6 +16,7 @@ class DaemonConfig:
     cluster_store: str = ""
     cluster_advertise: str = ""
     userland_proxy: bool = True
+    userland_proxy_workers: int | None = None  # None: one per CPU
     firewall_backend: str = "nftables"
     firewall_check_interval: float = 10.0  # seconds between checks of our rules; 0: none
     bip: str = ipam.DEFAULT_BIP

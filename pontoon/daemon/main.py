@@ -8,8 +8,9 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -40,6 +41,12 @@ log = logging.getLogger("pontoond")
 @click.option("--cluster-store", default="", help="etcd://HOST:PORT[,HOST:PORT...][/PREFIX]")
 @click.option("--cluster-advertise", default="", help="Interface or IP other hosts reach us at.")
 @click.option("--userland-proxy", type=click.BOOL, default=True, show_default=True)
+@click.option(
+    "--userland-proxy-workers",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="Proxy worker processes.  [default: one per CPU]",
+)
 @click.option(
     "--firewall-backend",
     type=click.Choice(["nftables", "iptables"]),
@@ -88,6 +95,7 @@ def cli(
     cluster_store: str,
     cluster_advertise: str,
     userland_proxy: bool,
+    userland_proxy_workers: int | None,
     firewall_backend: str,
     firewall_check_interval: float,
     bip: str,
@@ -113,6 +121,7 @@ def cli(
             cluster_store=cluster_store,
             cluster_advertise=cluster_advertise,
             userland_proxy=userland_proxy,
+            userland_proxy_workers=userland_proxy_workers,
             firewall_backend=firewall_backend,
             firewall_check_interval=firewall_check_interval,
             bip=_check_bip(bip),
@@ -171,6 +180,11 @@ def _check_bip(bip: str) -> str:
     return bip
 
 
+def _soon(coro: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop) -> None:
+    """Run a coroutine on the daemon's loop from another thread, not waiting."""
+    asyncio.run_coroutine_threadsafe(coro, loop)
+
+
 def take_lock(root: Path) -> int:
     root.mkdir(parents=True, exist_ok=True)
     fd = os.open(root / "pontoond.lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -203,8 +217,13 @@ async def serve(config: DaemonConfig) -> int:
     if config.userland_proxy:
         from pontoon.proxy.client import DaemonProxy
 
+        loop = asyncio.get_running_loop()
         engine.ports.proxy = DaemonProxy(
-            config.exec_root / "proxy.sock", config.exec_root / "proxy.log"
+            config.exec_root / "proxy.sock",
+            config.exec_root / "proxy.log",
+            workers=config.userland_proxy_workers,
+            # From the proxy's watcher thread, once a new proxy runs.
+            on_restart=lambda: _soon(engine.restore_proxy(), loop),
         )
     await runtime.load()
     await engine.state.load(runtime.sandbox_of)

@@ -110,8 +110,9 @@ async def _proxy(svc: Sources, m: Metrics) -> None:
         return
     try:
         stats = await asyncio.to_thread(svc.proxy.stats)
+        restarts = await asyncio.to_thread(svc.proxy.restarts)
     except Exception:
-        stats = {}
+        stats, restarts = {}, {}
     totals = Counter()  # type: Counter[str]
     for mapping in stats.values():
         totals.update({k: v for k, v in mapping.items() if isinstance(v, int)})
@@ -124,6 +125,9 @@ async def _proxy(svc: Sources, m: Metrics) -> None:
     m.sample("pontoon_proxy_bytes_total", totals.get("bytes_out", 0), direction="out")
     m.family("pontoon_proxy_udp_flows", "gauge", "UDP flows the proxy tracks")
     m.sample("pontoon_proxy_udp_flows", totals.get("udp_flows", 0))
+    m.family("pontoon_proxy_restarts_total", "counter", "Proxy restarts: a worker, or the whole")
+    for kind in ("worker", "proxy"):
+        m.sample("pontoon_proxy_restarts_total", restarts.get(kind, 0), kind=kind)
 
 
 def _stores(svc: Sources, m: Metrics) -> None:

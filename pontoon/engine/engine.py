@@ -174,6 +174,12 @@ class Engine:
             if net is not None and self.state.participating(net.id):
                 await self.kernel.call(self.drivers.of(net).remove_peer, net, _driver_peer(peer))
 
+    async def restore_proxy(self) -> None:
+        """The proxy died and a new, empty one runs: hand it every published
+        port again (DaemonProxy's `on_restart`)."""
+        async with self.lock:
+            await self.ports.restore()
+
     # -- shutdown --------------------------------------------------------------------
 
     async def close(self) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Sequence
 from typing import Protocol
 
 from pontoon.core.model import Attachment, Network, PortMapping
@@ -33,6 +34,10 @@ class ProxyPort(Protocol):
     def add(self, mapping_id: str, proto: str, sock: socket.socket, ip: str, port: int) -> None: ...
 
     def remove(self, mapping_id: str) -> None: ...
+
+    def add_many(self, mappings: Sequence[tuple[str, str, socket.socket, str, int]]) -> None: ...
+
+    def remove_many(self, ids: Sequence[str]) -> list[str]: ...
 
     def list(self) -> dict[str, dict]: ...
 
@@ -126,13 +131,13 @@ class Ports:
         assert self.proxy is not None
         socks = self._reservations.pop(att.id, [])
         try:
-            for mapping, rule, sock in zip(att.ports, rules, socks, strict=True):
-                if mapping.proto == "sctp":
-                    continue  # kernel path only: the proxy speaks TCP and UDP
-                await asyncio.to_thread(
-                    self.proxy.add, proxy_id(att, mapping), mapping.proto, sock,
-                    rule.container_ip, rule.container_port,
-                )  # fmt: skip
+            # The proxy speaks TCP and UDP; SCTP takes the kernel path only.
+            batch = [
+                (proxy_id(att, m), m.proto, sock, rule.container_ip, rule.container_port)
+                for m, rule, sock in zip(att.ports, rules, socks, strict=True)
+                if m.proto != "sctp"
+            ]
+            await asyncio.to_thread(self.proxy.add_many, batch)  # one round trip
         finally:
             for sock in socks:
                 sock.close()
@@ -142,9 +147,9 @@ class Ports:
         if rules:
             await self.kernel.call(self.kernel.firewall.remove_ports, rules)
         if self.proxy is not None and att.ports:
-            for mapping in att.ports:
-                with contextlib.suppress(Exception):
-                    await asyncio.to_thread(self.proxy.remove, proxy_id(att, mapping))
+            ids = [proxy_id(att, mapping) for mapping in att.ports]
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.proxy.remove_many, ids)
         self.release(att)
         taken = [(p.host_ip, p.proto, p.host_port) for p in att.ports if p.host_port]
         if taken:
@@ -171,9 +176,10 @@ class Ports:
             return
         have = await asyncio.to_thread(self.proxy.list)
         want = {proxy_id(a, p): a for a in published for p in a.ports}
-        for mapping_id in set(have) - set(want):
-            log.info("proxy: removing stale mapping %s", mapping_id)
-            await asyncio.to_thread(self.proxy.remove, mapping_id)
+        stale = sorted(set(have) - set(want))
+        if stale:
+            log.info("proxy: removing stale mappings %s", ", ".join(stale))
+            await asyncio.to_thread(self.proxy.remove_many, stale)
         for att in {a.id: a for mid, a in want.items() if mid not in have}.values():
             log.info("proxy: restoring the mappings of %s", _who(att))
             try:

@@ -1,6 +1,7 @@
-"""`python -m pontoon.proxy --control PATH`: the host's userland proxy.
+"""`python -m pontoon.proxy --control PATH [--workers N]`: the host's userland proxy.
 
-Started (detached) by the daemon through `pontoon.proxy.client.spawn`; see
+Started (detached) by the daemon through `pontoon.proxy.client.spawn`: this
+process is the supervisor, which starts the workers; see
 `pontoon.proxy.server` for the design.
 """
 
@@ -9,12 +10,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import resource
 import sys
 from pathlib import Path
 
 from pontoon.proxy.server import run
+from pontoon.proxy.supervisor import WorkerOptions
 from pontoon.proxy.udp import DEFAULT_MAX_FLOWS
+
+
+def default_workers() -> int:
+    """One worker per CPU this process may run on."""
+    return len(os.sched_getaffinity(0)) or 1
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 1024:
+        raise argparse.ArgumentTypeError("must be 1-1024")
+    return value
 
 
 def _positive(text: str) -> float:
@@ -34,6 +49,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--udp-max-flows", type=int, default=DEFAULT_MAX_FLOWS, help="flows per UDP mapping"
+    )
+    parser.add_argument(
+        "--workers", type=_count, default=None, help="worker processes (default: one per CPU)"
+    )
+    parser.add_argument(
+        "--accept-wakeup",
+        choices=["exclusive", "all"],
+        default="exclusive",
+        help="wake one idle worker per TCP connection (EPOLLEXCLUSIVE), or all of them",
     )
     parser.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], default="info"
@@ -68,7 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("asyncio").setLevel(logging.WARNING)
     raise_fd_limit()
-    return asyncio.run(run(Path(args.control), args.udp_timeout, max(1, args.udp_max_flows)))
+    options = WorkerOptions(
+        udp_timeout=args.udp_timeout,
+        udp_max_flows=max(1, args.udp_max_flows),
+        accept=args.accept_wakeup,
+        log_level=args.log_level,
+    )
+    workers = args.workers or default_workers()
+    return asyncio.run(run(Path(args.control), workers, options))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """The daemon's side of the userland proxy: start it, hand it sockets.
 
-Synchronous on purpose: every call is one small request and one reply over a
+Synchronous on purpose: every call is one request and one reply over a
 local SEQPACKET socket with a short timeout, so the daemon simply runs them
 in a worker thread (`asyncio.to_thread`). A client serializes its requests
-with a lock and may be shared by threads.
+with a lock and may be shared by threads. `add_many`/`remove_many` take a
+whole batch (a 1,000-port range) in one round trip; `round_trips` counts them.
 
 Transport failures (proxy gone, timeout) raise ProxyUnavailable and close the
 client: after a timeout a late reply could otherwise be read as the answer to
@@ -19,19 +20,24 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from pontoon.errors import PontoonError
+from pontoon.proxy import wire
 from pontoon.util import last_line
+
+log = logging.getLogger("pontoon.proxy.client")
 
 DEFAULT_TIMEOUT = 5.0
 SPAWN_TIMEOUT = 5.0
@@ -52,12 +58,17 @@ class ProxyUnavailable(ProxyError):
     status = 503
 
 
+MappingSpec = tuple[str, str, "socket.socket | int", str, int]  # id, proto, sock, ip, port
+
+
 class ProxyClient:
     def __init__(self, sock: socket.socket, path: str) -> None:
         self._sock: socket.socket | None = sock
         self._path = path
         self._lock = threading.Lock()
         self._peek = bytearray(1)
+        self.round_trips = 0  # requests answered or attempted: one per call
+        self._legacy: bool | None = None  # a release-1 proxy: one mapping a request
 
     @classmethod
     def connect(cls, path: str | os.PathLike[str], timeout: float = DEFAULT_TIMEOUT) -> ProxyClient:
@@ -84,19 +95,45 @@ class ProxyClient:
     ) -> None:
         """Serve `sock` (bound, listening or not) and forward it to the backend.
         An existing `id` is replaced (its traffic kept if the backend is the same)."""
-        fd = sock if isinstance(sock, int) else sock.fileno()
-        request = {
-            "op": "add",
-            "id": id,
-            "proto": proto,
-            "backend_ip": backend_ip,
-            "backend_port": backend_port,
-        }
-        self.request(request, [fd])
+        self.add_many([(id, proto, sock, backend_ip, backend_port)])
+
+    def add_many(self, mappings: Sequence[MappingSpec]) -> None:
+        """`add` for many (id, proto, sock, backend_ip, backend_port) in one
+        round trip; all or nothing: one bad item refuses the whole batch."""
+        if not mappings:
+            return
+        if self.legacy():
+            for mapping_id, proto, sock, ip, port in mappings:
+                fd = sock if isinstance(sock, int) else sock.fileno()
+                self.request({"op": "add", "id": mapping_id, "proto": proto,
+                              "backend_ip": ip, "backend_port": port}, [fd])  # fmt: skip
+            return
+        items, fds = [], []
+        for mapping_id, proto, sock, ip, port in mappings:
+            items.append({"id": mapping_id, "proto": proto, "backend_ip": ip,
+                          "backend_port": port})  # fmt: skip
+            fds.append(sock if isinstance(sock, int) else sock.fileno())
+        self.request({"op": "add", "mappings": items}, fds)
 
     def remove(self, id: str) -> bool:
         """Close the mapping's listener and connections; False if there was none."""
-        return bool(self.request({"op": "remove", "id": id})["removed"])
+        return id in self.remove_many([id])
+
+    def remove_many(self, ids: Sequence[str]) -> list[str]:
+        """`remove` for many ids in one round trip; returns the ids that existed."""
+        if not ids:
+            return []
+        if self.legacy():
+            return [i for i in ids if self.request({"op": "remove", "id": i})["removed"]]
+        return list(self.request({"op": "remove", "ids": list(ids)})["removed"])
+
+    def legacy(self) -> bool:
+        """Whether this is release 1's single-process proxy, which outlived the
+        daemon across an upgrade: it keeps serving its ports, spoken to one
+        mapping a request, until it is restarted (then as the new proxy)."""
+        if self._legacy is None:
+            self._legacy = "workers" not in self.info()
+        return self._legacy
 
     def list(self) -> dict[str, dict[str, Any]]:
         """{id: {"proto", "backend_ip", "backend_port", "listen": "ip:port"}}"""
@@ -108,8 +145,12 @@ class ProxyClient:
         return self.request({"op": "stats"})["stats"]
 
     def ping(self) -> int:
-        """The proxy's pid."""
-        return int(self.request({"op": "ping"})["pid"])
+        """The proxy's (supervisor's) pid."""
+        return int(self.info()["pid"])
+
+    def info(self) -> dict[str, Any]:
+        """{"pid", "mappings", "workers": [pids], "worker_restarts"}"""
+        return self.request({"op": "ping"})
 
     def close(self) -> None:
         with self._lock:
@@ -127,15 +168,12 @@ class ProxyClient:
 
     def request(self, request: dict[str, Any], fds: Sequence[int] = ()) -> dict[str, Any]:
         """Send one request, return the reply; raise ProxyError if refused."""
-        data = json.dumps(request).encode()
         with self._lock:
             if self._sock is None:
                 raise ProxyUnavailable(f"connection to the userland proxy at {self._path} closed")
+            self.round_trips += 1
             try:
-                if fds:
-                    socket.send_fds(self._sock, [data], list(fds))
-                else:
-                    self._sock.send(data)
+                wire.send(self._sock, request, fds)  # several packets for a big batch
                 raw = self._receive(self._sock)
             except OSError as exc:
                 self._sock.close()
@@ -168,6 +206,8 @@ def spawn(
     *,
     udp_timeout: float | None = None,
     udp_max_flows: int | None = None,
+    workers: int | None = None,
+    accept_wakeup: str | None = None,
     log_level: str = "info",
     timeout: float = SPAWN_TIMEOUT,
 ) -> int:
@@ -182,6 +222,10 @@ def spawn(
         cmd += ["--udp-timeout", str(udp_timeout)]
     if udp_max_flows is not None:
         cmd += ["--udp-max-flows", str(udp_max_flows)]
+    if workers is not None:
+        cmd += ["--workers", str(workers)]
+    if accept_wakeup is not None:
+        cmd += ["--accept-wakeup", accept_wakeup]
     env = dict(os.environ)
     # Importable whatever the cwd ("/", so the proxy pins no directory).
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
@@ -287,37 +331,193 @@ def _why(exc: OSError) -> str:
 
 
 class DaemonProxy:
-    """The daemon's handle on the proxy: starts it on first use and, when it
-    vanished (killed, crashed), starts it again and retries once. The caller
-    (reconciliation) re-adds what a new proxy does not know."""
+    """The daemon's handle on the proxy.
 
-    def __init__(self, control_path: Path, log_path: Path) -> None:
+    Starts it on first use; when a request finds it gone, starts it again and
+    retries once. A watcher thread notices the proxy's exit at once (a pidfd
+    on the supervisor) and brings it back without waiting for a request: it
+    waits until the dead proxy's workers have let go of the host ports,
+    starts a new proxy and calls `on_restart`. The proxy then has no
+    mappings; the daemon owns the desired ones and hands them again from that
+    callback (it runs on the watcher thread: schedule, do not block)."""
+
+    def __init__(
+        self,
+        control_path: Path,
+        log_path: Path,
+        *,
+        workers: int | None = None,
+        on_restart: Callable[[], None] | None = None,
+    ) -> None:
         self.control_path = control_path
         self.log_path = log_path
+        self.workers = workers
+        self.on_restart = on_restart
+        self.proxy_restarts = 0
         self._client: ProxyClient | None = None
         self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._pidfd: int | None = None
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
+        self._watcher: threading.Thread | None = None
+        self._closed = False
 
     def _call(self, method: str, *args: Any) -> Any:
+        replaced = False
+        try:
+            with self._lock:
+                for attempt in (1, 2):
+                    if self._client is None:
+                        replaced |= self._connect()
+                    try:
+                        return getattr(self._client, method)(*args)
+                    except ProxyUnavailable:
+                        self._drop_client()
+                        if attempt == 2:
+                            raise
+                raise AssertionError("unreachable")
+        finally:
+            if replaced:  # a request found it dead before the watcher did
+                self._restarted()
+
+    def _connect(self) -> bool:
+        """Connect (starting a proxy if none runs); True if this replaced a
+        proxy that died. Under the lock."""
+        client = ensure_running(self.control_path, self.log_path, workers=self.workers)
+        try:
+            pid = client.ping()
+        except ProxyError:
+            client.close()
+            raise
+        self._client = client
+        if pid == self._pid:
+            return False
+        replaced = self._pid is not None
+        self._watch(pid)
+        return replaced
+
+    def _drop_client(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # Watching --------------------------------------------------------------
+
+    def _watch(self, pid: int) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+        self._pid = pid
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except OSError:  # already gone: the next request starts another
+            self._pidfd = None
+            self._drop_client()
+        if self._watcher is None:
+            self._watcher = threading.Thread(
+                target=self._watch_loop, name="proxy-watcher", daemon=True
+            )
+            self._watcher.start()
+        else:
+            os.write(self._wake_w, b"x")  # watch the new pidfd
+
+    def _watch_loop(self) -> None:
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
+                pid, pidfd = self._pid, self._pidfd
+            poller = select.poll()
+            poller.register(self._wake_r, select.POLLIN)
+            if pidfd is not None:
+                poller.register(pidfd, select.POLLIN)
+            ready = {fd for fd, _ in poller.poll()}
+            if self._wake_r in ready:
+                os.read(self._wake_r, 64)
+            if pidfd is not None and pidfd in ready and pid is not None:
+                self._bring_back(pid)
+
+    def _bring_back(self, pid: int) -> None:
+        log.warning("the userland proxy (pid %d) is gone; starting a new one", pid)
+        _reap()
+        _wait_group_gone(pid)  # its workers hold the host ports until they exit
         with self._lock:
-            for attempt in (1, 2):
-                if self._client is None:
-                    self._client = ensure_running(self.control_path, self.log_path)
-                try:
-                    return getattr(self._client, method)(*args)
-                except ProxyUnavailable:
-                    self._client = None
-                    if attempt == 2:
-                        raise
-        raise AssertionError("unreachable")
+            if self._closed or self._pid != pid:
+                return  # closing, or a request replaced it already (and said so)
+            self._drop_client()
+            try:
+                self._connect()
+            except ProxyError as exc:
+                log.error("cannot start the userland proxy again: %s", exc)
+                if self._pidfd is not None:
+                    os.close(self._pidfd)
+                self._pidfd = None  # the next request tries again
+        self._restarted()
+
+    def _restarted(self) -> None:
+        self.proxy_restarts += 1
+        if self.on_restart is not None:
+            try:
+                self.on_restart()
+            except Exception:
+                log.exception("restoring the proxy's mappings")
+
+    def close(self) -> None:
+        """Stop watching (the proxy keeps running: it outlives the daemon)."""
+        with self._lock:
+            self._closed = True
+            self._drop_client()
+            os.write(self._wake_w, b"x")
+        if self._watcher is not None:
+            self._watcher.join(2)
+        with self._lock:
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
+
+    # The API ---------------------------------------------------------------
 
     def add(self, mapping_id: str, proto: str, sock: socket.socket, ip: str, port: int) -> None:
         self._call("add", mapping_id, proto, sock, ip, port)
 
+    def add_many(self, mappings: Sequence[MappingSpec]) -> None:
+        self._call("add_many", mappings)
+
     def remove(self, mapping_id: str) -> None:
         self._call("remove", mapping_id)
+
+    def remove_many(self, ids: Sequence[str]) -> list[str]:
+        return self._call("remove_many", ids)
 
     def list(self) -> dict[str, dict[str, Any]]:
         return self._call("list")
 
     def stats(self) -> dict[str, dict[str, int]]:
         return self._call("stats")
+
+    def restarts(self) -> dict[str, int]:
+        """Restarts seen: of the whole proxy (by this daemon), and of workers
+        (by the running supervisor)."""
+        workers = int(self._call("info").get("worker_restarts", 0))
+        return {"proxy": self.proxy_restarts, "worker": workers}
+
+
+def _wait_group_gone(pgid: int, timeout: float = 2.0) -> None:
+    """Until no live process is left in the dead supervisor's process group
+    (it leads its own session, its workers are in it and die with it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _group_members(pgid):
+        time.sleep(0.01)
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members

@@ -32,6 +32,7 @@ import os
 import socket
 import struct
 
+from pontoon.proxy import wakeup
 from pontoon.proxy.mapping import Backend, Counters, Mapping
 
 log = logging.getLogger("pontoon.proxy.tcp")
@@ -41,7 +42,9 @@ BIG_PIPE = 1 << 20
 LISTEN_BACKLOG = 4096  # capped by net.core.somaxconn
 ACCEPT_BATCH = 64  # accepts per wake-up, so one busy port cannot starve the others
 ACCEPT_PAUSE = 0.1  # out of fds: stop accepting that long instead of spinning
-CONNECT_TIMEOUT = 20.0
+# The kernel gives up connecting to a silent backend after this many SYN
+# retransmissions (1+2+4+8 s: ~15 s), so no timer per connection is needed.
+CONNECT_SYN_RETRIES = 3
 READ_ROUNDS = 8  # splice rounds per wake-up
 SMALL_READ = 4096  # a read this short ends the wake-up's rounds
 IDLE_PIPES = 64  # empty pipes kept for reuse
@@ -72,10 +75,14 @@ class TcpMapping(Mapping):
         self._accepting = False
         self._resume: asyncio.TimerHandle | None = None  # while accepting is paused
 
-    def start(self) -> None:
+    def start(self, exclusive: bool = False) -> None:
+        """Serve the socket; `exclusive`: other workers watch it too, and
+        one idle worker is to be woken per connection, not all."""
         # listen() on an already listening socket only updates the backlog.
         self.sock.listen(LISTEN_BACKLOG)
         self.sock.setblocking(False)
+        if exclusive:
+            wakeup.EXCLUSIVE.add(self.sock.fileno())
         self._set_accepting(True)
 
     def _set_accepting(self, on: bool) -> None:
@@ -119,6 +126,7 @@ class TcpMapping(Mapping):
         if self._resume is not None:
             self._resume.cancel()
             self._resume = None
+        wakeup.EXCLUSIVE.discard(self.sock.fileno())  # before the number is free again
         self.sock.close()
 
     def close(self) -> None:
@@ -141,7 +149,7 @@ class TcpMapping(Mapping):
 class TcpConnection:
     """One client connection and its backend connection."""
 
-    __slots__ = ("b2c", "backend", "c2b", "client", "closed", "mapping", "timer")
+    __slots__ = ("b2c", "backend", "c2b", "client", "closed", "connecting", "mapping")
 
     def __init__(self, mapping: TcpMapping, client: socket.socket) -> None:
         self.mapping = mapping
@@ -149,7 +157,7 @@ class TcpConnection:
         self.backend: socket.socket | None = None
         self.c2b: _Direction | None = None
         self.b2c: _Direction | None = None
-        self.timer: asyncio.TimerHandle | None = None  # while connecting
+        self.connecting = False
         self.closed = False
 
     def start(self) -> None:
@@ -161,6 +169,7 @@ class TcpConnection:
             kind = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
             self.backend = socket.socket(self.mapping.backend.family, kind)
             self.backend.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.backend.setsockopt(socket.IPPROTO_TCP, socket.TCP_SYNCNT, CONNECT_SYN_RETRIES)
             err = self.backend.connect_ex(self.mapping.backend.address)
         except OSError as exc:
             self._connect_failed(exc.errno or errno.EIO)
@@ -169,14 +178,12 @@ class TcpConnection:
             self._connect_failed(err)
             return
         loop.add_writer(self.backend.fileno(), self._on_connected)
-        self.timer = loop.call_later(CONNECT_TIMEOUT, self._connect_failed, errno.ETIMEDOUT)
+        self.connecting = True
 
     def _on_connected(self) -> None:
         assert self.backend is not None
         self.mapping.loop.remove_writer(self.backend.fileno())
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.connecting = False
         err = self.backend.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             self._connect_failed(err)
@@ -218,15 +225,13 @@ class TcpConnection:
         if self.closed:
             return
         self.closed = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         for d in (self.c2b, self.b2c):
             if d is not None:
                 d.release()
         socks = [self.client] if self.backend is None else [self.client, self.backend]
-        if self.backend is not None and self.c2b is None:
-            self.mapping.loop.remove_writer(self.backend.fileno())  # still connecting
+        if self.connecting:
+            assert self.backend is not None
+            self.mapping.loop.remove_writer(self.backend.fileno())
         for sock in socks:
             if reset:
                 with contextlib.suppress(OSError):

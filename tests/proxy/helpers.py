@@ -32,8 +32,33 @@ class Proxy:
             self.client.add(mapping_id, proto, sock, LOOPBACK, backend_port)
             return sock.getsockname()[1]
 
+    def workers(self) -> list[int]:
+        return [int(pid) for pid in self.client.info()["workers"]]
+
+    def tree(self) -> list[int]:
+        """The supervisor and its workers."""
+        return [self.pid, *self.workers()]
+
     def fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
+        """Descriptors held by the whole proxy (supervisor and workers)."""
+        return sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in self.tree())
+
+    def cpu_seconds(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.tree())
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie has exited already)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # Backends ----------------------------------------------------------------

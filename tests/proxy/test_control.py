@@ -90,7 +90,13 @@ def test_malformed_requests_are_refused_not_fatal(proxy) -> None:
     udp.bind((LOOPBACK, 0))
     unbound = socket.socket()
     r, w = os.pipe()
-    add = {"op": "add", "id": "x", "proto": "tcp", "backend_ip": LOOPBACK, "backend_port": 80}
+    item = {"id": "x", "proto": "tcp", "backend_ip": LOOPBACK, "backend_port": 80}
+
+    def add(**changes: object) -> bytes:
+        return json.dumps({"op": "add", "mappings": [{**item, **changes}]}).encode()
+
+    good_udp = {"id": "u", "proto": "udp", "backend_ip": LOOPBACK, "backend_port": 53}
+    batch = json.dumps({"op": "add", "mappings": [good_udp, item]}).encode()
     bad = [
         (b"not json", None),
         (b"\xff\xfe", None),
@@ -98,20 +104,23 @@ def test_malformed_requests_are_refused_not_fatal(proxy) -> None:
         (b'{"op": "nope"}', None),
         (b'{"op": 7}', None),
         (b'{"op": "add"}', None),
-        (json.dumps(add).encode(), None),  # no fd
-        (json.dumps(add).encode(), [udp.fileno(), udp.fileno()]),  # two fds
-        (json.dumps(add).encode(), [r]),  # not a socket
-        (json.dumps(add).encode(), [udp.fileno()]),  # not TCP
-        (json.dumps(add).encode(), [unbound.fileno()]),  # not bound
-        (json.dumps({**add, "backend_port": 0}).encode(), [udp.fileno()]),
-        (json.dumps({**add, "backend_port": True}).encode(), [udp.fileno()]),
-        (json.dumps({**add, "backend_ip": "10.0.0.300"}).encode(), [udp.fileno()]),
-        (json.dumps({**add, "backend_ip": 167772161}).encode(), [udp.fileno()]),
-        (json.dumps({**add, "proto": "sctp"}).encode(), [udp.fileno()]),
-        (json.dumps({**add, "id": ""}).encode(), [udp.fileno()]),
+        (b'{"op": "add", "mappings": []}', None),
+        (add(), None),  # no fd
+        (add(), [udp.fileno(), udp.fileno()]),  # two fds for one mapping
+        (add(), [r]),  # not a socket
+        (add(), [udp.fileno()]),  # not TCP
+        (add(), [unbound.fileno()]),  # not bound
+        (add(backend_port=0), [udp.fileno()]),
+        (add(backend_port=True), [udp.fileno()]),
+        (add(backend_ip="10.0.0.300"), [udp.fileno()]),
+        (add(backend_ip=167772161), [udp.fileno()]),
+        (add(proto="sctp"), [udp.fileno()]),
+        (add(id=""), [udp.fileno()]),
+        (batch, [udp.fileno(), udp.fileno()]),  # one bad item refuses the whole batch
         (b'{"op": "list"}', [r]),  # an fd where none belongs
         (b'{"op": "remove"}', None),
-        (b"{" * 70000, None),  # larger than a request may be
+        (b'{"op": "remove", "ids": [""]}', None),
+        (b"{" * 70000, None),  # not JSON, and large
     ]
     with _raw(proxy) as sock:
         for data, fds in bad:
@@ -120,7 +129,11 @@ def test_malformed_requests_are_refused_not_fatal(proxy) -> None:
             assert reply["error"]
     # A client hanging up with a request (and an fd) it never reads the answer of.
     with _raw(proxy) as sock:
-        socket.send_fds(sock, [json.dumps(add).encode()], [r])
+        socket.send_fds(sock, [add()], [r])
+    # A batch whose continuation never comes: the proxy drops it with the client.
+    with _raw(proxy) as sock:
+        first = json.dumps({"op": "add", "mappings": [item], "more": True}).encode()
+        socket.send_fds(sock, [first], [r])
     for f in (udp, unbound):
         f.close()
     os.close(r)
