@@ -81,7 +81,11 @@ class ProxyClient:
             raise ProxyUnavailable(
                 f"cannot reach the userland proxy at {path}: {_why(exc)}"
             ) from None
-        return cls(sock, os.fspath(path))
+        client = cls(sock, os.fspath(path))
+        # Which protocol it speaks, asked once (not counted as a round trip).
+        client._legacy = "workers" not in client.info()
+        client.round_trips = 0
+        return client
 
     # The API -------------------------------------------------------------
 
@@ -131,9 +135,7 @@ class ProxyClient:
         """Whether this is release 1's single-process proxy, which outlived the
         daemon across an upgrade: it keeps serving its ports, spoken to one
         mapping a request, until it is restarted (then as the new proxy)."""
-        if self._legacy is None:
-            self._legacy = "workers" not in self.info()
-        return self._legacy
+        return bool(self._legacy)
 
     def list(self) -> dict[str, dict[str, Any]]:
         """{id: {"proto", "backend_ip", "backend_port", "listen": "ip:port"}}"""
