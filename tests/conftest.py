@@ -81,8 +81,26 @@ def new_lab_name() -> str:
     return f"t{RUN}{next(_labs):02d}"
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    report = yield
+    if report.when == "call":
+        item._pontoon_failed = report.failed  # type: ignore[attr-defined]
+    return report
+
+
+def _print_logs(host: SimHost) -> None:
+    """A failed test's hosts: the tails of their daemon's and proxy's logs
+    (pytest shows them under "Captured stdout teardown")."""
+    for log in (host.log, host.exec_root / "proxy.log"):
+        if log.exists():
+            lines = log.read_text(errors="replace").splitlines()[-60:]
+            print(f"--- {host.name}: {log.name} (last {len(lines)} lines)")
+            print("\n".join(lines))
+
+
 @pytest.fixture
-def make_host() -> Iterator[callable]:
+def make_host(request: pytest.FixtureRequest) -> Iterator[callable]:
     """Factory: make_host(start=True, *daemon_args) -> SimHost, all destroyed at teardown."""
     made: list[SimHost] = []
 
@@ -96,6 +114,9 @@ def make_host() -> Iterator[callable]:
         return host
 
     yield factory
+    if getattr(request.node, "_pontoon_failed", False):
+        for host in made:
+            _print_logs(host)
     for host in reversed(made):
         host.destroy()
 
