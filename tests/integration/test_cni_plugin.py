@@ -348,13 +348,13 @@ def test_errors_are_the_specs_json_and_leave_nothing(make_host, runtime_ns, tmp_
 # -- chaining ------------------------------------------------------------------------------
 
 
-def test_chained_with_debians_tuning_and_portmap(make_host, runtime_ns, servers, tmp_path):
+def test_chained_with_debians_tuning_portmap_and_firewall(make_host, runtime_ns, servers, tmp_path):
     host = web_host(make_host)
     outside = add_outside(make_host, host)
     bin_dir, conf_dir = tmp_path / "bin", tmp_path / "net.d"
     subprocess.run([str(PONTOON), "-H", host.host_url, "cni", "install", "--bin-dir",
                     str(bin_dir), "--conf-dir", str(conf_dir), "web"], check=True)  # fmt: skip
-    for name in ("tuning", "portmap"):
+    for name in ("tuning", "portmap", "firewall"):
         (bin_dir / name).symlink_to(DEBIAN_PLUGINS / name)
     conflist = json.loads((conf_dir / "pontoon-web.conflist").read_text())
     assert conflist["cniVersion"] == "1.0.0" and conflist["plugins"][0]["network"] == "web"
@@ -363,6 +363,7 @@ def test_chained_with_debians_tuning_and_portmap(make_host, runtime_ns, servers,
     conflist["plugins"] += [
         {"type": "tuning", "mtu": 1400},
         {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
+        {"type": "firewall", "backend": "iptables"},
     ]
     clean = {k: v for k, v in snapshot(host).items() if k != "nft"}
     ns = runtime_ns(host, "chain")
@@ -386,7 +387,7 @@ def test_chained_with_debians_tuning_and_portmap(make_host, runtime_ns, servers,
 
     subprocess.run([str(PONTOON), "cni", "uninstall", "--bin-dir", str(bin_dir),
                     "--conf-dir", str(conf_dir)], check=True)  # fmt: skip
-    assert sorted(p.name for p in bin_dir.iterdir()) == ["portmap", "tuning"]
+    assert sorted(p.name for p in bin_dir.iterdir()) == ["firewall", "portmap", "tuning"]
     assert list(conf_dir.iterdir()) == []
 
 
