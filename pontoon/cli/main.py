@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from pontoon.cli import cni as cni_commands
 from pontoon.client import ApiError, Client, ref
 from pontoon.errors import os_error_text
 
@@ -461,6 +462,9 @@ def _lab_call(fn: Any, *args: Any) -> Any:
         return fn(*args)
     except (LabError, RuntimeError, TimeoutError) as exc:
         raise click.ClickException(str(exc).splitlines()[0]) from None
+
+
+cli.add_command(cni_commands.cni)
 
 
 def main(argv: list[str] | None = None) -> None:

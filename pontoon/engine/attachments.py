@@ -327,8 +327,10 @@ class Attachments:
         if driver.capabilities.scope == "global":
             await self.state.forget_global(net)
 
-    async def detach_owner(self, owner_key: str) -> None:
+    async def detach_owner(self, owner_key: str, network_id: str = "", ifname: str = "") -> None:
         for att in reversed(self.state.of_owner(owner_key)):
+            if (network_id and att.network_id != network_id) or (ifname and att.ifname != ifname):
+                continue
             if att.id in self.state.attachments:
                 await self.detach(att)
 

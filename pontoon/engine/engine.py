@@ -26,6 +26,7 @@ from pontoon.engine.kernel import Kernel
 from pontoon.engine.networks import Networks
 from pontoon.engine.ports import Ports
 from pontoon.engine.state import State, find
+from pontoon.errors import NotFound
 from pontoon.store import Store
 
 if TYPE_CHECKING:
@@ -96,10 +97,17 @@ class Engine:
             att = self.state.attachments.get(att_ref) or self.find_attachment(att_ref)
             await self.attachments.detach(att)
 
-    async def detach_owner(self, owner_key: str) -> None:
-        """Every attachment of an owner; nothing to do is fine."""
+    async def detach_owner(self, owner_key: str, network: str = "", ifname: str = "") -> None:
+        """Every attachment of an owner, or those on `network` and/or named
+        `ifname` (a CNI DEL); nothing to do is fine, a network gone too."""
         async with self.lock:
-            await self.attachments.detach_owner(owner_key)
+            network_id = ""
+            if network:
+                try:
+                    network_id = self.state.find_network(network).id
+                except NotFound:
+                    return
+            await self.attachments.detach_owner(owner_key, network_id, ifname)
 
     def find_attachment(self, ref: str) -> Attachment:
         return find(self.state.attachments.values(), ref, "attachment", lambda a: ("", a.id))

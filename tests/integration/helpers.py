@@ -98,7 +98,8 @@ def snapshot(host: SimHost) -> dict[str, object]:
             (f[1], f[3])
             for f in map(str.split, host.sh("ip", "-o", "-4", "addr").stdout.splitlines())
         ),
-        "routes": host.sh("ip", "route").stdout,
+        # Without its linkdown flag: a bridge's carrier settles asynchronously too.
+        "routes": host.sh("ip", "route").stdout.replace(" linkdown", ""),
         "nft": nft_state(host),
         "sandboxes": sorted(p.name for p in sandboxes.iterdir()) if sandboxes.is_dir() else [],
         "store": kv,

@@ -321,11 +321,13 @@ class Api:
         return web.Response(status=204)
 
     async def attachment_remove_owner(self, request: web.Request) -> web.Response:
-        """DELETE /attachments?owner_kind=K&owner_id=ID: all of an owner's."""
+        """DELETE /attachments?owner_kind=K&owner_id=ID: all of an owner's, or
+        (&network=N, &ifname=I) those on a network and/or with that interface."""
         kind, owner_id = request.query.get("owner_kind", ""), request.query.get("owner_id", "")
         if not kind or not owner_id:
             raise InvalidArgument("give owner_kind and owner_id")
-        await self.engine.detach_owner(Owner(kind, owner_id).key)
+        network, ifname = request.query.get("network", ""), request.query.get("ifname", "")
+        await self.engine.detach_owner(Owner(kind, owner_id).key, network, ifname)
         return web.Response(status=204)
 
     def inventory(self) -> Any:
