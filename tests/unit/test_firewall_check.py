@@ -282,7 +282,7 @@ class Recorder(Firewall):
     def drift(self):
         return self.problems
 
-    add_ports = remove_ports = add_network = remove_network = teardown = dump = None  # type: ignore[assignment]
+    add_ports = remove_ports = add_network = remove_network = set_vteps = teardown = dump = None  # type: ignore[assignment]
 
 
 def test_check_does_nothing_before_the_first_sync():
