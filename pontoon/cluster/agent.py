@@ -370,6 +370,8 @@ def host_vtep(host_id: str, value: str | None) -> str:
     malformed record is never a reason to accept VXLAN from anywhere)."""
     try:
         vtep = json.loads(value or "")["vtep"]
+        if not isinstance(vtep, str):
+            raise TypeError(vtep)
         return str(ipaddress.IPv4Address(vtep))
     except (ValueError, KeyError, TypeError):
         log.warning("host %s registered without a usable VTEP address: ignored", host_id[:12])
