@@ -362,6 +362,10 @@ class ClusterAgent:
         vteps = set(self.hosts.values())
         if force or vteps != self._told:
             await self.listener.vteps_replaced(vteps)
+            if vteps != self._told:
+                before = self._told or set()
+                log.info("VXLAN accepted from %s (joined: %s; left: %s)", _listed(vteps),
+                         _listed(vteps - before), _listed(before - vteps))  # fmt: skip
             self._told = vteps
 
 
@@ -376,3 +380,7 @@ def host_vtep(host_id: str, value: str | None) -> str:
     except (ValueError, KeyError, TypeError):
         log.warning("host %s registered without a usable VTEP address: ignored", host_id[:12])
         return ""
+
+
+def _listed(addrs: set[str]) -> str:
+    return ", ".join(sorted(addrs, key=ipaddress.IPv4Address)) or "-"
