@@ -63,7 +63,9 @@ def network() -> None:
 @click.option("--gateway", default="")
 @click.option("--ip-range", default="")
 @click.option("--internal", is_flag=True)
-@click.option("-o", "--opt", "opts", multiple=True, help="Driver option KEY=VALUE.")
+@click.option(
+    "-o", "--opt", "opts", multiple=True, help="Driver option KEY=VALUE (a bare KEY: empty value)."
+)
 @click.argument("name")
 @click.pass_context
 def network_create(
@@ -79,8 +81,9 @@ def network_create(
     """Create a network and print its ID."""
     options = {}
     for opt in opts:
-        key, sep, value = opt.partition("=")
-        if not sep or not key:
+        # A bare KEY is KEY="" as with Docker (`-o encrypted`).
+        key, _, value = opt.partition("=")
+        if not key:
             raise click.UsageError(f"invalid option {opt!r}: use KEY=VALUE")
         options[key] = value
     out = client(ctx).post(

@@ -5,7 +5,7 @@ Keys, under the cluster store's prefix:
     /overlay/networks/<id>             the network record (scope global)
     /overlay/endpoints/<net>/<ep>      every overlay endpoint: IP, MAC, host, VTEP
                                        (put with the host's lease)
-    /overlay/hosts/<host>              this host is alive (leased)
+    /overlay/hosts/<host>              this host is alive, and its VTEP (leased)
     /names/networks/<name>             a name is taken, cluster-wide
     /subnets/<cidr>, /vnis/<n>         a subnet or VNI is taken, cluster-wide
     /ipam/<net>/<address>              an address is taken (the Ipam keys)
@@ -17,7 +17,11 @@ watches /overlay/ from the revision it listed at and programs a permanent
 neighbour + FDB entry for every remote endpoint of the networks it has
 containers on; a periodic resync repairs any drift from the store, the single
 source of truth. When a host's lease expires etcd deletes its endpoints and
-every other host unprograms them. While etcd is away nothing is torn down:
+every other host unprograms them.
+
+The hosts' VTEP addresses are the only sources VXLAN is accepted from (the
+firewall's VTEP set, ours included): a host that registers is added on every
+host, one whose lease expires is dropped. While etcd is away nothing is torn down:
 running containers keep talking, and the first successful resync after it
 returns catches up with everything missed, deletions included.
 """
@@ -74,6 +78,8 @@ class ClusterListener(Protocol):
 
     async def peer_removed(self, peer_id: str) -> None: ...
 
+    async def vteps_replaced(self, vteps: set[str]) -> None: ...
+
 
 class ClusterAgent:
     def __init__(self, store: Any, host_id: str, vtep: str, ttl: int) -> None:
@@ -87,6 +93,8 @@ class ClusterAgent:
         self.revision = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._synced = asyncio.Event()
+        self.hosts: dict[str, str] = {}  # host id -> VTEP, as the store says
+        self._told: set[str] | None = None  # the VTEP set the listener last got
 
     # lifecycle -------------------------------------------------------------
 
@@ -283,6 +291,7 @@ class ClusterAgent:
         kvs, revision = await self.store.list_prefix(OVERLAY)
         networks: dict[str, Network] = {}
         peers: dict[str, Peer] = {}
+        hosts: dict[str, str] = {}
         for kv in kvs:
             kind, _, rest = kv.key.removeprefix(OVERLAY).partition("/")
             if kind == "networks":
@@ -290,9 +299,15 @@ class ClusterAgent:
             elif kind == "endpoints":
                 peer = Peer.loads(kv.value)
                 peers[peer.id] = peer
+            elif kind == "hosts" and (vtep := host_vtep(rest, kv.value)):
+                hosts[rest] = vtep
         fresh = not self.lease
         if fresh:
             await self._register()
+        hosts[self.host_id] = self.vtep
+        self.hosts = hosts
+        # Before any peer is programmed: their VXLAN must not meet a drop.
+        await self._tell_vteps(force=True)
         # Our own attachments must be in the store (a lapsed lease deleted them),
         # and only those: what we failed to withdraw while etcd was away goes now.
         # Under a new lease (a restart) every one is put again: those still in
@@ -324,6 +339,13 @@ class ClusterAgent:
                 await self.listener.global_networks_seen([net], complete=False)
             else:
                 await self.listener.global_network_gone(rest)
+        elif kind == "hosts":
+            vtep = host_vtep(rest, event.value) if event.kind == "put" else ""
+            if vtep:
+                self.hosts[rest] = vtep
+            elif rest != self.host_id:  # our own lapsed lease: we are still here
+                self.hosts.pop(rest, None)
+            await self._tell_vteps()
         elif kind == "endpoints":
             peer_id = rest.rpartition("/")[2]
             if event.kind == "put" and event.value is not None:
@@ -332,3 +354,33 @@ class ClusterAgent:
                     await self.listener.peer_added(peer)
             else:
                 await self.listener.peer_removed(peer_id)
+
+    async def _tell_vteps(self, force: bool = False) -> None:
+        """The listener gets the VTEP set when it changed (or, on a resync,
+        again, which repairs nothing but costs one transaction at most)."""
+        assert self.listener is not None
+        vteps = set(self.hosts.values())
+        if force or vteps != self._told:
+            await self.listener.vteps_replaced(vteps)
+            if vteps != self._told:
+                before = self._told or set()
+                log.info("VXLAN accepted from %s (joined: %s; left: %s)", _listed(vteps),
+                         _listed(vteps - before), _listed(before - vteps))  # fmt: skip
+            self._told = vteps
+
+
+def host_vtep(host_id: str, value: str | None) -> str:
+    """The VTEP of a host's registration, or "" for one we cannot use (a
+    malformed record is never a reason to accept VXLAN from anywhere)."""
+    try:
+        vtep = json.loads(value or "")["vtep"]
+        if not isinstance(vtep, str):
+            raise TypeError(vtep)
+        return str(ipaddress.IPv4Address(vtep))
+    except (ValueError, KeyError, TypeError):
+        log.warning("host %s registered without a usable VTEP address: ignored", host_id[:12])
+        return ""
+
+
+def _listed(addrs: set[str]) -> str:
+    return ", ".join(sorted(addrs, key=ipaddress.IPv4Address)) or "-"

@@ -30,12 +30,14 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from pontoon.core import addresses
 from pontoon.core.model import Attachment, Network, NetworkSpec
-from pontoon.drivers import links
+from pontoon.drivers import encryption, links
 from pontoon.drivers.base import CLUSTER_ALLOCATOR, Capabilities, NetworkDriver, Peer
+from pontoon.errors import InvalidArgument
 from pontoon.ipam.pools import Pool
 from pontoon.sandbox import netns
 
 BRIDGE = "br0"
+ENCRYPTED = "encrypted"  # Docker's option name: `-o encrypted`
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02  # the VXLAN device's own FDB, not its master bridge's
 VXLAN_OVERHEAD = 50  # outer Ethernet + IP + UDP + VXLAN headers
@@ -70,7 +72,7 @@ class OverlayDriver(NetworkDriver):
         host_reachable=False,
         default_route=False,
         needs_cluster=True,
-        options=links.MTU_OPTIONS,
+        options=(*links.MTU_OPTIONS, ENCRYPTED),
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -81,6 +83,22 @@ class OverlayDriver(NetworkDriver):
     @property
     def ipr(self) -> Any:
         return self.ctx.ipr  # the host namespace
+
+    def validate(self, spec: NetworkSpec) -> None:
+        super().validate(spec)
+        if ENCRYPTED in spec.options:
+            # Fail closed: never carry an "encrypted" network in the clear.
+            lacking = encryption.missing()
+            if lacking:
+                raise InvalidArgument(
+                    "encrypted overlay networks need IPsec ESP with AES-GCM or WireGuard, and "
+                    f"this kernel has no {', no '.join(lacking)}: create the network without "
+                    "-o encrypted"
+                )
+            raise InvalidArgument(
+                "encrypted overlay networks are not implemented yet (the kernel could: "
+                "see docs/security.md): create the network without -o encrypted"
+            )
 
     def default_mtu(self, spec: NetworkSpec) -> int:
         return links.mtu_option(spec, self.ctx.underlay_mtu - VXLAN_OVERHEAD)

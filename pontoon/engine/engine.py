@@ -182,6 +182,13 @@ class Engine:
             if net is not None and self.state.participating(net.id):
                 await self.kernel.call(self.drivers.of(net).remove_peer, net, _driver_peer(peer))
 
+    async def vteps_replaced(self, vteps: set[str]) -> None:
+        """The cluster's VTEP addresses: VXLAN from any other source is
+        dropped before decapsulation (the firewall's VTEP set)."""
+        async with self.lock:
+            await self.kernel.call(self.kernel.firewall.set_vteps, set(vteps))
+            log.debug("VTEP set: %s", ", ".join(sorted(vteps)))
+
     async def restore_proxy(self) -> None:
         """The proxy died and a new, empty one runs: hand it every published
         port again (DaemonProxy's `on_restart`)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import ipaddress
 import logging
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,16 @@ class Tunnel:
     udp_port: int
 
 
+def vtep_set(vteps: set[str] | None, tunnel: Tunnel | None) -> set[str]:
+    """The VTEP addresses VXLAN is accepted from: the cluster's (from the
+    store), and always our own. Parsed, so nothing but an address reaches a
+    rule."""
+    addrs = {str(ipaddress.IPv4Address(a)) for a in vteps or ()}
+    if tunnel is not None:
+        addrs.add(str(ipaddress.IPv4Address(tunnel.local_ip)))
+    return addrs
+
+
 PortKey = tuple[str, str, int]
 
 
@@ -62,6 +73,10 @@ class DesiredState:
 
     networks: dict[str, NetworkRules] = dataclasses.field(default_factory=dict)  # by bridge
     ports: dict[PortKey, PortRule] = dataclasses.field(default_factory=dict)
+    # The cluster's VTEP addresses (programmed from the store, never learned);
+    # None until the cluster agent first says, when the first sync keeps the
+    # set a previous daemon left in the kernel.
+    vteps: set[str] | None = None
     applied: bool = False  # a sync() wrote all of it: only then is there a model to check
     version: int = 0  # bumped on every change, so views of it can be cached
 
@@ -73,6 +88,11 @@ class DesiredState:
 
     def clear(self) -> None:
         self.networks, self.ports, self.applied = {}, {}, False
+        self.vteps = None
+        self.version += 1
+
+    def set_vteps(self, vteps: set[str]) -> None:
+        self.vteps = {str(ipaddress.IPv4Address(a)) for a in vteps}  # a bad one: nothing changes
         self.version += 1
 
     def add_network(self, net: NetworkRules) -> None:
@@ -126,6 +146,16 @@ class Firewall(abc.ABC):
 
     @abc.abstractmethod
     def remove_network(self, net: NetworkRules) -> None: ...
+
+    @abc.abstractmethod
+    def set_vteps(self, vteps: set[str]) -> None:
+        """The cluster's VTEP addresses (ours is always added): VXLAN from any
+        other source is dropped before decapsulation. Applied as one
+        transaction when the table is up; otherwise kept for the next sync."""
+
+    def accepted_vteps(self) -> set[str]:
+        """The VTEP set as it is (or will be) programmed."""
+        return vtep_set(self.desired.vteps, self.tunnel)
 
     @abc.abstractmethod
     def teardown(self) -> None:

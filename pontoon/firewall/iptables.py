@@ -11,7 +11,10 @@ can be read side by side:
 
     raw PREROUTING              -j PONTOON-GUARD
     raw PONTOON-GUARD           -d 127.0.0.0/8 ! -i lo -j DROP
-                                [overlays: -d VTEP -p udp --dport VXLAN -j CT --notrack]
+                                [overlays: -p udp --dport VXLAN -j PONTOON-VTEPS
+                                           -d VTEP -p udp --dport VXLAN -j CT --notrack]
+    raw PONTOON-VTEPS           [overlays: -s MEMBER/32 -j RETURN       per cluster VTEP
+                                           -m addrtype ! --dst-type UNICAST -j DROP]
     raw OUTPUT                  [overlays: -j PONTOON-UNTRACK]
     raw PONTOON-UNTRACK         [overlays: -s VTEP -p udp --dport VXLAN -j CT --notrack]
     nat PREROUTING              -m addrtype --dst-type LOCAL -j PONTOON
@@ -42,6 +45,9 @@ can be read side by side:
     filter PONTOON              -d CIP/32 ! -i BR -o BR -p P -m P --dport CPORT -j ACCEPT
 
 How that maps onto the nftables backend:
+- the `vteps` set is the chain PONTOON-VTEPS, one RETURN per VTEP (ipset is
+  not installed on the machines pontoon targets, and a cluster has tens of
+  hosts, not thousands); its DROP is the set's `fib daddr type != unicast`;
 - from-<bridge> "same bridge accept / [internal: drop] / ct status dnat accept /
   oifname @bridges drop" is STAGE-1 + STAGE-2 and then `-i BR -j ACCEPT`;
 - "oifname @internal drop" (traffic from elsewhere into an internal network)
@@ -79,12 +85,20 @@ validated device names, parsed addresses and checked numbers are written.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import ipaddress
 import re
 import subprocess
 
-from pontoon.firewall.base import DesiredState, Firewall, NetworkRules, PortRule, Tunnel
+from pontoon.firewall.base import (
+    DesiredState,
+    Firewall,
+    NetworkRules,
+    PortRule,
+    Tunnel,
+    vtep_set,
+)
 from pontoon.firewall.nft.writer import Generation
 from pontoon.portmap.spec import ANY, PROTOCOLS
 
@@ -98,10 +112,11 @@ PORTS = "PONTOON"  # filter: ACCEPT published ports; nat: their DNAT
 POSTROUTING = "PONTOON-POSTROUTING"
 GUARD = "PONTOON-GUARD"
 UNTRACK = "PONTOON-UNTRACK"
+VTEPS = "PONTOON-VTEPS"  # raw: RETURN for the cluster's VTEPs, DROP other VXLAN
 
 # Our chains per table, in the order the tables are written by sync().
 OUR_CHAINS: dict[str, tuple[str, ...]] = {
-    "raw": (GUARD, UNTRACK),
+    "raw": (GUARD, VTEPS, UNTRACK),
     "filter": (FORWARD, STAGE1, STAGE2, PORTS),
     "nat": (PORTS, POSTROUTING),
 }
@@ -197,8 +212,19 @@ def jump_rules(userland_proxy: bool, tunnel: Tunnel | None = None) -> list[Rule]
     ]
 
 
-def skeleton_rules(tunnel: Tunnel | None = None) -> list[Rule]:
-    """The rules of our chains that do not depend on networks or ports."""
+def vtep_rule(vtep: str) -> Rule:
+    """VXLAN from one of the cluster's VTEPs goes on (to the notrack rule)."""
+    return Rule("raw", VTEPS, f"-s {_addr(vtep)}/32 -j RETURN", 1)
+
+
+def _vtep_key(rule: Rule) -> ipaddress.IPv4Address:
+    return ipaddress.IPv4Address(rule.spec.split()[1].removesuffix("/32"))
+
+
+def skeleton_rules(tunnel: Tunnel | None = None, vteps: set[str] | frozenset[str] = frozenset()
+                   ) -> list[Rule]:  # fmt: skip
+    """The rules of our chains that do not depend on networks or ports;
+    `vteps`, the VTEPs VXLAN is accepted from (with a tunnel only)."""
     rules = [
         # Other hosts must never reach 127.0.0.0/8 (route_localnet, both modes).
         Rule("raw", GUARD, f"-d {LOOPBACK} ! -i lo -j DROP"),
@@ -210,9 +236,44 @@ def skeleton_rules(tunnel: Tunnel | None = None) -> list[Rule]:
         # VXLAN between VTEPs needs no state (pontoon.firewall.base.Tunnel).
         vtep, port = _addr(tunnel.local_ip), _port(tunnel.udp_port)
         udp = f"-p udp -m udp --dport {port} -j CT --notrack"
-        rules += [Rule("raw", GUARD, f"-d {vtep}/32 {udp}"),
+        # Before decapsulation, VXLAN from anything but a cluster VTEP is
+        # dropped: the VXLAN socket takes every local address and broadcasts,
+        # so every destination that is not forwarded counts.
+        members = sorted((vtep_rule(v) for v in vteps), key=_vtep_key)
+        rules += [Rule("raw", GUARD, f"-p udp -m udp --dport {port} -j {VTEPS}"),
+                  Rule("raw", GUARD, f"-d {vtep}/32 {udp}"),
+                  *members,
+                  Rule("raw", VTEPS, "-m addrtype ! --dst-type UNICAST -j DROP"),
                   Rule("raw", UNTRACK, f"-s {vtep}/32 {udp}")]  # fmt: skip
     return rules
+
+
+def saved_vteps(saved: Saved) -> set[str]:
+    """The VTEPs of PONTOON-VTEPS as iptables-save shows it (a previous
+    daemon's set)."""
+    out = set()
+    for chain, spec in saved.rules.get("raw", []):
+        parts = spec.split()
+        if (
+            chain == VTEPS
+            and len(parts) == 4
+            and parts[0] == "-s"
+            and parts[2:] == ["-j", "RETURN"]
+        ):
+            with contextlib.suppress(ValueError):
+                out.add(_addr(parts[1].removesuffix("/32")))
+    return out
+
+
+def vteps_script(old: set[str], new: set[str], saved: Saved) -> str:
+    """Take PONTOON-VTEPS from `old` to `new` in one raw-table transaction:
+    RETURNs of VTEPs gone deleted, those of new ones inserted first (above
+    the DROP)."""
+    gone = [vtep_rule(v) for v in sorted(old - new)]
+    added = [vtep_rule(v) for v in sorted(new - old)]
+    lines = [r.delete_line() for r in _split_by_presence(gone, saved)[0]]
+    lines += [r.add_line() for r in _split_by_presence(added, saved)[1]]
+    return render({"raw": lines})
 
 
 def network_rules(net: NetworkRules, userland_proxy: bool) -> list[Rule]:
@@ -366,11 +427,12 @@ def sync_script(
     userland_proxy: bool,
     saved: Saved,
     tunnel: Tunnel | None = None,
+    vteps: set[str] | frozenset[str] = frozenset(),
 ) -> str:
     """Declare (create or, under --noflush, flush) and refill all our chains,
     and make the jumps into them exactly jump_rules(): the stale ones (other
     proxy mode, duplicates) deleted, the missing ones inserted first."""
-    skeleton = skeleton_rules(tunnel)
+    skeleton = skeleton_rules(tunnel, vteps)
     rules = skeleton + [r for n in networks for r in network_rules(n, userland_proxy)]
     rules += [r for p in ports for r in port_rules(p)]
 
@@ -496,7 +558,9 @@ def expected_rules(
     state: DesiredState, userland_proxy: bool, tunnel: Tunnel | None = None
 ) -> collections.Counter[tuple[str, str, str]]:
     """Every (table, chain, spec) sync() would write for `state`, jumps included."""
-    rules = jump_rules(userland_proxy, tunnel) + skeleton_rules(tunnel)
+    rules = jump_rules(userland_proxy, tunnel) + skeleton_rules(
+        tunnel, vtep_set(state.vteps, tunnel)
+    )
     rules += [r for n in state.networks.values() for r in network_rules(n, userland_proxy)]
     rules += [r for p in state.ports.values() for r in port_rules(p)]
     return collections.Counter((r.table, r.chain, r.spec) for r in rules)
@@ -566,8 +630,24 @@ class IptablesFirewall(Firewall):
         return parse_save(self._exec(self.save_cmd))
 
     def sync(self, networks: list[NetworkRules], ports: list[PortRule]) -> None:
-        self.run(sync_script(networks, ports, self.userland_proxy, self.saved(), self.tunnel))
+        saved = self.saved()
+        if self.tunnel is not None and self.desired.vteps is None:
+            # Before the cluster store is read: the previous daemon's set.
+            self.desired.set_vteps(saved_vteps(saved))
+        vteps = self.accepted_vteps() if self.tunnel is not None else set()
+        self.run(sync_script(networks, ports, self.userland_proxy, saved, self.tunnel, vteps))
         self.desired.replace(networks, ports)
+
+    def set_vteps(self, vteps: set[str]) -> None:
+        before = self.accepted_vteps()
+        self.desired.set_vteps(vteps)
+        if self.tunnel is None or not self.desired.applied:
+            return  # the next sync writes it
+        try:
+            self.run(vteps_script(before, self.accepted_vteps(), self.saved()))
+        except IptablesError:
+            # Our chain was changed under us: rebuild all of it from the model.
+            self.check()
 
     def add_network(self, net: NetworkRules) -> None:
         self.run(add_network_script(net, self.userland_proxy, self.saved()))

@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from pontoon.firewall.base import DesiredState, Firewall, NetworkRules, PortRule
+from pontoon.firewall.base import DesiredState, Firewall, NetworkRules, PortRule, Tunnel
 from pontoon.firewall.iptables import drift, expected_rules, parse_save
 from pontoon.firewall.nft.host import differences, expected_view, kernel_view
 from tests.unit.test_iptables_rules import FakeIptables
@@ -247,6 +247,39 @@ def test_elements_with_options_and_single_address_subnets_compare_by_value():
     assert "10.9.0.1" in view.elements["nat_subnets"]
 
 
+def test_a_vtep_removed_from_the_set_by_hand_or_added_is_seen():
+    tunnel = Tunnel("10.240.0.11", 4789)
+    desired = state()
+    desired.set_vteps({"10.240.0.12"})
+    want = expected_view(desired, userland_proxy=True, tunnel=tunnel)
+    assert want.elements["vteps"] == {"10.240.0.11", "10.240.0.12"}
+    assert want.chains["guard"][2] == 3  # loopback drop, VXLAN drop, notrack
+    have = copy.deepcopy(want)
+    assert differences(want, have) == []
+    have.elements["vteps"] = {"10.240.0.11", "10.240.0.66"}
+    assert differences(want, have) == [
+        "vteps: 1 element(s) missing, e.g. 10.240.0.12",
+        "vteps: 1 element(s) not ours, e.g. 10.240.0.66",
+    ]
+    del have.elements["vteps"]
+    assert differences(want, have) == ["set vteps is missing"]
+
+
+def test_iptables_a_deleted_vtep_rule_is_reapplied():
+    fake = FakeIptables()
+    fw = fake.firewall()
+    fw._nft_based = False
+    fw.tunnel = Tunnel("10.240.0.11", 4789)
+    fw.set_vteps({"10.240.0.12"})
+    fw.sync([NET], [WEB])
+    assert fw.check() == []
+    fake.restore("*raw\n-D PONTOON-VTEPS -s 10.240.0.12/32 -j RETURN\nCOMMIT\n")
+    assert fw.check() == [
+        "1 rule(s) missing, e.g. -t raw -A PONTOON-VTEPS -s 10.240.0.12/32 -j RETURN"
+    ]
+    assert "-s 10.240.0.12/32 -j RETURN" in fake.chain("raw", "PONTOON-VTEPS")
+
+
 # -- the desired state -------------------------------------------------------------------
 
 
@@ -282,7 +315,7 @@ class Recorder(Firewall):
     def drift(self):
         return self.problems
 
-    add_ports = remove_ports = add_network = remove_network = teardown = dump = None  # type: ignore[assignment]
+    add_ports = remove_ports = add_network = remove_network = set_vteps = teardown = dump = None  # type: ignore[assignment]
 
 
 def test_check_does_nothing_before_the_first_sync():

@@ -196,8 +196,10 @@ def test_sctp_port():
 SYNC_PROXY = f"""\
 *raw
 :PONTOON-GUARD - [0:0]
+:PONTOON-VTEPS - [0:0]
 :PONTOON-UNTRACK - [0:0]
 -F PONTOON-GUARD
+-F PONTOON-VTEPS
 -F PONTOON-UNTRACK
 -I PREROUTING 1 -j PONTOON-GUARD
 -A PONTOON-GUARD -d 127.0.0.0/8 ! -i lo -j DROP
@@ -465,8 +467,8 @@ def test_teardown_text():
         "-X PONTOON\n"
         "COMMIT\n"
         "*raw\n"
-        "-D PREROUTING -j PONTOON-GUARD\n-F PONTOON-GUARD\n-F PONTOON-UNTRACK\n"
-        "-X PONTOON-GUARD\n-X PONTOON-UNTRACK\n"
+        "-D PREROUTING -j PONTOON-GUARD\n-F PONTOON-GUARD\n-F PONTOON-VTEPS\n-F PONTOON-UNTRACK\n"
+        "-X PONTOON-GUARD\n-X PONTOON-VTEPS\n-X PONTOON-UNTRACK\n"
         "COMMIT\n"
     )
 
@@ -685,11 +687,14 @@ def _matches(spec: str, pkt: dict) -> tuple[bool, str | None]:
         elif tok == "--ctstate":
             ok = bool(set(arg.split(",")) & pkt["ct"])
         elif tok == "--dst-type":
-            ok = arg == "LOCAL" and pkt.get("local", False)
+            ok = ("LOCAL" if pkt.get("local") else pkt.get("dst_type", "UNICAST")) == arg
         elif tok == "-m":
             ok = True
         elif tok == "-j":
             target = arg
+            ok = True
+        elif tok == "--notrack":
+            target = "NOTRACK"
             ok = True
         elif tok == "--to-destination":
             target = f"DNAT {arg}"
@@ -865,6 +870,81 @@ def test_overlay_hosts_leave_vxlan_untracked():
     fw.sync([NORMAL], [])
     fw.teardown()
     assert "PONTOON" not in fake.save()
+
+
+def _vxlan(src: str, **extra) -> dict:
+    return {"src": src, "dst": "10.240.0.11", "proto": "udp", "dport": 4789, "in": "eth0",
+            "out": "", "ct": set(), "local": True, **extra}  # fmt: skip
+
+
+def test_vxlan_is_accepted_only_from_the_clusters_vteps():
+    fake = FakeIptables()
+    fw = fake.firewall()
+    fw.tunnel = Tunnel("10.240.0.11", 4789)
+    fw.set_vteps({"10.240.0.12"})  # before the first sync: kept for it
+    fw.sync([NORMAL], [])
+    assert fake.chain("raw", "PONTOON-VTEPS") == [
+        "-s 10.240.0.11/32 -j RETURN",
+        "-s 10.240.0.12/32 -j RETURN",
+        "-m addrtype ! --dst-type UNICAST -j DROP",
+    ]
+    assert fake.chain("raw", "PONTOON-GUARD")[1:] == [
+        "-p udp -m udp --dport 4789 -j PONTOON-VTEPS",
+        "-d 10.240.0.11/32 -p udp -m udp --dport 4789 -j CT --notrack",
+    ]
+    walk = lambda pkt: _walk(fake, "raw", "PREROUTING", pkt)  # noqa: E731
+    assert walk(_vxlan("10.240.0.12")) == "NOTRACK"  # a member: on to the notrack rule
+    assert walk(_vxlan("10.240.0.99")) == "DROP"  # anyone else
+    assert walk(_vxlan("10.240.0.99", dst="10.240.0.200", local=False, dst_type="BROADCAST")) == (
+        "DROP"
+    )
+    # Forwarded VXLAN (a container's own tunnel, say) is none of our business.
+    assert walk(_vxlan("10.240.0.99", dst="192.0.2.7", local=False)) is None
+
+
+def test_vtep_set_changes_are_one_raw_transaction_and_keep_the_drop_last():
+    fake = FakeIptables()
+    fw = fake.firewall()
+    fw.tunnel = Tunnel("10.240.0.11", 4789)
+    fw.sync([], [])
+    fake.restores.clear()
+    fw.set_vteps({"10.240.0.12", "10.240.0.13"})
+    fw.set_vteps({"10.240.0.13", "10.240.0.14"})
+    assert fake.restores[-1] == (
+        "*raw\n-D PONTOON-VTEPS -s 10.240.0.12/32 -j RETURN\n"
+        "-I PONTOON-VTEPS 1 -s 10.240.0.14/32 -j RETURN\nCOMMIT\n"
+    )
+    assert len(fake.restores) == 2
+    chain = fake.chain("raw", "PONTOON-VTEPS")
+    assert chain[-1] == "-m addrtype ! --dst-type UNICAST -j DROP"
+    assert sorted(chain[:-1]) == [f"-s 10.240.0.{n}/32 -j RETURN" for n in (11, 13, 14)]
+    fw.set_vteps({"10.240.0.13", "10.240.0.14"})  # no change: nothing run
+    assert len(fake.restores) == 2
+    fw._nft_based = False  # the fake is legacy iptables: no generation to ask
+    assert fw.check() == []
+
+
+def test_a_restart_keeps_the_previous_daemons_vtep_set_until_the_store_says():
+    fake = FakeIptables()
+    fw = fake.firewall()
+    fw.tunnel = Tunnel("10.240.0.11", 4789)
+    fw.set_vteps({"10.240.0.12"})
+    fw.sync([], [])
+    again = fake.firewall()
+    again.tunnel = Tunnel("10.240.0.11", 4789)
+    again.sync([], [])
+    assert again.accepted_vteps() == {"10.240.0.11", "10.240.0.12"}
+    assert "-s 10.240.0.12/32 -j RETURN" in fake.chain("raw", "PONTOON-VTEPS")
+
+
+def test_a_bad_vtep_changes_nothing():
+    fake = FakeIptables()
+    fw = fake.firewall()
+    fw.tunnel = Tunnel("10.240.0.11", 4789)
+    fw.sync([], [])
+    with pytest.raises(ValueError):
+        fw.set_vteps({"10.0.0.1/32 -j ACCEPT"})
+    assert fw.accepted_vteps() == {"10.240.0.11"}
 
 
 def test_tunnel_address_is_validated():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pontoon.firewall.base import NetworkRules, PortRule, Tunnel
+from pontoon.firewall.base import NetworkRules, PortRule, Tunnel, vtep_set
 from pontoon.firewall.nft import trace as trace_rules
 from pontoon.firewall.nft.host import (
     network_commands,
@@ -13,6 +13,8 @@ from pontoon.firewall.nft.host import (
     remove_network_commands,
     remove_port_commands,
     skeleton,
+    vtep_commands,
+    vteps_of,
 )
 from pontoon.firewall.nft.sandbox import dns_rewrite_script
 
@@ -105,6 +107,45 @@ def test_vxlan_between_vteps_is_untracked_only_on_overlay_hosts():
     untrack = text[text.index("chain untrack") :]
     assert "hook output priority raw" in untrack
     assert "ip saddr 10.240.0.11 udp dport 4789 notrack" in untrack
+
+
+def test_vxlan_from_outside_the_vtep_set_is_dropped_before_it_is_untracked():
+    assert "vteps" not in skeleton(userland_proxy=True)  # no overlays: no set, no rule
+    text = skeleton(userland_proxy=True, tunnel=Tunnel("10.240.0.11", 4789))
+    assert "set vteps { type ipv4_addr; }" in text
+    guard = text[text.index("chain guard") : text.index("chain untrack")]
+    drop = "udp dport 4789 ip saddr != @vteps fib daddr type != unicast counter drop"
+    assert drop in guard
+    # Before the loopback guard? No: after it, and before the notrack rule.
+    assert guard.index("127.0.0.0/8 drop") < guard.index(drop) < guard.index("notrack")
+
+
+def test_vtep_set_changes_are_one_add_and_one_delete():
+    old = {"10.240.0.11", "10.240.0.12", "10.240.0.13"}
+    new = {"10.240.0.11", "10.240.0.14", "10.240.0.2"}
+    assert vtep_commands(old, new) == [
+        f"add element {T} vteps {{ 10.240.0.2, 10.240.0.14 }}",
+        f"delete element {T} vteps {{ 10.240.0.12, 10.240.0.13 }}",
+    ]
+    assert vtep_commands(new, new) == []
+    with pytest.raises(ValueError):
+        vtep_commands((), {"10.0.0.1 } ; flush ruleset"})
+
+
+def test_the_vtep_set_always_holds_our_own_vtep():
+    tunnel = Tunnel("10.240.0.11", 4789)
+    assert vtep_set(None, tunnel) == {"10.240.0.11"}
+    assert vtep_set({"10.240.0.12"}, tunnel) == {"10.240.0.11", "10.240.0.12"}
+    assert vtep_set({"10.240.0.12"}, None) == {"10.240.0.12"}
+
+
+def test_a_previous_daemons_vtep_set_is_read_from_the_listing():
+    listing = [
+        {"table": {"family": "ip", "name": "pontoon"}},
+        {"set": {"name": "vteps", "type": "ipv4_addr", "elem": ["10.240.0.12", "10.240.0.11"]}},
+    ]
+    assert vteps_of(listing) == {"10.240.0.11", "10.240.0.12"}
+    assert vteps_of([{"set": {"name": "vteps", "type": "ipv4_addr"}}]) == set()
 
 
 def test_tunnel_address_must_be_an_address():

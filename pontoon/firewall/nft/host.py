@@ -5,7 +5,9 @@ applied (check()).
 Layout (docs/architecture.md has the packet walk):
 
     guard (raw prerouting)   iifname != "lo" ip daddr 127.0.0.0/8 drop
-                             [overlays: ip daddr VTEP udp dport VXLAN notrack]
+                             [overlays: udp dport VXLAN ip saddr != @vteps
+                                        fib daddr type != unicast counter drop
+                                        ip daddr VTEP udp dport VXLAN notrack]
     untrack (raw output)     [overlays: ip saddr VTEP udp dport VXLAN notrack]
     prerouting (dstnat)      fib daddr type local jump portmap
     output (dstnat)          [proxy mode: ip daddr 127.0.0.0/8 return]
@@ -21,6 +23,10 @@ Layout (docs/architecture.md has the packet walk):
     postrouting (srcnat)     ct status dnat saddr . daddr @self_hairpin masquerade
                              [kernel mode: ip saddr 127.0.0.0/8 oifname @bridges masquerade]
                              ip saddr @nat_subnets oifname != @bridges masquerade
+
+With overlays, `vteps` holds the cluster's VTEP addresses (from the cluster
+store, ours included): VXLAN from anywhere else is dropped before the VXLAN
+socket decapsulates it (the class of CVE-2023-28840/-28841/-28842).
 
 Per-network and per-port state lives in set and map elements (hash lookups,
 so the cost of a packet does not grow with the number of networks or
@@ -39,11 +45,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import ipaddress
+import logging
 from collections.abc import Hashable, Iterable
 
-from pontoon.firewall.base import DesiredState, Firewall, NetworkRules, PortRule, Tunnel
+from pontoon.firewall.base import (
+    DesiredState,
+    Firewall,
+    NetworkRules,
+    PortRule,
+    Tunnel,
+    vtep_set,
+)
 from pontoon.firewall.nft.writer import HostContext, NftError
 from pontoon.portmap.spec import ANY
+
+log = logging.getLogger(__name__)
 
 TABLE = "pontoon"
 FAMILY = "ip"
@@ -59,6 +75,14 @@ SETS = {
     "portmap_any": "map portmap_any { type inet_proto . inet_service : ipv4_addr . inet_service; }",
     "self_hairpin": "set self_hairpin { type ipv4_addr . ipv4_addr; }",
 }
+# Only on a host with overlays (a Tunnel): the VTEPs VXLAN is accepted from.
+VTEPS = "vteps"
+VTEPS_DECL = "set vteps { type ipv4_addr; }"
+
+
+def set_decls(tunnel: Tunnel | None) -> dict[str, str]:
+    return {**SETS, VTEPS: VTEPS_DECL} if tunnel is not None else dict(SETS)
+
 
 __all__ = ["NftError", "NftablesFirewall", "network_commands", "skeleton"]
 
@@ -94,6 +118,13 @@ def skeleton_chains(userland_proxy: bool, tunnel: Tunnel | None = None) -> list[
         # VXLAN between VTEPs untracked; nothing without overlays, so other
         # hosts pay for no extra hook.
         vtep, port = ipaddress.IPv4Address(tunnel.local_ip), int(tunnel.udp_port)
+        # The VXLAN socket listens on every local address (and takes
+        # broadcasts), so anything for this host that is not to be forwarded
+        # counts, not only the VTEP address. Members' packets skip the fib
+        # lookup: the set is tested first.
+        guard.append(
+            f"udp dport {port} ip saddr != @{VTEPS} fib daddr type != unicast counter drop"
+        )
         guard.append(f"ip daddr {vtep} udp dport {port} notrack")
         chains.append(
             Chain("untrack", (f"ip saddr {vtep} udp dport {port} notrack",), "filter output raw")
@@ -127,7 +158,7 @@ def skeleton_chains(userland_proxy: bool, tunnel: Tunnel | None = None) -> list[
 
 
 def skeleton(userland_proxy: bool, tunnel: Tunnel | None = None) -> str:
-    sets = "".join(f"    {decl}\n" for decl in SETS.values())
+    sets = "".join(f"    {decl}\n" for decl in set_decls(tunnel).values())
     chains = "".join(c.render() for c in skeleton_chains(userland_proxy, tunnel))
     return f"\ntable {T} {{\n{sets}{chains}}}\n"
 
@@ -222,6 +253,32 @@ def remove_port_commands(rules: list[PortRule], keep: Iterable[str] = ()) -> lis
     return cmds
 
 
+def vtep_commands(old: Iterable[str], new: Iterable[str]) -> list[str]:
+    """Make the `vteps` set go from `old` to `new` (both parsed addresses):
+    one add and one delete, run as one transaction."""
+    before, after = set(old), set(new)
+    cmds = []
+    if added := after - before:
+        cmds.append(f"add element {T} {VTEPS} {{ {_addresses(added)} }}")
+    if gone := before - after:
+        cmds.append(f"delete element {T} {VTEPS} {{ {_addresses(gone)} }}")
+    return cmds
+
+
+def _addresses(addrs: Iterable[str]) -> str:
+    return ", ".join(str(a) for a in sorted(ipaddress.IPv4Address(a) for a in addrs))
+
+
+def vteps_of(objects: list[dict[str, object]]) -> set[str]:
+    """The `vteps` set's elements in nft's JSON of our table (a previous
+    daemon's), or none."""
+    for obj in objects:
+        s = obj.get("set")
+        if isinstance(s, dict) and s.get("name") == VTEPS:
+            return {str(ipaddress.IPv4Address(e)) for e in s.get("elem", []) if isinstance(e, str)}
+    return set()
+
+
 # -- the desired table, as the check compares it ---------------------------------
 
 Element = Hashable
@@ -237,7 +294,7 @@ class TableView:
 
 
 def expected_view(state: DesiredState, userland_proxy: bool, tunnel: Tunnel | None) -> TableView:
-    view = TableView(elements={name: set() for name in SETS})
+    view = TableView(elements={name: set() for name in set_decls(tunnel)})
     for chain in skeleton_chains(userland_proxy, tunnel):
         hook = chain.hook.split()[1] if chain.hook else ""
         view.chains[chain.name] = (hook, "accept" if hook else "", len(chain.rules))
@@ -258,6 +315,8 @@ def expected_view(state: DesiredState, userland_proxy: bool, tunnel: Tunnel | No
             key = (str(ipaddress.IPv4Address(rule.host_ip)), rule.proto, int(rule.host_port))
             el["portmap_ip"].add((key, target))
         el["self_hairpin"].add((target[0], target[0]))
+    if tunnel is not None:
+        el[VTEPS] = set(vtep_set(state.vteps, tunnel))
     return view
 
 
@@ -358,12 +417,41 @@ class NftablesFirewall(Firewall):
     def sync(self, networks: list[NetworkRules], ports: list[PortRule]) -> None:
         # "add; delete; define" replaces our table atomically whether or not it
         # existed: packets see either the old ruleset or the new one.
+        if self.tunnel is not None and self.desired.vteps is None:
+            self._adopt_vteps()
         lines = [f"add table {T}", f"delete table {T}", skeleton(self.userland_proxy, self.tunnel)]
         for net in networks:
             lines += network_commands(net)
         lines += port_commands(ports)
+        if self.tunnel is not None:
+            lines += vtep_commands((), self.accepted_vteps())
         self.run("\n".join(lines))
         self.desired.replace(networks, ports)
+
+    def _adopt_vteps(self) -> None:
+        """At start-up, before the cluster store has been read: keep the set
+        the previous daemon programmed (from the store), so a restart does not
+        cut the overlay off until the first resync, nor open it."""
+        try:
+            found = vteps_of(self._nft.read_json(f"list set {T} {VTEPS}"))
+        except NftError:
+            found = set()  # no table or no set yet: our own VTEP only
+        if found:
+            log.info("keeping the %d VTEPs of the previous ruleset until the cluster store "
+                     "is read", len(found))  # fmt: skip
+        self.desired.set_vteps(found)
+
+    def set_vteps(self, vteps: set[str]) -> None:
+        before = self.accepted_vteps()
+        self.desired.set_vteps(vteps)
+        cmds = vtep_commands(before, self.accepted_vteps())
+        if self.tunnel is None or not self.desired.applied or not cmds:
+            return  # the next sync writes it
+        try:
+            self.run("\n".join(cmds))
+        except NftError:
+            # An element someone else removed or added: rebuild from the model.
+            self.check()
 
     def _change(self, cmds: list[str]) -> None:
         """An incremental change; when it fails because something else broke
