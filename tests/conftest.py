@@ -128,3 +128,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "integration" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def foreign_ns() -> Iterator[callable]:
+    """foreign_ns(host, name): a network namespace made with unshare(1), as a
+    container runtime would, pinned at a file of the host's work directory;
+    unmounted and removed at teardown."""
+    made: list[Path] = []
+
+    def make(host: SimHost, name: str) -> Path:
+        path = host.workdir / f"ns-{name}"
+        path.touch()
+        subprocess.run(["unshare", f"--net={path}", "true"], check=True)
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
+        path.unlink(missing_ok=True)

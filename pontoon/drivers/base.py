@@ -151,6 +151,10 @@ class NetworkDriver(abc.ABC):
 
     # -- peers on other hosts (global networks) -------------------------------
 
+    def programmed_peers(self, net: Network) -> list[Peer]:
+        """The remote endpoints the kernel has for the network now (restart)."""
+        return []
+
     def set_peers(self, net: Network, peers: list[Peer]) -> None:
         """Program exactly these remote endpoints (global networks only)."""
         return None

@@ -265,6 +265,9 @@ class OverlayDriver(NetworkDriver):
             if ip not in want:
                 self.remove_peer(net, Peer([ip], mac, vtep))
 
+    def programmed_peers(self, net: Network) -> list[Peer]:
+        return [Peer([ip], mac, vtep) for ip, (mac, vtep) in self.peers(net).items() if vtep]
+
     def peers(self, net: Network) -> dict[str, tuple[str, str]]:
         """Programmed peers: IP -> (MAC, VTEP), from the kernel's tables."""
         vx = self._vtep_index(net)

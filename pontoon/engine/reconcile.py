@@ -31,6 +31,7 @@ async def reconcile(engine: Engine, keep_namespaces: set[str]) -> None:
     async with engine.lock:
         await _networks(engine)
         await _attachments(engine)
+        engine.kernel.firewall.known_vteps = await _programmed_vteps(engine)
         await engine.kernel.call(
             engine.kernel.firewall.sync, engine.networks.firewall_state(), engine.ports.all_rules()
         )
@@ -73,6 +74,19 @@ async def _attachments(engine: Engine) -> None:
             await engine.attachments.detach(att)
         else:
             await engine.attachments.replug(att)
+
+
+async def _programmed_vteps(engine: Engine) -> set[str]:
+    """VTEPs of the peers the kernel has programmed (the previous daemon's, from
+    the store): VXLAN from them must not be cut at a restart, or at an upgrade
+    from a release without a VTEP set, before the cluster store is read."""
+    vteps: set[str] = set()
+    for net in list(engine.state.networks.values()):
+        if engine.state.participating(net.id):
+            driver = engine.drivers.of(net)
+            peers = await engine.kernel.call(driver.programmed_peers, net)
+            vteps |= {p.vtep for p in peers}
+    return vteps
 
 
 async def _resolvers(engine: Engine) -> None:

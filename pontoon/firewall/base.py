@@ -127,6 +127,10 @@ class Firewall(abc.ABC):
         self.tunnel: Tunnel | None = None
         self.desired = DesiredState()
         self.repairs = 0  # times check() found our rules changed and re-applied them
+        # VTEPs the host's own datapath already uses (peers programmed before
+        # a restart or an upgrade), set before the start-up sync: kept, with
+        # the previous ruleset's, until the cluster store is read.
+        self.known_vteps: set[str] = set()
 
     @abc.abstractmethod
     def sync(self, networks: list[NetworkRules], ports: list[PortRule]) -> None:

@@ -633,7 +633,7 @@ class IptablesFirewall(Firewall):
         saved = self.saved()
         if self.tunnel is not None and self.desired.vteps is None:
             # Before the cluster store is read: the previous daemon's set.
-            self.desired.set_vteps(saved_vteps(saved))
+            self.desired.set_vteps(saved_vteps(saved) | self.known_vteps)
         vteps = self.accepted_vteps() if self.tunnel is not None else set()
         self.run(sync_script(networks, ports, self.userland_proxy, saved, self.tunnel, vteps))
         self.desired.replace(networks, ports)

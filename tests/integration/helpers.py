@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from pontoon.lab import SimHost, connect_hosts
 
@@ -107,3 +110,21 @@ def snapshot(host: SimHost) -> dict[str, object]:
         if containers.is_dir()
         else [],
     }
+
+
+def in_ns(path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """A command in the network namespace pinned at `path`."""
+    return subprocess.run(
+        ["nsenter", f"--net={path}", "--", *args], capture_output=True, text=True, check=check
+    )
+
+
+def resolve(path: Path, name: str) -> list[str]:
+    """Ask the namespace's 127.0.0.11 (its owner would write it into resolv.conf)."""
+    code = (
+        "import sys, dns.message, dns.query\n"
+        "q = dns.message.make_query(sys.argv[1], 'A')\n"
+        "r = dns.query.udp(q, '127.0.0.11', timeout=2)\n"
+        "print(' '.join(i.address for rr in r.answer for i in rr))\n"
+    )
+    return in_ns(path, sys.executable, "-c", code, name).stdout.split()

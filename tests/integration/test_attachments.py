@@ -7,53 +7,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from pontoon.client import ApiError, Client
 from pontoon.lab import SimHost
-from tests.integration.helpers import can_ping, snapshot, wait_for
+from tests.integration.helpers import can_ping, in_ns, resolve, snapshot, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def foreign(make_host: Callable[..., SimHost]) -> Iterator[Callable[[SimHost, str], Path]]:
-    """foreign(host, name): a network namespace made with unshare(1), as a
-    runtime would, pinned at a file of the host's work directory."""
-    made: list[Path] = []
-
-    def make(host: SimHost, name: str) -> Path:
-        path = host.workdir / f"ns-{name}"
-        path.touch()
-        subprocess.run(["unshare", f"--net={path}", "true"], check=True)
-        made.append(path)
-        return path
-
-    yield make
-    for path in made:
-        subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
-        path.unlink(missing_ok=True)
-
-
-def in_ns(path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["nsenter", f"--net={path}", "--", *args], capture_output=True, text=True, check=check
-    )
-
-
-def resolve(path: Path, name: str) -> list[str]:
-    """Ask the namespace's 127.0.0.11 (its owner would write it into resolv.conf)."""
-    code = (
-        "import sys, dns.message, dns.query\n"
-        "q = dns.message.make_query(sys.argv[1], 'A')\n"
-        "r = dns.query.udp(q, '127.0.0.11', timeout=2)\n"
-        "print(' '.join(i.address for rr in r.answer for i in rr))\n"
-    )
-    return in_ns(path, sys.executable, "-c", code, name).stdout.split()
 
 
 def attach(host: SimHost, netns: Path | None, kind: str, owner: str, **extra: object) -> dict:
@@ -71,12 +33,12 @@ def pins(host: SimHost) -> list[str]:
     return sorted(p.name for p in (host.exec_root / "netns").iterdir() if "-" in p.name)
 
 
-def test_foreign_namespace_attached_resolved_and_detached_clean(make_host, foreign):
+def test_foreign_namespace_attached_resolved_and_detached_clean(make_host, foreign_ns):
     host = make_host()
     host.cli("network", "create", "--subnet", "10.50.0.0/24", "web")
     host.cli("run", "-d", "--name", "c1", "--net", "web", "--", "sleep", "infinity")
     clean = snapshot(host)
-    ns = foreign(host, "pod1")
+    ns = foreign_ns(host, "pod1")
 
     result = attach(host, ns, "cni", "pod1", IPs=["10.50.0.40"], Aliases=["db"])
     assert result["interfaces"][0]["name"] == "eth0"
@@ -84,7 +46,7 @@ def test_foreign_namespace_attached_resolved_and_detached_clean(make_host, forei
     assert result["routes"] == [{"dst": "0.0.0.0/0", "gw": "10.50.0.1"}]
     assert result["dns"] == {"nameservers": ["127.0.0.11"]}
     assert "10.50.0.40/24" in in_ns(ns, "ip", "-o", "-4", "addr", "show", "eth0").stdout
-    # A pontoon container and the foreign namespace reach each other, by name too.
+    # A pontoon container and the foreign_ns namespace reach each other, by name too.
     assert can_ping(host, "c1", "pod1") and can_ping(host, "c1", "db")
     c1 = resolve(ns, "c1")
     assert c1 == [
@@ -102,11 +64,11 @@ def test_foreign_namespace_attached_resolved_and_detached_clean(make_host, forei
     assert snapshot(host) == clean
 
 
-def test_detach_succeeds_when_the_owner_already_deleted_the_namespace(make_host, foreign):
+def test_detach_succeeds_when_the_owner_already_deleted_the_namespace(make_host, foreign_ns):
     host = make_host()
     host.cli("network", "create", "--subnet", "10.50.0.0/24", "web")
     clean = snapshot(host)
-    ns = foreign(host, "gone")
+    ns = foreign_ns(host, "gone")
     attach(host, ns, "docker", "ep1")
     # The owner's runtime deletes its namespace first (unmount + unlink).
     subprocess.run(["umount", str(ns)], check=True)
@@ -115,10 +77,10 @@ def test_detach_succeeds_when_the_owner_already_deleted_the_namespace(make_host,
     assert snapshot(host) == clean
 
 
-def test_attach_by_descriptor_uses_the_clients_open_namespace(make_host, foreign):
+def test_attach_by_descriptor_uses_the_clients_open_namespace(make_host, foreign_ns):
     host = make_host()
     host.cli("network", "create", "--subnet", "10.50.0.0/24", "web")
-    ns = foreign(host, "byfd")
+    ns = foreign_ns(host, "byfd")
     fd = os.open(ns, os.O_RDONLY)
     try:
         result = attach(host, None, "cni", "fd1", NetnsFd=fd)
@@ -128,11 +90,11 @@ def test_attach_by_descriptor_uses_the_clients_open_namespace(make_host, foreign
     assert ip in in_ns(ns, "ip", "-o", "-4", "addr").stdout
 
 
-def test_bad_attachments_are_refused_and_leave_nothing(make_host, foreign, tmp_path):
+def test_bad_attachments_are_refused_and_leave_nothing(make_host, foreign_ns, tmp_path):
     host = make_host()
     host.cli("network", "create", "--subnet", "10.50.0.0/24", "web")
     clean = snapshot(host)
-    ns = foreign(host, "bad")
+    ns = foreign_ns(host, "bad")
     plain = tmp_path / "not-a-namespace"
     plain.write_text("")
     cases = [
@@ -154,21 +116,21 @@ def test_bad_attachments_are_refused_and_leave_nothing(make_host, foreign, tmp_p
     assert "eth0" not in in_ns(ns, "ip", "-o", "link").stdout
 
 
-def test_attaching_one_owner_twice_to_a_network_is_a_conflict(make_host, foreign):
+def test_attaching_one_owner_twice_to_a_network_is_a_conflict(make_host, foreign_ns):
     host = make_host()
     host.cli("network", "create", "--subnet", "10.50.0.0/24", "web")
-    ns = foreign(host, "twice")
+    ns = foreign_ns(host, "twice")
     attach(host, ns, "cni", "twice")
     with pytest.raises(ApiError) as err:
         attach(host, ns, "cni", "twice", Ifname="eth1")
     assert err.value.status == 409
 
 
-def test_attachments_of_every_owner_kind_survive_a_daemon_restart(make_host, foreign):
+def test_attachments_of_every_owner_kind_survive_a_daemon_restart(make_host, foreign_ns):
     host = make_host()
     host.cli("network", "create", "--subnet", "10.50.0.0/24", "web")
     host.cli("run", "-d", "--name", "c1", "--net", "web", "--", "sleep", "infinity")
-    cni, docker = foreign(host, "cni"), foreign(host, "docker")
+    cni, docker = foreign_ns(host, "cni"), foreign_ns(host, "docker")
     attach(host, cni, "cni", "k8s-pod")
     attach(host, docker, "docker", "endpoint-1", Ports=["18080:80"])
     before = Client(host.host_url).get("/attachments")

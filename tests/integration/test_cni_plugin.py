@@ -16,7 +16,15 @@ from typing import Any
 import pytest
 
 from pontoon.lab import SimHost
-from tests.integration.helpers import HOST_ADDR, add_outside, can_ping, inspect, snapshot
+from tests.integration.helpers import (
+    HOST_ADDR,
+    add_outside,
+    can_ping,
+    in_ns,
+    inspect,
+    resolve,
+    snapshot,
+)
 from tests.integration.portmap_helpers import PROBE, SERVER
 
 pytestmark = pytest.mark.integration
@@ -105,24 +113,6 @@ def run_conflist(
 
 
 @pytest.fixture
-def runtime_ns(make_host: Callable[..., SimHost]) -> Iterator[Callable[[SimHost, str], Path]]:
-    """runtime_ns(host, name): a namespace made with unshare(1), as a runtime would."""
-    made: list[Path] = []
-
-    def make(host: SimHost, name: str) -> Path:
-        path = host.workdir / f"cni-{name}"
-        path.touch()
-        subprocess.run(["unshare", f"--net={path}", "true"], check=True)
-        made.append(path)
-        return path
-
-    yield make
-    for path in made:
-        subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
-        path.unlink(missing_ok=True)
-
-
-@pytest.fixture
 def servers() -> Iterator[Callable[[Path, str], None]]:
     """servers(netns, "80/tcp"): portmap_helpers.SERVER in a namespace, killed by PID after."""
     started: list[subprocess.Popen[bytes]] = []
@@ -138,22 +128,6 @@ def servers() -> Iterator[Callable[[Path, str], None]]:
     for proc in started:
         proc.kill()
         proc.wait()
-
-
-def in_ns(path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["nsenter", f"--net={path}", "--", *args], capture_output=True, text=True, check=check
-    )
-
-
-def resolve(path: Path, name: str) -> list[str]:
-    code = (
-        "import sys, dns.message, dns.query\n"
-        "q = dns.message.make_query(sys.argv[1], 'A')\n"
-        "r = dns.query.udp(q, '127.0.0.11', timeout=2)\n"
-        "print(' '.join(i.address for rr in r.answer for i in rr))\n"
-    )
-    return in_ns(path, sys.executable, "-c", code, name).stdout.split()
 
 
 def probe(where: SimHost, addr: str, port: int) -> str:
@@ -180,10 +154,10 @@ def test_version_answers_every_supported_version_without_a_daemon(make_host):
 
 
 @pytest.mark.parametrize("version", ["0.4.0", "1.0.0", "1.1.0"])
-def test_add_check_del_in_each_result_version(make_host, runtime_ns, version):
+def test_add_check_del_in_each_result_version(make_host, foreign_ns, version):
     host = web_host(make_host)
     clean = snapshot(host)
-    ns = runtime_ns(host, "v")
+    ns = foreign_ns(host, "v")
     conf = plugin_conf(host, version=version)
 
     rc, result = cni(host, "ADD", conf, "ctr1", ns)
@@ -214,22 +188,22 @@ def test_add_check_del_in_each_result_version(make_host, runtime_ns, version):
     assert snapshot(host) == clean
 
 
-def test_add_fails_when_the_namespace_already_has_the_interface(make_host, runtime_ns):
+def test_add_fails_when_the_namespace_already_has_the_interface(make_host, foreign_ns):
     host = web_host(make_host)
     clean = snapshot(host)
-    ns = runtime_ns(host, "taken")
+    ns = foreign_ns(host, "taken")
     in_ns(ns, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "peer0")
     rc, err = cni(host, "ADD", plugin_conf(host), "ctr1", ns)
     assert rc == 1 and err["msg"] and "\n" not in err["msg"]
     assert snapshot(host) == clean
 
 
-def test_two_networks_in_one_container_and_del_after_a_failed_add(make_host, runtime_ns):
+def test_two_networks_in_one_container_and_del_after_a_failed_add(make_host, foreign_ns):
     """DEL is by owner, network and ifname: the runtime's clean-up DEL after a
     refused ADD leaves the container's other network alone."""
     host = web_host(make_host)
     host.cli("network", "create", "--subnet", "10.61.0.0/24", "back")
-    ns = runtime_ns(host, "two")
+    ns = foreign_ns(host, "two")
     web, back = plugin_conf(host), plugin_conf(host, "back")
     assert cni(host, "ADD", web, "ctr2", ns)[0] == 0
     rc, _ = cni(host, "ADD", back, "ctr2", ns, ifname="eth0")
@@ -243,12 +217,12 @@ def test_two_networks_in_one_container_and_del_after_a_failed_add(make_host, run
     assert cni(host, "DEL", back, "ctr2", ns, ifname="eth1") == (0, None)
 
 
-def test_name_resolution_ping_and_a_published_port(make_host, runtime_ns, servers):
+def test_name_resolution_ping_and_a_published_port(make_host, foreign_ns, servers):
     host = web_host(make_host)
     outside = add_outside(make_host, host)
     host.cli("run", "-d", "--name", "c1", "--net", "web", "--", "sleep", "infinity")
     clean = snapshot(host)
-    ns = runtime_ns(host, "pod")
+    ns = foreign_ns(host, "pod")
     conf = plugin_conf(host, runtimeConfig={
         "portMappings": [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}],
         "aliases": {"cni-web": ["db"]},
@@ -272,11 +246,11 @@ def test_name_resolution_ping_and_a_published_port(make_host, runtime_ns, server
     assert snapshot(host) == clean
 
 
-def test_del_succeeds_when_namespace_or_network_is_gone(make_host, runtime_ns):
+def test_del_succeeds_when_namespace_or_network_is_gone(make_host, foreign_ns):
     host = web_host(make_host)
     host.cli("network", "create", "--subnet", "10.61.0.0/24", "back")
     clean = snapshot(host)
-    ns = runtime_ns(host, "gone")
+    ns = foreign_ns(host, "gone")
     conf = plugin_conf(host)
     assert cni(host, "ADD", conf, "ctr3", ns)[0] == 0
     # The runtime deletes the namespace first, and DELs with an empty CNI_NETNS.
@@ -289,13 +263,13 @@ def test_del_succeeds_when_namespace_or_network_is_gone(make_host, runtime_ns):
     assert cni(host, "DEL", plugin_conf(host, "back"), "ctr3", "") == (0, None)
 
 
-def test_gc_detaches_only_this_networks_stale_attachments(make_host, runtime_ns):
+def test_gc_detaches_only_this_networks_stale_attachments(make_host, foreign_ns):
     host = web_host(make_host)
     host.cli("network", "create", "--subnet", "10.61.0.0/24", "back")
     web, back = plugin_conf(host, version="1.1.0"), plugin_conf(host, "back", version="1.1.0")
     for name in ("keep", "stale"):
-        assert cni(host, "ADD", web, name, runtime_ns(host, name))[0] == 0
-    assert cni(host, "ADD", back, "other", runtime_ns(host, "other"))[0] == 0
+        assert cni(host, "ADD", web, name, foreign_ns(host, name))[0] == 0
+    assert cni(host, "ADD", back, "other", foreign_ns(host, "other"))[0] == 0
     valid = {"cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]}
     assert cni(host, "GC", {**web, **valid}) == (0, None)
     listed = host.cli_json("network", "inspect", "web")[0]["Containers"]
@@ -303,10 +277,10 @@ def test_gc_detaches_only_this_networks_stale_attachments(make_host, runtime_ns)
     assert sorted(host.cli_json("network", "inspect", "back")[0]["Containers"]) == ["other"]
 
 
-def test_errors_are_the_specs_json_and_leave_nothing(make_host, runtime_ns, tmp_path):
+def test_errors_are_the_specs_json_and_leave_nothing(make_host, foreign_ns, tmp_path):
     host = web_host(make_host)
     clean = snapshot(host)
-    ns = runtime_ns(host, "err")
+    ns = foreign_ns(host, "err")
     good = plugin_conf(host)
     cases: list[tuple[Any, dict[str, str], int, str]] = [
         ("{not json", {}, 6, "cannot decode"),
@@ -348,7 +322,7 @@ def test_errors_are_the_specs_json_and_leave_nothing(make_host, runtime_ns, tmp_
 # -- chaining ------------------------------------------------------------------------------
 
 
-def test_chained_with_debians_tuning_portmap_and_firewall(make_host, runtime_ns, servers, tmp_path):
+def test_chained_with_debians_tuning_portmap_and_firewall(make_host, foreign_ns, servers, tmp_path):
     host = web_host(make_host)
     outside = add_outside(make_host, host)
     bin_dir, conf_dir = tmp_path / "bin", tmp_path / "net.d"
@@ -366,7 +340,7 @@ def test_chained_with_debians_tuning_portmap_and_firewall(make_host, runtime_ns,
         {"type": "firewall", "backend": "iptables"},
     ]
     clean = {k: v for k, v in snapshot(host).items() if k != "nft"}
-    ns = runtime_ns(host, "chain")
+    ns = foreign_ns(host, "chain")
     rc_cfg = {"portMappings": [{"hostPort": 18081, "containerPort": 80, "protocol": "tcp"}]}
 
     result = run_conflist(host, conflist, "ADD", "chained", ns, bin_dir, rc_cfg)
@@ -391,9 +365,9 @@ def test_chained_with_debians_tuning_portmap_and_firewall(make_host, runtime_ns,
     assert list(conf_dir.iterdir()) == []
 
 
-def test_pontoon_after_another_plugin_passes_its_prev_result_through(make_host, runtime_ns):
+def test_pontoon_after_another_plugin_passes_its_prev_result_through(make_host, foreign_ns):
     host = web_host(make_host)
-    ns = runtime_ns(host, "second")
+    ns = foreign_ns(host, "second")
     prev = {
         "cniVersion": "1.0.0",
         "interfaces": [{"name": "lo0", "sandbox": str(ns)}],

@@ -439,7 +439,7 @@ class NftablesFirewall(Firewall):
         if found:
             log.info("keeping the %d VTEPs of the previous ruleset until the cluster store "
                      "is read", len(found))  # fmt: skip
-        self.desired.set_vteps(found)
+        self.desired.set_vteps(found | self.known_vteps)
 
     def set_vteps(self, vteps: set[str]) -> None:
         before = self.accepted_vteps()
