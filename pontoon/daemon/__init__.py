@@ -1,1 +1,2 @@
-"""pontoond: the per-host daemon (API, service, reconciliation)."""
+"""pontoond: the daemon process (flags, start-up composing the engine, the
+runtime and the front ends), its configuration and its metrics."""

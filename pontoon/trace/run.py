@@ -69,11 +69,11 @@ def parse_target(text: str, proto: str) -> tuple[str, int, str]:
     return name, port, proto
 
 
-def _container_point(svc: Inventory, name: str) -> Point | None:
-    member = svc.member(name)
+def _container_point(inv: Inventory, name: str) -> Point | None:
+    member = inv.member(name)
     if member is not None:
         return Point("container", member.name, member.netns, container=member)
-    peer = svc.remote(name)
+    peer = inv.remote(name)
     if peer is not None:
         return Point("container", name, ip=_ip(peer), endpoint=peer, remote=True)
     return None
@@ -84,7 +84,7 @@ def _ip(item: Attachment | Peer) -> str:
     return next((ip for ip in item.ips if ":" not in ip), "")
 
 
-def resolve_source(svc: Inventory, text: str) -> Point:
+def resolve_source(inv: Inventory, text: str) -> Point:
     if text == "host":
         return Point("host", "host")
     if text.startswith("netns:"):
@@ -92,14 +92,14 @@ def resolve_source(svc: Inventory, text: str) -> Point:
         if not path.exists():
             raise NotFound(f"no network namespace {text.removeprefix('netns:')!r} in /run/netns")
         return Point("netns", text, path)
-    point = _container_point(svc, text)
+    point = _container_point(inv, text)
     if point is None or point.remote:
         raise NotFound(f"no running container {text!r} on this host")
     return point
 
 
 def resolve_target(
-    svc: Inventory, src: Point, text: str, proto: str, host_ip: str
+    inv: Inventory, src: Point, text: str, proto: str, host_ip: str
 ) -> tuple[Point, str]:
     name, port, proto = parse_target(text, proto)
     if name == "host":
@@ -109,18 +109,18 @@ def resolve_target(
         return Point("address", name, ip=name, port=port), proto
     except ValueError:
         pass
-    point = _container_point(svc, name)
+    point = _container_point(inv, name)
     if point is None:
         raise NotFound(f"no running container {name!r} known to this host")
     point.port = port
     if point.remote:
         return point, proto
-    point.endpoint = _shared_endpoint(svc, src, point.container)
+    point.endpoint = _shared_endpoint(inv, src, point.container)
     point.ip = _ip(point.endpoint)
     return point, proto
 
 
-def _shared_endpoint(svc: Inventory, src: Point, dst: Member | None) -> Attachment:
+def _shared_endpoint(inv: Inventory, src: Point, dst: Member | None) -> Attachment:
     assert dst is not None
     mine = dst.attachments
     if src.container is not None:
@@ -133,11 +133,11 @@ def _shared_endpoint(svc: Inventory, src: Point, dst: Member | None) -> Attachme
     return mine[0]
 
 
-def host_address(svc: Inventory) -> str:
+def host_address(inv: Inventory) -> str:
     """The address of this host's interface with the default route (a route
     lookup only; nothing is sent), "" when it has none. Runs on the kernel thread."""
     try:
-        routes = svc.kernel.ipr.route("get", dst="192.0.2.1")
+        routes = inv.kernel.ipr.route("get", dst="192.0.2.1")
     except NetlinkError as exc:
         if exc.code == errno.ENETUNREACH:
             return ""
@@ -145,7 +145,7 @@ def host_address(svc: Inventory) -> str:
     return next((str(r.get("RTA_PREFSRC")) for r in routes if r.get("RTA_PREFSRC")), "")
 
 
-def _container_gateway(svc: Inventory, src: Point) -> str:
+def _container_gateway(inv: Inventory, src: Point) -> str:
     """The host as a container sees it: the gateway of its default route."""
     if src.container is None:
         return ""
@@ -153,12 +153,12 @@ def _container_gateway(svc: Inventory, src: Point) -> str:
     return next((gw for ep in eps if ep.default_route for gw in ep.gateways if ":" not in gw), "")
 
 
-async def _host_ip(svc: Inventory, src: Point, target: str, proto: str) -> str:
+async def _host_ip(inv: Inventory, src: Point, target: str, proto: str) -> str:
     """`--to host:PORT`: the default route's address; on a host without a
     default route (a laptop offline, a CI sandbox) a container source still
     reaches the host at its gateway, as Docker's host-gateway does."""
     _, port, proto = parse_target(target, proto)
-    address = await svc.kernel.call(host_address, svc) or _container_gateway(svc, src)
+    address = await inv.kernel.call(host_address, inv) or _container_gateway(inv, src)
     if address:
         return address
     if src.kind == "host":
@@ -174,15 +174,15 @@ async def _host_ip(svc: Inventory, src: Point, target: str, proto: str) -> str:
 
 
 async def trace(
-    svc: Inventory, source: str, target: str, proto: str = "", live: float = 0
+    inv: Inventory, source: str, target: str, proto: str = "", live: float = 0
 ) -> dict[str, Any]:
-    src = resolve_source(svc, source)
-    host_ip = await _host_ip(svc, src, target, proto) if target.startswith("host:") else ""
-    dst, proto = resolve_target(svc, src, target, proto, host_ip)
+    src = resolve_source(inv, source)
+    host_ip = await _host_ip(inv, src, target, proto) if target.startswith("host:") else ""
+    dst, proto = resolve_target(inv, src, target, proto, host_ip)
     if not 0 <= live <= 300:
         raise InvalidArgument("--live takes 1-300 seconds")
     mark = probe.new_mark(proto)
-    vxlan_port = svc.vxlan_port
+    vxlan_port = inv.vxlan_port
     # A route lookup first: a probe with no route would only come back as an
     # errno; this says where it cannot go and what to do instead.
     src_ip = await asyncio.to_thread(source_address, src, dst.ip)
@@ -197,10 +197,10 @@ async def trace(
             proto, port=0 if icmp else mark, icmp_id=mark if icmp else 0, vxlan_port=vxlan_port
         )
     monitors = [Monitor(match, None, "host")]
-    for net, ns in _namespaces_involved(svc, src, dst):
+    for net, ns in _namespaces_involved(inv, src, dst):
         monitors.append(Monitor(match, ns, f"{net.driver} {net.name}"))
-    far = _far_end(svc, dst)
-    before = await _proxy_stats(svc)
+    far = _far_end(inv, dst)
+    before = await _proxy_stats(inv)
     try:
         for mon in monitors:
             await asyncio.to_thread(mon.start)
@@ -221,13 +221,13 @@ async def trace(
             events.update(far_events)
         elif far is not None:
             await remote.cancel(far.agent, far.host, far.id)
-    after = await _proxy_stats(svc)
+    after = await _proxy_stats(inv)
     if live:
-        nat = await svc.kernel.call(_live_conntrack, proto, src.ip, dst.port)
+        nat = await inv.kernel.call(_live_conntrack, proto, src.ip, dst.port)
         result["packets"] = sum(w["count"] for w in _group(events["host"]))
     else:
-        nat = await svc.kernel.call(_conntrack, proto, mark)
-    out = explain(svc, src, dst, proto, mark, result, events, nat, _proxy_used(before, after))
+        nat = await inv.kernel.call(_conntrack, proto, mark)
+    out = explain(inv, src, dst, proto, mark, result, events, nat, _proxy_used(before, after))
     if far is not None:
         out["remote_host"] = {"vtep": far.vtep, "reported": far.reported}
     return out
@@ -245,10 +245,10 @@ class FarEnd:
     reported: bool = False
 
 
-def _far_end(svc: Inventory, dst: Point) -> FarEnd | None:
-    if svc.cluster is None or not dst.remote or dst.endpoint is None or not dst.endpoint.host:
+def _far_end(inv: Inventory, dst: Point) -> FarEnd | None:
+    if inv.cluster is None or not dst.remote or dst.endpoint is None or not dst.endpoint.host:
         return None
-    return FarEnd(svc.cluster, dst.endpoint.host, dst.endpoint.vtep)
+    return FarEnd(inv.cluster, dst.endpoint.host, dst.endpoint.vtep)
 
 
 def source_address(src: Point, dst_ip: str) -> str:
@@ -281,26 +281,26 @@ def _live_conntrack(proto: str, src_ip: str, dport: int) -> list[dict[str, Any]]
     ][:1]
 
 
-def _namespaces_involved(svc: Inventory, src: Point, dst: Point) -> list[tuple[Network, Path]]:
+def _namespaces_involved(inv: Inventory, src: Point, dst: Point) -> list[tuple[Network, Path]]:
     """Namespaces of the ends' networks that drivers keep here (an overlay's)."""
     out: list[tuple[Network, Path]] = []
     for point in (src, dst):
         if point.container is not None:
             for ep in point.container.attachments:
-                net = svc.network(ep.network_id)
+                net = inv.network(ep.network_id)
                 if net is None:
                     continue
-                for ns in svc.namespaces_of(net):
+                for ns in inv.namespaces_of(net):
                     if (net, ns) not in out:
                         out.append((net, ns))
     return out
 
 
-async def _proxy_stats(svc: Inventory) -> dict[str, dict[str, int]]:
-    if svc.proxy is None:
+async def _proxy_stats(inv: Inventory) -> dict[str, dict[str, int]]:
+    if inv.proxy is None:
         return {}
     try:
-        return await asyncio.to_thread(svc.proxy.stats)
+        return await asyncio.to_thread(inv.proxy.stats)
     except Exception:
         return {}
 
@@ -345,7 +345,7 @@ def _all_conntrack(proto: str) -> list[dict[str, Any]]:
 
 
 def explain(
-    svc: Inventory,
+    inv: Inventory,
     src: Point,
     dst: Point,
     proto: str,
@@ -369,8 +369,8 @@ def explain(
         verdict = f"dropped in {dropped['where']}: {dropped['table']} {dropped['chain']}"
     else:
         verdict = f"no answer ({result.get('error', 'timeout')})"
-    path = devices(svc, src, dst, hooks)
-    path += _behind_nat(svc, conntrack, proxy, path)
+    path = devices(inv, src, dst, hooks)
+    path += _behind_nat(inv, conntrack, proxy, path)
     return {
         "from": _describe_point(src),
         "to": _describe_point(dst),
@@ -386,7 +386,7 @@ def explain(
 
 
 def _behind_nat(
-    svc: Inventory,
+    inv: Inventory,
     conntrack: list[dict[str, Any]],
     proxy: dict[str, Any] | None,
     path: list[dict[str, Any]],
@@ -396,21 +396,21 @@ def _behind_nat(
     target = ""
     hops: list[dict[str, Any]] = []
     if proxy is not None:
-        target = str(proxy.get("backend_ip", "")) or _proxy_backend(svc, proxy["mapping"])
+        target = str(proxy.get("backend_ip", "")) or _proxy_backend(inv, proxy["mapping"])
         hops.append({"kind": "userland proxy", "note": f"accepts, then connects to {target}"})
     elif conntrack and conntrack[0]["reply"]["src"] != conntrack[0]["orig"]["dst"]:
         target = conntrack[0]["reply"]["src"]
     if not target or any(h.get("ip") == target and h["kind"] == "container" for h in path):
         return hops
-    found = svc.member_with_ip(target)
+    found = inv.member_with_ip(target)
     if found is not None:
-        side = _container_side(svc, found[0], found[1], outbound=False)
+        side = _container_side(inv, found[0], found[1], outbound=False)
         return hops + list(reversed(side))
     return hops
 
 
-def _proxy_backend(svc: Inventory, mapping_id: str) -> str:
-    return svc.proxy_backend(mapping_id)
+def _proxy_backend(inv: Inventory, mapping_id: str) -> str:
+    return inv.proxy_backend(mapping_id)
 
 
 def _describe_point(p: Point) -> dict[str, Any]:
@@ -518,13 +518,13 @@ def _drop(hooks: dict[str, list[dict[str, Any]]]) -> dict[str, str] | None:
 
 
 def devices(
-    svc: Inventory, src: Point, dst: Point, hooks: dict[str, list[dict[str, Any]]]
+    inv: Inventory, src: Point, dst: Point, hooks: dict[str, list[dict[str, Any]]]
 ) -> list[dict[str, Any]]:
     """The devices a request crosses, source to destination."""
     path: list[dict[str, Any]] = []
     if src.container is not None:
-        ep = _source_endpoint(svc, src, dst)
-        path += _container_side(svc, src.container, ep, outbound=True)
+        ep = _source_endpoint(inv, src, dst)
+        path += _container_side(inv, src.container, ep, outbound=True)
     else:
         first: dict[str, Any] = next((w["packet"] for w in hooks.get("host", [])), {})
         path.append({"kind": "namespace", "name": src.label})
@@ -538,14 +538,14 @@ def devices(
         path.append({"kind": "container", "name": dst.label, "ip": dst.ip,
                      "host": dst.endpoint.host})  # fmt: skip
     elif dst.container is not None and isinstance(dst.endpoint, Attachment):
-        path += list(reversed(_container_side(svc, dst.container, dst.endpoint, outbound=False)))
+        path += list(reversed(_container_side(inv, dst.container, dst.endpoint, outbound=False)))
     else:
         path.append({"kind": "destination", "name": dst.label, "ip": dst.ip})
     # Two containers on one bridge: the bridge is crossed once.
     return [hop for i, hop in enumerate(path) if i == 0 or hop != path[i - 1]]
 
 
-def _source_endpoint(svc: Inventory, src: Point, dst: Point) -> Attachment:
+def _source_endpoint(inv: Inventory, src: Point, dst: Point) -> Attachment:
     assert src.container is not None
     eps = src.container.attachments
     if dst.endpoint is not None:
@@ -556,12 +556,12 @@ def _source_endpoint(svc: Inventory, src: Point, dst: Point) -> Attachment:
 
 
 def _container_side(
-    svc: Inventory, c: Member, ep: Attachment, outbound: bool
+    inv: Inventory, c: Member, ep: Attachment, outbound: bool
 ) -> list[dict[str, Any]]:
-    net = svc.network(ep.network_id)
+    net = inv.network(ep.network_id)
     hops: list[dict[str, Any]] = [
         {"kind": "container", "name": c.name, "device": ep.ifname, "ip": _ip(ep), "mac": ep.mac}
     ]
     if net is None:
         return hops
-    return hops + svc.devices(net, ep)
+    return hops + inv.devices(net, ep)
