@@ -163,7 +163,7 @@ class Attachments:
             raise
         made = [att]
         try:
-            if req.gateway and await self._needs_gateway(att, net):
+            if req.gateway and self._needs_gateway(att, net):
                 made.append(await self._attach_gateway(att))
             await self.ports.publish(att)
             if req.dns and not net.default:
@@ -267,7 +267,7 @@ class Attachments:
             # Kept locally so a restart with the cluster store away still knows it.
             await self.state.remember_global(net)
 
-    async def _needs_gateway(self, att: Attachment, net: Network) -> bool:
+    def _needs_gateway(self, att: Attachment, net: Network) -> bool:
         caps = self.drivers.of(net).capabilities
         if not caps.needs_gateway_bridge or net.internal:
             return False

@@ -8,7 +8,6 @@ kernel changes, so drivers can be plain synchronous code.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import ipaddress
 from collections.abc import Callable
@@ -86,19 +85,3 @@ class Kernel:
                 if not (prefix.is_link_local or prefix.is_multicast):
                     routes.append(prefix)
         return routes
-
-    def link_names(self) -> dict[str, dict[str, Any]]:
-        out = {}
-        for link in self.ipr.link("dump"):
-            info = link.get(("IFLA_LINKINFO", "IFLA_INFO_KIND"))
-            out[link.get("ifname")] = {"index": link["index"], "kind": info}
-        return out
-
-    def link_exists(self, ifname: str) -> bool:
-        return bool(self.ipr.link_lookup(ifname=ifname))
-
-    def delete_link(self, ifname: str) -> None:
-        from pyroute2.netlink.exceptions import NetlinkError
-
-        with contextlib.suppress(NetlinkError):
-            self.ipr.link("del", ifname=ifname)

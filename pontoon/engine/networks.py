@@ -22,6 +22,7 @@ from pontoon.drivers.registry import DriverRegistry
 from pontoon.engine.kernel import Kernel
 from pontoon.engine.state import State
 from pontoon.errors import Conflict, InvalidArgument
+from pontoon.firewall import NetworkRules
 
 if TYPE_CHECKING:
     from pontoon.cluster.agent import ClusterAgent
@@ -215,7 +216,7 @@ class Networks:
         await self.kernel.call(driver.create_network, net)
         await self.ipam.open(net.id, [ipam.SubnetPlan.of(s) for s in net.subnets])
 
-    def firewall_state(self) -> list:
+    def firewall_state(self) -> list[NetworkRules]:
         """Every local network's firewall rules (start-up sync)."""
         out = []
         for net in self.state.networks.values():

@@ -8,6 +8,7 @@ source.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -87,8 +88,6 @@ class State:
         await self._upgrade_endpoints(legacy_netns)
 
     async def _upgrade_endpoints(self, legacy_netns: Callable[[str], str]) -> None:
-        import json
-
         kvs, _ = await self.store.list_prefix(LEGACY_ENDPOINTS)
         for kv in kvs:
             data: dict[str, Any] = json.loads(kv.value)
