@@ -18,7 +18,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
 def client(ctx: click.Context) -> Client:
-    return Client(ctx.obj.get("host"))
+    return Client(ctx.obj.get("host"), ctx.obj.get("tls"))
 
 
 def emit_json(data: Any) -> None:
@@ -41,12 +41,30 @@ def table(headers: list[str], rows: list[list[str]]) -> None:
 
 
 @click.group(context_settings=CONTEXT)
-@click.option("-H", "--host", envvar="PONTOON_HOST", help="Daemon socket (unix:///PATH).")
+@click.option(
+    "-H", "--host", envvar="PONTOON_HOST",
+    help="Daemon: unix:///PATH, lab://HOST, or tcp://ADDR:PORT with --tlsverify.",
+)  # fmt: skip
+@click.option("--tlsverify", is_flag=True, help="Mutual TLS to a tcp:// daemon "
+              "(also: PONTOON_TLS_VERIFY=1).")  # fmt: skip
+@click.option("--tlscacert", help="CA that signs the daemon.  [default: $PONTOON_CERT_PATH/"
+              "ca.pem, ~/.pontoon/ca.pem]")  # fmt: skip
+@click.option("--tlscert", help="Client certificate.  [default: …/cert.pem]")
+@click.option("--tlskey", help="Client key.  [default: …/key.pem]")
 @click.version_option(package_name="pontoon")
 @click.pass_context
-def cli(ctx: click.Context, host: str | None) -> None:
+def cli(
+    ctx: click.Context,
+    host: str | None,
+    tlsverify: bool,
+    tlscacert: str | None,
+    tlscert: str | None,
+    tlskey: str | None,
+) -> None:
     """pontoon: container networks for Linux."""
-    ctx.obj = {"host": host}
+    from pontoon.tls import tls_files
+
+    ctx.obj = {"host": host, "tls": tls_files(tlsverify, tlscacert, tlscert, tlskey)}
 
 
 # ---------------------------------------------------------------- networks
