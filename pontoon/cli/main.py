@@ -432,17 +432,28 @@ def lab() -> None:
 @click.option("--subnet", default="10.10.0.0/24", show_default=True, help="The underlay.")
 @click.option("--name", default="lab", show_default=True)
 @click.option("--userland-proxy", type=click.BOOL, default=True, show_default=True)
-def lab_up(count: int, subnet: str, name: str, userland_proxy: bool) -> None:
+@click.option("--tls", is_flag=True, help="A CA and certificates: etcd with client-certificate "
+              "authentication, each host's API also on eth0:2376 over mutual TLS.")  # fmt: skip
+@click.option("--etcd-members", type=click.IntRange(1, 7), default=1, show_default=True,
+              help="etcd members in the lab's cluster.")  # fmt: skip
+def lab_up(
+    count: int, subnet: str, name: str, userland_proxy: bool, tls: bool, etcd_members: int
+) -> None:
     """Build N hosts on an underlay bridge, start etcd and one pontoond per host."""
+    from functools import partial
+
     from pontoon.lab import cluster
 
-    state = _lab_call(
-        cluster.up, name, count, subnet, [f"--userland-proxy={str(userland_proxy).lower()}"]
-    )
+    up = partial(cluster.up, tls=tls, etcd_members=etcd_members)
+    state = _lab_call(up, name, count, subnet, [f"--userland-proxy={str(userland_proxy).lower()}"])
     prefix = "lab://" if name == "lab" else f"lab://{name}/"
     for host in state.hosts:
         click.echo(f"{host.name}  {host.address:<15} pontoon -H {prefix}{host.name}")
     click.echo(f"etcd {state.etcd_url}")
+    if tls:
+        click.echo(
+            f"certificates {state.certs} (the admin's: PONTOON_CERT_PATH={state.certs}/client)"
+        )
 
 
 @lab.command("down")
@@ -466,7 +477,12 @@ def lab_status(name: str, fmt: str) -> None:
         emit_json(info)
         return
     click.echo(f"lab {info['lab']}: underlay {info['subnet']}, etcd {info['etcd']['url']} "
-               f"({'healthy' if info['etcd']['healthy'] else 'DOWN'})")  # fmt: skip
+               f"({'healthy' if info['etcd']['healthy'] else 'DOWN'})"
+               f"{', TLS' if info['tls'] else ''}")  # fmt: skip
+    if len(info["etcd"]["members"]) > 1:
+        click.echo("etcd members: " + ", ".join(
+            f"{m['name']} {'leader' if m['leader'] else 'up' if m['running'] else 'DOWN'}"
+            for m in info["etcd"]["members"]))  # fmt: skip
     table(
         ["HOST", "ADDRESS", "DAEMON", "NETNS", "USE"],
         [[h["host"], h["address"], h["daemon"], h["netns"], f"-H {h['ref']}"]

@@ -18,6 +18,7 @@ class DaemonConfig:
     tls: TlsFiles | None = None  # --tlsverify's CA, certificate and key
     cluster_store: str = ""
     cluster_advertise: str = ""
+    cluster_store_opts: list[str] = dataclasses.field(default_factory=list)  # kv.*file=FILE
     userland_proxy: bool = True
     userland_proxy_workers: int | None = None  # None: one per CPU
     firewall_backend: str = "nftables"

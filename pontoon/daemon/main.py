@@ -49,6 +49,12 @@ log = logging.getLogger("pontoond")
 @click.option("--tlscert", default=None, help="The daemon's certificate (cert.pem).")
 @click.option("--tlskey", default=None, help="The daemon's key (key.pem).")
 @click.option("--cluster-store", default="", help="etcd://HOST:PORT[,HOST:PORT...][/PREFIX]")
+@click.option(
+    "--cluster-store-opt",
+    "cluster_store_opts",
+    multiple=True,
+    help="TLS to etcd: kv.cacertfile=FILE, kv.certfile=FILE, kv.keyfile=FILE (repeatable).",
+)
 @click.option("--cluster-advertise", default="", help="Interface or IP other hosts reach us at.")
 @click.option("--userland-proxy", type=click.BOOL, default=True, show_default=True)
 @click.option(
@@ -107,6 +113,7 @@ def cli(
     tlscert: str | None,
     tlskey: str | None,
     cluster_store: str,
+    cluster_store_opts: tuple[str, ...],
     cluster_advertise: str,
     userland_proxy: bool,
     userland_proxy_workers: int | None,
@@ -127,6 +134,9 @@ def cli(
     # pyroute2 logs every netlink message at debug level: far too much for ours.
     logging.getLogger("pyroute2").setLevel(logging.WARNING)
     logging.getLogger("asyncio").setLevel(logging.WARNING)
+    # gRPC's C core prints its own lines on stderr (each refused TLS record,
+    # each reconnect); the store reports what matters in our log.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR" if log_level == "debug" else "NONE")
     try:
         # $PONTOON_TLS_VERIFY is the CLI's; the daemon serves TLS only when told.
         env = {k: v for k, v in os.environ.items() if k == CERT_PATH_ENV}
@@ -140,6 +150,7 @@ def cli(
             tls=tls,
             cluster_store=cluster_store,
             cluster_advertise=cluster_advertise,
+            cluster_store_opts=list(cluster_store_opts),
             userland_proxy=userland_proxy,
             userland_proxy_workers=userland_proxy_workers,
             firewall_backend=firewall_backend,
@@ -155,12 +166,15 @@ def cli(
     except (ValueError, PontoonError) as exc:
         raise click.UsageError(str(exc)) from None
     if cluster_store:
-        from pontoon.store.etcd import parse_url
+        from pontoon.store.etcd import parse_store_opts, parse_url
 
         try:
             parse_url(cluster_store)
+            parse_store_opts(cluster_store_opts)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
+    elif cluster_store_opts:
+        raise click.UsageError("--cluster-store-opt needs --cluster-store")
     if os.geteuid() != 0:
         raise click.UsageError("pontoond must run as root")
     raise_fd_limit()
@@ -234,6 +248,8 @@ async def serve(config: DaemonConfig) -> int:
     from pontoon.store.timed import TimedStore
 
     lock_fd = take_lock(config.root)
+    if config.cluster_store_opts:
+        await check_store_tls(config)
     config.exec_root.mkdir(parents=True, exist_ok=True)
     netns.ensure_own_mount(config.netns_dir)
     store = TimedStore(SQLiteStore(config.db_path), "local")
@@ -344,7 +360,7 @@ async def join_cluster(config: DaemonConfig, engine: Engine) -> None:
     """Global networks: our VTEP, the etcd store and the cluster agent."""
     from pontoon.cluster.agent import ClusterAgent
     from pontoon.drivers.overlay import prepare_underlay
-    from pontoon.store.etcd import EtcdStore
+    from pontoon.store.etcd import EtcdStore, parse_store_opts
     from pontoon.store.timed import TimedStore
 
     try:
@@ -358,12 +374,29 @@ async def join_cluster(config: DaemonConfig, engine: Engine) -> None:
         raise click.ClickException(str(exc)) from None
     # Applied by the start-up sync, which follows.
     engine.kernel.firewall.tunnel = Tunnel(vtep, config.vxlan_port)
-    store = TimedStore(EtcdStore.from_url(config.cluster_store), "cluster")
+    tls = parse_store_opts(config.cluster_store_opts)
+    store = TimedStore(EtcdStore.from_url(config.cluster_store, tls=tls), "cluster")
     agent = ClusterAgent(store, host_id(config.root), vtep, config.cluster_ttl)
     agent.listener = engine
     engine.join_cluster(agent, vtep, config.vxlan_port, mtu)
     log.info("cluster store %s, VTEP %s, VXLAN port %d", config.cluster_store, vtep,
              config.vxlan_port)  # fmt: skip
+
+
+async def check_store_tls(config: DaemonConfig) -> None:
+    """Before anything is made: a certificate etcd refuses (missing, expired,
+    another CA's) stops the daemon with the reason, within the store's time
+    budget, instead of a daemon retrying forever."""
+    from pontoon.store.etcd import EtcdStore, parse_store_opts
+
+    tls = parse_store_opts(config.cluster_store_opts)
+    store = EtcdStore.from_url(config.cluster_store, tls=tls)
+    try:
+        await store.check_access()
+    except PontoonError as exc:
+        raise click.ClickException(exc.message) from None
+    finally:
+        await store.close()
 
 
 def host_id(root: Path) -> str:
@@ -392,4 +425,13 @@ def dump_tasks() -> None:
 
 
 def main() -> None:
-    cli(standalone_mode=True)
+    try:
+        cli.main(prog_name="pontoond", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        # One line, as the CLI's: a script or a unit file's log shows why.
+        print(f"Error: {exc.format_message()}", file=sys.stderr)
+        sys.exit(exc.exit_code)

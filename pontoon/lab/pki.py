@@ -65,6 +65,16 @@ class Authority:
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return cls(cert, key, cert_path)
 
+    @classmethod
+    def load(cls, directory: Path) -> Authority:
+        """The CA `create` wrote in `directory`."""
+        cert_path = directory / CA_FILE
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        key = serialization.load_pem_private_key((directory / "ca-key.pem").read_bytes(), None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{directory}/ca-key.pem is not an EC key")
+        return cls(cert, key, cert_path)
+
     def issue(
         self,
         directory: Path,
