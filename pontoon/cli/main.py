@@ -267,7 +267,12 @@ def _copy_logs(c: Client, cid: str, follow: bool) -> None:
 @click.pass_context
 def exec_(ctx: click.Context, name: str, command: tuple[str, ...]) -> None:
     """Run COMMAND inside a running container; its exit status passes through."""
-    info = client(ctx).get(f"/containers/{ref(name)}/json")
+    c = client(ctx)
+    if c.tcp is not None:
+        # nsenter works on this machine's PIDs: a remote daemon's would name
+        # another process here.
+        raise click.ClickException("exec needs the daemon's own machine: use its unix socket")
+    info = c.get(f"/containers/{ref(name)}/json")
     pid = info["State"]["Pid"]
     if not info["State"]["Running"] or not pid:
         raise click.ClickException(f"container {name} is not running")

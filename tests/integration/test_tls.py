@@ -174,3 +174,9 @@ def test_daemon_refuses_missing_or_bad_certificate_files(
     # A key that is not the certificate's.
     wrong = daemon_refuses(host, *flags, "--tlskey", str(certs.client.key))
     assert "cannot load TLS certificate" in wrong
+
+
+def test_exec_is_refused_over_tcp(tls_host: SimHost, certs: Certs):
+    """exec enters a PID's namespaces on the caller's machine: never a remote one's."""
+    out = pontoon(tls_host, "-H", URL, *tls_args(certs.client), "exec", "anything", "true")
+    assert "unix socket" in one_line_error(out)
