@@ -172,10 +172,10 @@ def _parse_prefix(url: str, path: str) -> str:
 
 
 STORE_OPTS = ("kv.cacertfile", "kv.certfile", "kv.keyfile")
-# How gRPC words a TLS failure: etcd refusing our certificate arrives after
-# the handshake as an undecryptable alert (TSI_DATA_CORRUPTED); our refusing
-# etcd's is a failed handshake.
-_TLS_MARKERS = ("TSI_", "handshake failed", "CERTIFICATE_VERIFY_FAILED")
+# What a TLS failure becomes in our errors (see _tls_reason).
+REFUSED_US = "etcd refused our client certificate"
+NOT_SIGNED = "etcd's certificate is not signed by kv.cacertfile"
+HANDSHAKE = "TLS handshake with etcd failed"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,10 +286,6 @@ class _TlsClient(aetcd.Client):
             rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata
         )
         self._connected.set()
-
-
-def is_tls_failure(text: str) -> bool:
-    return any(marker.lower() in text.lower() for marker in _TLS_MARKERS)
 
 
 def format_endpoint(endpoint: Endpoint) -> str:
@@ -427,18 +423,16 @@ class EtcdStore(Store):
         try:
             await self.get("/")
         except Unavailable as exc:
-            if not is_tls_failure(exc.message):
-                return
             where = ", ".join(format_endpoint(e) for e in self.endpoints)
-            if "TSI_DATA_CORRUPTED" in exc.message:
+            if REFUSED_US in exc.message:
                 cert = self.tls.cert_path if self.tls and self.tls.cert_path else "none given"
                 raise PontoonError(
                     f"etcd at {where} refused our client certificate ({cert}): missing, "
                     "expired, or not signed by a CA it trusts"
                 ) from None
-            raise PontoonError(
-                f"TLS to etcd at {where} failed: {_tls_reason(exc.message)}"
-            ) from None
+            if NOT_SIGNED in exc.message or HANDSHAKE in exc.message:
+                reason = exc.message.split(": ", 3)[-1]  # past "…unreachable: get /: HOST:"
+                raise PontoonError(f"TLS to etcd at {where} failed: {reason}") from None
 
     async def close(self) -> None:
         self._closed = True
@@ -678,18 +672,22 @@ def _reason(exc: BaseException, budget: float) -> str:
     text = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
     if "Connection refused" in text:
         return "connection refused"
-    return text or type(exc).__name__
+    return _tls_reason(text) or text or type(exc).__name__
 
 
-def _tls_reason(text: str) -> str:
-    """The end of gRPC's handshake error, e.g. 'CERTIFICATE_VERIFY_FAILED:
-    unable to get local issuer certificate'."""
+def _tls_reason(text: str) -> str | None:
+    """gRPC's words for a TLS failure, in ours. etcd refusing our certificate
+    reaches us after the handshake, as an alert we cannot decrypt
+    (TSI_DATA_CORRUPTED); our refusing etcd's is a failed handshake."""
+    if "TSI_DATA_CORRUPTED" in text:
+        return f"{REFUSED_US} (missing, expired, or not signed by a CA it trusts)"
     _, found, rest = text.partition("CERTIFICATE_VERIFY_FAILED")
     if found:
-        return "etcd's certificate is not signed by kv.cacertfile" + (
-            f" ({rest.strip(': ').removesuffix(': OK')})" if rest.strip(": ") else ""
-        )
-    return text
+        detail = rest.strip(": ").removesuffix(": OK")
+        return NOT_SIGNED + (f" ({detail})" if detail else "")
+    if "handshake failed" in text.lower() or "TSI_" in text:
+        return f"{HANDSHAKE}: {text}"
+    return None
 
 
 def _translate(exc: Exception, what: str) -> Exception:

@@ -14,6 +14,7 @@ import pytest
 from pontoon.errors import PontoonError
 from pontoon.lab.etcd import EtcdServer, free_tcp_port
 from pontoon.lab.pki import Authority
+from pontoon.store import etcd as etcd_module
 from pontoon.store.etcd import EtcdStore, StoreTls, parse_store_opts
 from pontoon.tls import TlsFiles
 from tests.etcd.conftest import new_server, running
@@ -159,3 +160,24 @@ def test_not_yet_valid_certificate_is_named(tmp_path: Path):
                    not_after=future + datetime.timedelta(days=1))  # fmt: skip
     with pytest.raises(ValueError, match="not valid before"):
         parse_store_opts(opts(new))
+
+
+# ------------------------------------------------------------------ gRPC's words
+
+REFUSED = (
+    "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:52395: "
+    "Unwrap failed (TSI_DATA_CORRUPTED)"
+)
+UNSIGNED = (
+    "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:52395: Tls "
+    "handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000007d:SSL routines:"
+    "OPENSSL_internal:CERTIFICATE_VERIFY_FAILED: unable to get local issuer certificate: OK"
+)
+
+
+def test_grpc_tls_failures_in_our_words():
+    assert etcd_module._tls_reason(REFUSED).startswith("etcd refused our client certificate")
+    assert etcd_module._tls_reason(UNSIGNED) == (
+        "etcd's certificate is not signed by kv.cacertfile (unable to get local issuer certificate)"
+    )
+    assert etcd_module._tls_reason("failed to connect: Connection refused") is None
