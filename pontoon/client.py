@@ -39,6 +39,20 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+class TlsHTTPConnection(http.client.HTTPSConnection):
+    """HTTPS whose connect and handshake are bounded, and whose reads are not
+    (as the unix socket's): `logs -f` may wait for output for hours."""
+
+    CONNECT_TIMEOUT = 10.0
+
+    def __init__(self, host: str, port: int, context: ssl.SSLContext) -> None:
+        super().__init__(host, port, context=context, timeout=self.CONNECT_TIMEOUT)
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock.settimeout(None)
+
+
 def socket_path(host: str | None) -> str:
     url = host or os.environ.get("PONTOON_HOST") or DEFAULT_HOST
     if url.startswith("lab://"):
@@ -84,7 +98,8 @@ class Client:
         if self.tcp is None:
             return UnixHTTPConnection(self.path)
         host, port = self.tcp
-        return http.client.HTTPSConnection(host, port, context=self.context, timeout=30)
+        assert self.context is not None
+        return TlsHTTPConnection(host, port, self.context)
 
     def _open(self, method: str, url: str, payload: Any = None) -> http.client.HTTPResponse:
         conn = self._connection()

@@ -180,3 +180,11 @@ def test_exec_is_refused_over_tcp(tls_host: SimHost, certs: Certs):
     """exec enters a PID's namespaces on the caller's machine: never a remote one's."""
     out = pontoon(tls_host, "-H", URL, *tls_args(certs.client), "exec", "anything", "true")
     assert "unix socket" in one_line_error(out)
+
+
+def test_attached_run_streams_its_output_over_tls(tls_host: SimHost, certs: Certs):
+    """`run` without -d follows the logs and waits for the exit status over
+    the TLS connection, with no read timeout cutting a quiet stream short."""
+    out = pontoon(tls_host, "-H", URL, *tls_args(certs.client), "run", "--rm", "--name",
+                  "talker", "--", "sh", "-c", "sleep 2; echo over-tls; exit 3")  # fmt: skip
+    assert out.returncode == 3 and out.stdout.strip() == "over-tls", out.stderr
