@@ -117,7 +117,8 @@ class Client:
             raise ApiError(0, f"TLS with pontoond at {self.path} failed: {reason}") from None
         except (http.client.RemoteDisconnected, ConnectionResetError) as exc:
             if self.tcp is None:
-                raise ApiError(0, f"cannot talk to pontoond at {self.path}: {exc}") from None
+                reason = os_error_text(exc)
+                raise ApiError(0, f"cannot talk to pontoond at {self.path}: {reason}") from None
             # TLS 1.3: the daemon checks our certificate after our side of the
             # handshake is done, and a refusal reaches us as a closed connection.
             raise ApiError(0, f"pontoond at {self.path} refused our TLS certificate (expired, "
