@@ -87,9 +87,11 @@ class BridgeDriver(NetworkDriver):
             idx = self._lookup(net.bridge)
             assert idx is not None
         self._bridge_index[net.bridge] = idx
+        links.refuse_router_advertisements(net.bridge)
         wanted = [(s.gateway, addresses.prefixlen_of(s.subnet)) for s in net.subnets]
         links.ensure_addresses(self.ipr, idx, wanted)
         self.ipr.link("set", index=idx, state="up")
+        links.enable_forwarding({s.family for s in net.subnets})
         if not self.ctx.userland_proxy:
             # Without the proxy, the host's connections to 127.0.0.1 are NATed to
             # containers, which the kernel allows only with route_localnet. Read
