@@ -20,7 +20,7 @@ import subprocess
 from pathlib import Path
 
 from pontoon import ipam
-from pontoon.core import model
+from pontoon.core import addresses, model
 from pontoon.core.model import Container, NetworkRequest, PortMapping
 from pontoon.daemon.config import DaemonConfig
 from pontoon.dns.server import LISTEN_ADDR
@@ -261,8 +261,9 @@ class Runtime:
             options = ["ndots:0"]
             if not c.embedded_dns:
                 servers, options = (c.dns or self.config.dns or None), []
+            families = {addresses.family_of(ip) for att in self.attachments(c) for ip in att.ips}
             files.write_in_place(
-                cdir / "resolv.conf", files.resolv_text(host_resolv, servers, options)
+                cdir / "resolv.conf", files.resolv_text(host_resolv, servers, options, families)
             )
 
     # -- ending ----------------------------------------------------------------------

@@ -3,10 +3,13 @@ firewall on both backends, DNS, bad input)."""
 
 from __future__ import annotations
 
+import ipaddress
+import sys
+
 import pytest
 
-from pontoon.lab import SimHost
-from tests.integration.helpers import inspect
+from pontoon.lab import SimHost, connect_hosts
+from tests.integration.helpers import inspect, snapshot, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +29,7 @@ ECHO6 = (
 # A TCP fetch of [ADDR]:PORT from inside a container, retried until the server is up.
 TCP6_FETCH = (
     "import socket, sys, time\n"
-    "for _ in range(100):\n"
+    "for _ in range(int(sys.argv[3])):\n"
     "    try:\n"
     "        s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1)\n"
     "        print(s.recv(200).decode().strip()); break\n"
@@ -42,11 +45,28 @@ def ping6(host: SimHost, container: str, addr: str) -> bool:
     return proc.returncode == 0
 
 
-def tcp6(host: SimHost, container: str, addr: str, port: int = 7000, check: bool = True) -> str:
+def tcp6(host: SimHost, container: str, addr: str, port: int = 7000, tries: int = 100) -> str:
+    """What the server at [addr]:port answered (the client's address as it
+    saw it), or "" when no connection was made."""
     proc = host.cli(
-        "exec", container, "python3", "-c", TCP6_FETCH, addr, str(port), check=check
+        "exec", container, "python3", "-c", TCP6_FETCH, addr, str(port), str(tries), check=False
     )  # fmt: skip
     return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def add_uplink6(make_host, host: SimHost) -> SimHost:
+    """A peer namespace wired to `host` over IPv6 (and IPv4), with an echo
+    server on [::]:7000 telling each client its source address."""
+    peer = make_host(start=False)
+    connect_hosts(host, peer, "198.51.100.1/24", "198.51.100.2/24")
+    # nodad: usable at once, as pontoon makes container addresses.
+    host.sh("ip", "-6", "addr", "add", f"{UPLINK_HOST}/64", "dev", "eth0", "nodad")
+    peer.sh("ip", "-6", "addr", "add", f"{UPLINK_PEER}/64", "dev", "eth0", "nodad")
+    peer.popen("python3", "-c", ECHO6)  # killed with the peer's namespace at teardown
+    return peer
+
+
+BACKENDS = ["nftables", "iptables"]
 
 
 def v6_of(host: SimHost, container: str, network: str) -> str:
@@ -123,7 +143,7 @@ def test_default_bridge_with_fixed_cidr_v6_and_forwarding(make_host):
     host = make_host(start=False)
     # An interface that takes router advertisements: turning IPv6 forwarding
     # on must not make the host drop them (accept_ra 1 -> 2).
-    host.sh("ip", "link", "add", "uplink0", "type", "dummy")
+    host.sh("ip", "link", "add", "uplink0", "type", "veth", "peer", "name", "uplink1")
     host.sh("sysctl", "-qw", "net.ipv6.conf.uplink0.accept_ra=1")
     host.start_daemon("--ipv6", "--fixed-cidr-v6", "fd00:17::/64")
     net = host.cli_json("network", "inspect", "bridge")[0]
@@ -135,3 +155,192 @@ def test_default_bridge_with_fixed_cidr_v6_and_forwarding(make_host):
     knobs = ("all.forwarding", "uplink0.accept_ra", "pontoon0.accept_ra")
     sysctl = host.sh("sysctl", "-n", *(f"net.ipv6.conf.{k}" for k in knobs)).stdout.split()
     assert sysctl == ["1", "2", "0"]
+
+
+# -- firewall, both backends --------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_isolation_between_networks_over_ipv6(make_host, backend):
+    host = make_host("--firewall-backend", backend)
+    host.cli("network", "create", "--ipv6", "--subnet", "fd00:61::/64", "a")
+    host.cli("network", "create", "--ipv6", "--ipv4=false", "--subnet", "fd00:62::/64", "b")
+    sleeper(host, "a1", "--net", "a")
+    sleeper(host, "a2", "--net", "a")
+    echo_server(host, "a3", "--net", "a")
+    echo_server(host, "b1", "--net", "b")
+    assert ping6(host, "a1", v6_of(host, "a2", "a"))
+    assert tcp6(host, "a1", v6_of(host, "a3", "a")) == v6_of(host, "a1", "a")
+    # The host routes between its bridges (forwarding is on): only the rules stop it.
+    b1 = v6_of(host, "b1", "b")
+    assert not ping6(host, "a1", b1)
+    assert tcp6(host, "a1", b1, tries=2) == ""
+    assert not ping6(host, "b1", v6_of(host, "a2", "a"))
+    # Each network's own gateway still answers.
+    assert ping6(host, "b1", "fd00:62::1")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_internal_network_over_ipv6(make_host, backend):
+    host = make_host("--firewall-backend", backend)
+    add_uplink6(make_host, host)
+    host.cli("network", "create", "--ipv6", "--subnet", "fd00:66::/64", "open")
+    host.cli("network", "create", "--ipv6", "--ipv4=false", "--internal",
+             "--subnet", "fd00:63::/64", "int6")  # fmt: skip
+    sleeper(host, "o1", "--net", "open")
+    sleeper(host, "i1", "--net", "int6")
+    sleeper(host, "i2", "--net", "int6")
+    assert tcp6(host, "o1", UPLINK_PEER) == UPLINK_HOST  # the way out works...
+    assert ping6(host, "i1", v6_of(host, "i2", "int6"))
+    assert tcp6(host, "i1", UPLINK_PEER, tries=2) == ""  # ...but not from int6
+    assert not ping6(host, "i1", v6_of(host, "o1", "open"))
+    assert not ping6(host, "o1", v6_of(host, "i1", "int6"))
+    routes = inspect(host, "i1")["NetworkSettings"]["Routes"]
+    assert not any(r.startswith("default") for r in routes)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ipv6_masquerade_by_default_and_routed_on_request(make_host, backend):
+    host = make_host("--firewall-backend", backend)
+    peer = add_uplink6(make_host, host)
+    host.cli("network", "create", "--ipv6", "--subnet", "fd00:64::/64", "natted")
+    host.cli("network", "create", "--ipv6", "--subnet", "fd00:65::/64",
+             "-o", "com.docker.network.bridge.gateway_mode_ipv6=routed", "routed")  # fmt: skip
+    # Routed: the next hop routes the subnet back to the host.
+    peer.sh("ip", "-6", "route", "add", "fd00:65::/64", "via", UPLINK_HOST)
+    sleeper(host, "n1", "--net", "natted")
+    sleeper(host, "r1", "--net", "routed")
+    assert tcp6(host, "n1", UPLINK_PEER) == UPLINK_HOST  # masqueraded, as Docker 27+
+    assert tcp6(host, "r1", UPLINK_PEER) == v6_of(host, "r1", "routed")  # no NAT
+    dump = host.cli_json("network", "inspect", "routed")[0]["Options"]
+    assert dump == {"com.docker.network.bridge.gateway_mode_ipv6": "routed"}
+
+
+# -- DNS ----------------------------------------------------------------------------
+
+# Asks 127.0.0.11 (the container's resolv.conf server) one question; prints the answers.
+DIG = (
+    "import sys, dns.message, dns.query\n"
+    "q = dns.message.make_query(sys.argv[1], sys.argv[2])\n"
+    "r = dns.query.udp(q, '127.0.0.11', timeout=2)\n"
+    "print(' '.join(i.to_text() for rr in r.answer for i in rr))\n"
+)
+# A one-name upstream DNS server on [ADDR]:53: outside.test AAAA 2001:db8::99.
+UPSTREAM6 = (
+    "import socket, sys, dns.message, dns.rrset\n"
+    "s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.bind((sys.argv[1], 53))\n"
+    "while True:\n"
+    "    data, peer = s.recvfrom(4096); q = dns.message.from_wire(data)\n"
+    "    r = dns.message.make_response(q)\n"
+    "    name = q.question[0].name.to_text()\n"
+    "    if name == 'outside.test.':\n"
+    "        r.answer.append(dns.rrset.from_text(name, 60, 'IN', 'AAAA', '2001:db8::99'))\n"
+    "    s.sendto(r.to_wire(), peer)\n"
+)
+
+
+def dig(host: SimHost, container: str, name: str, rdtype: str) -> list[str]:
+    proc = host.cli("exec", container, sys.executable, "-c", DIG, name, rdtype)
+    return proc.stdout.split()
+
+
+def test_dns_aaaa_ptr_and_ipv6_upstream_for_an_ipv6_only_container(make_host):
+    host = make_host(start=False)
+    peer = add_uplink6(make_host, host)
+    peer.popen(sys.executable, "-c", UPSTREAM6, UPLINK_PEER)
+    host.start_daemon("--dns", UPLINK_PEER)  # an IPv6 upstream, reached from the host
+    host.cli("network", "create", "--ipv6", "--ipv4=false", "--subnet", "fd00:67::/64", "dns6")
+    sleeper(host, "s1", "--net", "dns6", "--network-alias", "web")
+    sleeper(host, "s2", "--net", "dns6")
+    s1 = v6_of(host, "s1", "dns6")
+    assert dig(host, "s2", "s1", "AAAA") == [s1]
+    assert dig(host, "s2", "web", "AAAA") == [s1]
+    assert dig(host, "s2", "s1", "A") == []  # no IPv4 address: an empty answer
+    reverse = ipaddress.ip_address(s1).reverse_pointer
+    assert dig(host, "s2", reverse, "PTR") == ["s1."]
+    # The C library's resolver, as programs use it: /etc/resolv.conf's
+    # 127.0.0.11 is on the container's own loopback, which every container
+    # has, IPv6-only ones too.
+    assert host.cli("exec", "s2", "getent", "ahostsv6", "web").stdout.split()[0] == s1
+    wait_for(lambda: dig(host, "s2", "outside.test", "AAAA") == ["2001:db8::99"],
+             what="the IPv6 upstream's answer")  # fmt: skip
+
+
+def test_dns_a_and_aaaa_on_a_dual_stack_network(make_host):
+    host = make_host()
+    host.cli("network", "create", "--ipv6", "--subnet", "10.68.0.0/24",
+             "--subnet", "fd00:68::/64", "dual")  # fmt: skip
+    sleeper(host, "d1", "--net", "dual")
+    sleeper(host, "d2", "--net", "dual")
+    settings = inspect(host, "d1")["NetworkSettings"]["Networks"]["dual"]
+    assert dig(host, "d2", "d1", "A") == [settings["IPAddress"]]
+    assert dig(host, "d2", "d1", "AAAA") == [settings["GlobalIPv6Address"]]
+    v4_ptr = ipaddress.ip_address(settings["IPAddress"]).reverse_pointer
+    assert dig(host, "d2", v4_ptr, "PTR") == ["d1."]
+    # A name on a name's own network: ping6 by name goes over IPv6.
+    assert host.cli("exec", "d2", "ping", "-6", "-c1", "-W1", "d1", check=False).returncode == 0
+
+
+# -- bad input ------------------------------------------------------------------------
+
+BAD_COMMANDS = [
+    ("run", "-d", "--name", "x", "--net", "dual", "--ip6", "fd00:99::5", "--", "true"),
+    ("run", "-d", "--name", "x", "--net", "dual", "--ip6", "fd00:50::1", "--", "true"),  # gw
+    ("run", "-d", "--name", "x", "--net", "dual", "--ip6", "fd00:50::", "--", "true"),
+    ("run", "-d", "--name", "x", "--net", "dual", "--ip6", "10.60.0.9", "--", "true"),
+    ("run", "-d", "--name", "x", "--net", "dual", "--ip", "fd00:50::9", "--", "true"),
+    ("run", "-d", "--name", "x", "--net", "dual", "--ip6", "fd00:50::zz", "--", "true"),
+    ("run", "-d", "--name", "x", "--net", "v4only", "--ip6", "fd00:50::9", "--", "true"),
+    ("run", "-d", "--name", "x", "--net", "dual", "--ip6", "fd00:50::2", "--", "true"),  # taken
+    ("network", "connect", "--ip6", "fd00:99::5", "dual", "c4"),
+    ("network", "create", "--ipv6", "--subnet", "fd00:50::/48", "n"),  # overlaps dual
+    ("network", "create", "--ipv6", "--subnet", "fd00:50::8000:0:0/66", "n"),  # inside dual
+    ("network", "create", "--ipv6", "--subnet", "fd00:aa::1/64", "n"),  # host bits
+    ("network", "create", "--ipv6", "--subnet", "fd00:aa::/127", "n"),  # too small
+    ("network", "create", "--ipv6", "--subnet", "fd00:aa::/64", "--subnet", "fd00:ab::/64", "n"),
+    ("network", "create", "--subnet", "fd00:aa::/64", "n"),  # IPv6 without --ipv6
+    ("network", "create", "--ipv4=false", "n"),  # no family at all
+    ("network", "create", "--ipv6", "--ipv4=false", "--subnet", "10.70.0.0/24", "n"),
+    ("network", "create", "--ipv6", "--subnet", "fd00:aa::/64", "--gateway", "fd00:ab::1", "n"),
+    ("network", "create", "--ipv6", "--subnet", "fd00:aa::/64", "--gateway", "fd00:aa::", "n"),
+    ("network", "create", "--ipv6", "--subnet", "fd00:aa::/64", "--ip-range", "fd00:ab::/80", "n"),
+    ("network", "create", "--ipv6", "--ipv4=maybe", "n"),
+    ("network", "create", "--ipv6", "-o", "com.docker.network.bridge.gateway_mode_ipv6=x", "n"),
+    ("network", "create", "--ipv6", "n1"),  # the IPv6 pool (two /64s) is used up
+]
+
+
+def test_ipv6_bad_input_is_one_error_line_and_leaves_nothing(make_host):
+    # A small IPv6 pool: two /64s, both taken below.
+    host = make_host("--default-address-pool", "base=fd00:ee::/63,size=64")
+    host.cli("network", "create", "--ipv6", "--subnet", "10.60.0.0/24", "--subnet", V6, "dual")
+    host.cli("network", "create", "--subnet", "10.61.0.0/24", "v4only")
+    host.cli("network", "create", "--ipv6", "--ipv4=false", "p1")
+    host.cli("network", "create", "--ipv6", "--ipv4=false", "p2")
+    sleeper(host, "c1", "--net", "dual", "--ip6", "fd00:50::2")
+    sleeper(host, "c4", "--net", "v4only")
+    before = snapshot(host)
+    failures = []
+    for args in BAD_COMMANDS:
+        proc = host.cli(*args, check=False)
+        lines = proc.stderr.splitlines()
+        ok = proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("Error: ")
+        if not ok or proc.stdout:
+            failures.append(f"{args}: rc={proc.returncode} out={proc.stdout!r} err={proc.stderr!r}")
+        after = snapshot(host)
+        if after != before:
+            failures.append(f"{args} changed {[k for k in before if before[k] != after[k]]}")
+            before = after
+    assert not failures, "\n".join(failures)
+    assert "IPv6 address pools" in host.cli("network", "create", "--ipv6", "n1",
+                                             check=False).stderr  # fmt: skip
+
+
+def test_daemon_refuses_bad_ipv6_flags(make_host):
+    host = make_host(start=False)
+    for flags in (["--fixed-cidr-v6", "fd00:17::/64"],  # without --ipv6
+                  ["--ipv6", "--fixed-cidr-v6", "10.0.0.0/24"],
+                  ["--ipv6", "--fixed-cidr-v6", "fd00:17::1/64"],
+                  ["--default-address-pool", "base=fd00::/64,size=48"]):  # fmt: skip
+        with pytest.raises(RuntimeError):
+            host.start_daemon(*flags, timeout=5)

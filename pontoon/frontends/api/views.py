@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from pontoon.core import addresses
-from pontoon.core.model import Attachment, Container, Network, Peer
+from pontoon.core.model import Attachment, Container, Network, NetworkRequest, Peer
 
 
 def network_summary(net: Network, endpoint_count: int) -> dict[str, Any]:
@@ -132,7 +132,7 @@ def container_view(
             **_addresses(ep),
             "MacAddress": ep.mac if ep else "",
             "Aliases": list(req.aliases),
-            "IPAMConfig": {"IPv4Address": req.ip} if req.ip else None,
+            "IPAMConfig": _ipam_request(req),
         }
         if ep:
             entry["Interface"] = ep.ifname
@@ -175,6 +175,12 @@ def container_view(
             "Networks": nets,
         },
     }
+
+
+def _ipam_request(req: NetworkRequest) -> dict[str, str] | None:
+    """Docker's IPAMConfig: the fixed addresses asked for (--ip, --ip6), or null."""
+    asked = {"IPv4Address": req.ip, "IPv6Address": req.ip6}
+    return {k: v for k, v in asked.items() if v} or None
 
 
 def _addresses(att: Attachment | None) -> dict[str, Any]:
