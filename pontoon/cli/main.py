@@ -372,13 +372,23 @@ def rm(ctx: click.Context, force: bool, names: tuple[str, ...]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--live", type=click.FloatRange(0, 300), default=0,
               help="Follow real traffic of the flow for SECONDS instead of probing.")  # fmt: skip
+@click.option("-6", "--ipv6", "ipv6", is_flag=True, help="Trace to a container's IPv6 address.")
 @click.pass_context
 def trace(
-    ctx: click.Context, source: str, target: str, proto: str | None, as_json: bool, live: float
+    ctx: click.Context,
+    source: str,
+    target: str,
+    proto: str | None,
+    as_json: bool,
+    live: float,
+    ipv6: bool,
 ) -> None:
     """Send a probe (or watch real traffic) and show where it goes: devices,
-    netfilter hooks and rules, NAT, the userland proxy, the verdict."""
-    payload = {"From": source, "To": target, "Proto": proto or "", "Live": live}
+    netfilter hooks and rules, NAT, the userland proxy, the verdict. Targets:
+    a container (its IPv4 address, or IPv6 with -6 or on an IPv6-only
+    network), an address (IPv6 as [ADDR]:PORT), or host:PORT."""
+    payload = {"From": source, "To": target, "Proto": proto or "", "Live": live,
+               "Family": 6 if ipv6 else 0}  # fmt: skip
     result = client(ctx).post("/trace", payload)
     if as_json:
         emit_json(result)

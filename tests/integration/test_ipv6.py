@@ -344,3 +344,56 @@ def test_daemon_refuses_bad_ipv6_flags(make_host):
                   ["--default-address-pool", "base=fd00::/64,size=48"]):  # fmt: skip
         with pytest.raises(RuntimeError):
             host.start_daemon(*flags, timeout=5)
+
+
+# -- trace, topology, metrics ---------------------------------------------------------
+
+
+def trace(host: SimHost, *args: str) -> dict:
+    return host.cli_json("trace", "--json", *args)
+
+
+def test_trace_topology_and_metrics_show_ipv6_paths(make_host):
+    host = make_host("--metrics-addr", "127.0.0.1:9399")
+    host.cli("network", "create", "--ipv6", "--ipv4=false", "--subnet", "fd00:71::/64", "a6")
+    host.cli("network", "create", "--ipv6", "--ipv4=false", "--subnet", "fd00:72::/64", "b6")
+    host.cli("network", "create", "--ipv6", "--subnet", "10.73.0.0/24",
+             "--subnet", "fd00:73::/64", "d")  # fmt: skip
+    sleeper(host, "a1", "--net", "a6")
+    echo_server(host, "a2", "--net", "a6")
+    sleeper(host, "b1", "--net", "b6")
+    sleeper(host, "d1", "--net", "d")
+    echo_server(host, "d2", "--net", "d")
+    a2 = v6_of(host, "a2", "a6")
+    assert tcp6(host, "a1", a2)  # the server is up
+    # An IPv6-only network: its containers are traced at their IPv6 address.
+    ping = trace(host, "--from", "a1", "--to", "a2")
+    assert ping["verdict"] == "delivered" and ping["to"]["ip"] == a2
+    tcp = trace(host, "--from", "a1", "--to", f"[{a2}]:7000/tcp")
+    assert tcp["verdict"] == "delivered"
+    assert tcp["probe"]["source"] == v6_of(host, "a1", "a6")
+    kinds = [hop["kind"] for hop in tcp["path"]]
+    assert kinds[0] == "container" and "bridge" in kinds
+    # Isolation over IPv6, found in the inet table's per-bridge chain.
+    dropped = trace(host, "--from", "a1", "--to", "b1")
+    assert dropped["verdict"].startswith("dropped")
+    assert dropped["dropped"]["table"] == "inet pontoon"
+    assert dropped["dropped"]["rule"] == "oifname @bridges drop"
+    # Dual stack: IPv4 unless -6 is asked.
+    d2 = inspect(host, "d2")["NetworkSettings"]["Networks"]["d"]
+    assert trace(host, "--from", "d1", "--to", "d2:7000")["to"]["ip"] == d2["IPAddress"]
+    six = trace(host, "-6", "--from", "d1", "--to", "d2:7000")
+    assert six["to"]["ip"] == d2["GlobalIPv6Address"] and six["verdict"] == "delivered"
+    assert "pontoon_trace" not in host.sh("nft", "list", "tables").stdout
+    # topology: subnets, gateways and endpoint addresses of both families.
+    topo = host.cli_json("topology", "--format", "json")["host"]
+    nets = {n["name"]: n for n in topo["networks"]}
+    assert nets["d"]["subnet"] == "10.73.0.0/24, fd00:73::/64"
+    endpoint = next(e for e in nets["d"]["endpoints"] if e["container"] == "d2")
+    assert endpoint["ip"] == f"{d2['IPAddress']}, {d2['GlobalIPv6Address']}"
+    bridge_link = next(x for x in topo["host"]["links"] if x["name"] == nets["d"]["bridge"])
+    assert "fd00:73::1/64" in bridge_link["addresses"]
+    # /metrics: addresses held, by family.
+    metrics = host.sh("curl", "-s", "http://127.0.0.1:9399/metrics").stdout
+    assert 'pontoon_endpoint_addresses{family="ipv6"} 5' in metrics
+    assert 'pontoon_endpoint_addresses{family="ipv4"} 2' in metrics

@@ -198,10 +198,11 @@ def test_dns_rewrite_rejects_bad_input(addr, port):
 
 def test_trace_rules_hook_both_paths_before_conntrack():
     script = trace_rules.trace_script(["tcp sport 40000 meta nftrace set 1"])
-    assert script.startswith("add table ip pontoon_trace\ndelete table ip pontoon_trace\n")
+    assert script.startswith("add table inet pontoon_trace\ndelete table inet pontoon_trace\n")
     for hook in ("prerouting", "output"):
         assert f"type filter hook {hook} priority -350; policy accept;" in script
     assert script.count("tcp sport 40000 meta nftrace set 1") == 2
     assert trace_rules.remove_script() == (
-        "add table ip pontoon_trace\ndelete table ip pontoon_trace\n"
+        "add table inet pontoon_trace\ndelete table inet pontoon_trace\n"
+        "add table ip pontoon_trace\ndelete table ip pontoon_trace\n"  # an older release's
     )

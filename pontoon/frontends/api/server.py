@@ -351,9 +351,13 @@ class Api:
         live = data.get("Live") or 0
         if not isinstance(live, int | float):
             raise InvalidArgument("Live must be a number of seconds")
+        family = data.get("Family") or 0
+        if family not in (0, 4, 6):
+            raise InvalidArgument("Family must be 4 or 6")
         result = await trace(
-            self.inventory(), _str(data, "From"), _str(data, "To"), _str(data, "Proto"), float(live)
-        )
+            self.inventory(), _str(data, "From"), _str(data, "To"), _str(data, "Proto"),
+            float(live), family,
+        )  # fmt: skip
         return web.json_response(result)
 
     async def container_logs(self, request: web.Request) -> web.StreamResponse:
