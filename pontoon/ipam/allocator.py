@@ -98,7 +98,7 @@ def plan_subnets(
         if family not in seen:
             chosen = choose_subnet(pools, taken + routes, family)
             plans.append(SubnetPlan.build(chosen))
-    return plans
+    return sorted(plans, key=lambda p: p.family)  # IPv4 first, as Docker lists them
 
 
 def requested_families(spec: NetworkSpec) -> tuple[int, ...]:

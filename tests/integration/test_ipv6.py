@@ -4,6 +4,7 @@ firewall on both backends, DNS, bad input)."""
 from __future__ import annotations
 
 import ipaddress
+import re
 import sys
 
 import pytest
@@ -397,3 +398,64 @@ def test_trace_topology_and_metrics_show_ipv6_paths(make_host):
     metrics = host.sh("curl", "-s", "http://127.0.0.1:9399/metrics").stdout
     assert 'pontoon_endpoint_addresses{family="ipv6"} 5' in metrics
     assert 'pontoon_endpoint_addresses{family="ipv4"} 2' in metrics
+
+
+# -- restart, macvlan ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ipv6_networks_survive_a_daemon_restart(make_host, backend):
+    host = make_host("--firewall-backend", backend)
+    peer = add_uplink6(make_host, host)
+    host.cli("network", "create", "--ipv6", "--subnet", "fd00:81::/64", "a")
+    host.cli("network", "create", "--ipv6", "--ipv4=false", "--subnet", "fd00:82::/64", "b")
+    sleeper(host, "a1", "--net", "a")
+    echo_server(host, "b1", "--net", "b")
+    before = snapshot(host)
+    host.stop_daemon()
+    host.start_daemon("--firewall-backend", backend)
+    after = snapshot(host)
+    assert (after["addresses6"], after["routes6"]) == (before["addresses6"], before["routes6"])
+    # The rules as the kernel lists them, without iptables-nft's packet counters.
+    changed = set(map(_uncounted, before["nft"])) ^ set(map(_uncounted, after["nft"]))
+    assert not changed, changed
+    assert tcp6(host, "a1", UPLINK_PEER) == UPLINK_HOST  # still masqueraded
+    assert not ping6(host, "a1", v6_of(host, "b1", "b"))  # still isolated
+    assert peer.sh("ping", "-6", "-c1", "-W1", UPLINK_HOST, check=False).returncode == 0
+
+
+def _uncounted(rule: str) -> str:
+    return re.sub(r'\{"counter": \{[^}]*\}\}, ', "", rule)
+
+
+def test_default_bridge_gets_ipv6_when_restarted_with_it(make_host):
+    host = make_host()
+    assert host.cli_json("network", "inspect", "bridge")[0]["EnableIPv6"] is False
+    host.stop_daemon()
+    host.start_daemon("--ipv6")
+    config = host.cli_json("network", "inspect", "bridge")[0]["IPAM"]["Config"]
+    assert config[0]["Subnet"] == "172.17.0.0/16"
+    assert config[1]["Subnet"].startswith("fd50:6f6e:746f:")
+    sleeper(host, "c1")
+    assert ping6(host, "c1", config[1]["Gateway"])
+    # In use: a restart without --ipv6 keeps it (and says so in the log).
+    host.stop_daemon()
+    host.start_daemon()
+    assert host.cli_json("network", "inspect", "bridge")[0]["EnableIPv6"] is True
+    assert "keeps its subnets" in host.log_tail(40)
+
+
+def test_macvlan_ipv6_only_network_on_the_parents_lan(make_host):
+    host = make_host()
+    router = make_host(start=False)
+    connect_hosts(host, router, "203.0.113.1/24", "203.0.113.2/24")
+    router.sh("ip", "-6", "addr", "add", "2001:db8:55::2/64", "dev", "eth0", "nodad")
+    host.cli("network", "create", "-d", "macvlan", "-o", "parent=eth0", "--ipv6", "--ipv4=false",
+             "--subnet", "2001:db8:55::/64", "--gateway", "2001:db8:55::2", "lan6")  # fmt: skip
+    sleeper(host, "m1", "--net", "lan6", "--ip6", "2001:db8:55::10")
+    sleeper(host, "m2", "--net", "lan6")
+    assert ping6(host, "m1", "2001:db8:55::2")  # the LAN's router, directly
+    assert ping6(host, "m1", v6_of(host, "m2", "lan6"))
+    assert router.sh("ping", "-6", "-c1", "-W1", "2001:db8:55::10", check=False).returncode == 0
+    routes = inspect(host, "m1")["NetworkSettings"]["Routes"]
+    assert any(r.startswith("default via 2001:db8:55::2 dev eth0") for r in routes)
