@@ -169,8 +169,8 @@ class Networks:
             if _same_addressing(existing, subnets, ipv6):
                 return
             if self.state.on_network(existing.id):
-                log.warning("the bridge network keeps its subnets (%s): it is in use; "
-                            "restart with no containers on it to apply --ipv6/--fixed-cidr-v6",
+                log.warning("the bridge network keeps its subnets (%s): it is in use; restart "
+                            "with no containers on it to apply --bip/--ipv6/--fixed-cidr-v6",
                             _subnets(existing))  # fmt: skip
                 return
             await self.destroy(existing)

@@ -11,6 +11,7 @@ import pytest
 
 from pontoon.lab import SimHost, connect_hosts
 from tests.integration.helpers import inspect, snapshot, wait_for
+from tests.integration.test_cni_plugin import cni, plugin_conf
 
 pytestmark = pytest.mark.integration
 
@@ -459,3 +460,30 @@ def test_macvlan_ipv6_only_network_on_the_parents_lan(make_host):
     assert router.sh("ping", "-6", "-c1", "-W1", "2001:db8:55::10", check=False).returncode == 0
     routes = inspect(host, "m1")["NetworkSettings"]["Routes"]
     assert any(r.startswith("default via 2001:db8:55::2 dev eth0") for r in routes)
+
+
+# -- the CNI front end ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["1.0.0", "0.4.0"])
+def test_cni_plugin_attaches_a_namespace_dual_stack(make_host, foreign_ns, version):
+    host = make_host()
+    host.cli("network", "create", "--ipv6", "--subnet", "10.69.0.0/24",
+             "--subnet", "fd00:69::/64", "web")  # fmt: skip
+    echo_server(host, "srv", "--net", "web")
+    ns = foreign_ns(host, "pod")
+    conf = plugin_conf(host, "web", version)
+    rc, result = cni(host, "ADD", conf, "pod1", ns)
+    assert rc == 0, result
+    ips = {ipaddress.ip_interface(ip["address"]).version: ip for ip in result["ips"]}
+    assert ips[6]["address"].startswith("fd00:69::") and ips[6]["gateway"] == "fd00:69::1"
+    assert ips[4]["address"].startswith("10.69.0.")
+    if version == "0.4.0":
+        assert (ips[4]["version"], ips[6]["version"]) == ("4", "6")
+    assert {"dst": "::/0", "gw": "fd00:69::1"} in result["routes"]
+    srv = v6_of(host, "srv", "web")
+    reply = host.sh("nsenter", f"--net={ns}", "--", "python3", "-c", TCP6_FETCH, srv, "7000",
+                    "100").stdout.strip()  # fmt: skip
+    assert reply == ips[6]["address"].split("/")[0]
+    rc, _ = cni(host, "DEL", conf, "pod1", ns)
+    assert rc == 0
