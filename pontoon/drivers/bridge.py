@@ -92,6 +92,11 @@ class BridgeDriver(NetworkDriver):
         links.mtu_option(spec, 1500)
         bridge_name_option(spec.options)
         check_gateway_modes(spec.options)
+        if spec.ipv6 and not links.ipv6_enabled():
+            raise InvalidArgument(
+                "IPv6 is disabled on this host (ipv6.disable=1 or "
+                "net.ipv6.conf.default.disable_ipv6=1): no --ipv6 network"
+            )
 
     def default_mtu(self, spec: NetworkSpec) -> int:
         return links.mtu_option(spec, 1500)

@@ -98,6 +98,13 @@ def ensure_addresses(ipr: IPRoute, index: int, wanted: list[tuple[str, int]]) ->
             ipr.addr("add", index=index, address=address, prefixlen=prefixlen, **extra)
 
 
+def ipv6_enabled(proc_sys: Path = Path("/proc/sys")) -> bool:
+    """Whether this namespace can carry IPv6: not booted with ipv6.disable=1
+    (no net/ipv6 at all), and not switched off for new devices."""
+    knob = proc_sys / "net/ipv6/conf/default/disable_ipv6"
+    return knob.exists() and knob.read_text().strip() == "0"
+
+
 def enable_forwarding(families: set[int], proc_sys: Path = Path("/proc/sys")) -> None:
     """Let this namespace route for its bridges in these families. Turning
     IPv6 forwarding on makes the kernel ignore router advertisements on every

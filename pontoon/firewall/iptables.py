@@ -97,6 +97,7 @@ import ipaddress
 import re
 import subprocess
 from collections.abc import Iterable
+from pathlib import Path
 
 from pontoon.core.addresses import FAMILIES
 from pontoon.firewall.base import (
@@ -652,6 +653,8 @@ class IptablesFirewall(Firewall):
 
     def __init__(self, userland_proxy: bool = True) -> None:
         super().__init__(userland_proxy)
+        # A kernel booted with ipv6.disable=1 has no ip6tables tables to write.
+        self.families = FAMILIES if Path("/proc/sys/net/ipv6").exists() else (4,)
         self._generation = Generation()
         self._verified_generation: int | None = None
         self._nft_based: bool | None = None
@@ -680,7 +683,7 @@ class IptablesFirewall(Firewall):
         return parse_save(self._exec(self.commands[family][1]))
 
     def sync(self, networks: list[NetworkRules], ports: list[PortRule]) -> None:
-        for family in FAMILIES:
+        for family in self.families:
             saved = self.saved(family)
             if _tunnel_of(self.tunnel, family) is not None and self.desired.vteps is None:
                 # Before the cluster store is read: the previous daemon's set.
@@ -705,13 +708,13 @@ class IptablesFirewall(Firewall):
             self.check()
 
     def add_network(self, net: NetworkRules) -> None:
-        for family in FAMILIES:
+        for family in self.families:
             self.run(add_network_script(net, self.userland_proxy, self.saved(family), family),
                      family)  # fmt: skip
         self.desired.add_network(net)
 
     def remove_network(self, net: NetworkRules) -> None:
-        for family in FAMILIES:
+        for family in self.families:
             self.run(remove_network_script(net, self.saved(family), family), family)
         self.desired.remove_network(net)
 
@@ -742,11 +745,11 @@ class IptablesFirewall(Firewall):
         if self._expected is None or self._expected[0] != key:
             want = {
                 f: expected_rules(self.desired, self.userland_proxy, self.tunnel, f)
-                for f in FAMILIES
+                for f in self.families
             }
             self._expected = (key, want)
         problems = []
-        for family in FAMILIES:
+        for family in self.families:
             found = drift(self.saved(family), self._expected[1][family])
             problems += [f"IPv{family}: {p}" if family != 4 else p for p in found]
         # Read before iptables-save: a later change moves the generation on.
@@ -757,17 +760,15 @@ class IptablesFirewall(Firewall):
         """Whether our iptables-save is iptables-nft (its rules are nftables
         rules, so the ruleset generation covers them)."""
         if self._nft_based is None:
-            self._nft_based = all(
-                "nf_tables" in self._exec((self.commands[f][1][0], "--version")) for f in FAMILIES
-            )
+            saves = [self.commands[f][1][0] for f in self.families]
+            self._nft_based = all("nf_tables" in self._exec((save, "--version")) for save in saves)
         return self._nft_based
 
     def teardown(self) -> None:
-        for family in FAMILIES:
+        for family in self.families:
             self.run(teardown_script(self.saved(family)), family)
         self.desired.clear()
 
     def dump(self) -> str:
-        v4 = dump_text(self._exec(self.commands[4][1]))
-        v6 = dump_text(self._exec(self.commands[6][1]))
-        return v4 + (f"# ip6tables\n{v6}" if v6 else "")
+        dumps = {f: dump_text(self._exec(self.commands[f][1])) for f in self.families}
+        return dumps[4] + "".join(f"# ip6tables\n{d}" for f, d in dumps.items() if f != 4 and d)

@@ -487,3 +487,15 @@ def test_cni_plugin_attaches_a_namespace_dual_stack(make_host, foreign_ns, versi
     assert reply == ips[6]["address"].split("/")[0]
     rc, _ = cni(host, "DEL", conf, "pod1", ns)
     assert rc == 0
+
+
+def test_ipv6_network_on_a_host_with_ipv6_off_is_one_clear_error(make_host):
+    host = make_host(start=False)
+    host.sh("sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1")
+    host.start_daemon()
+    before = snapshot(host)
+    proc = host.cli("network", "create", "--ipv6", "n", check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith("Error: IPv6 is disabled on this host")
+    assert len(proc.stderr.splitlines()) == 1
+    assert snapshot(host) == before
+    host.cli("network", "create", "v4")  # IPv4 networks are unaffected

@@ -264,3 +264,24 @@ def test_resolv_conf_keeps_ipv6_servers_for_containers_with_ipv6():
     assert resolv_text(host) == "nameserver 10.1.1.1\n"
     both = resolv_text(host, families={4, 6})
     assert both == "nameserver 10.1.1.1\nnameserver 2001:db8::53\n"
+
+
+def test_ipv6_enabled_reads_the_default_for_new_devices(tmp_path):
+    assert not links.ipv6_enabled(tmp_path)  # booted with ipv6.disable=1: no net/ipv6
+    _proc_sys(tmp_path, {"all": "1", "default": "1"})
+    knob = tmp_path / "net/ipv6/conf/default/disable_ipv6"
+    knob.write_text("1\n")
+    assert not links.ipv6_enabled(tmp_path)
+    knob.write_text("0\n")
+    assert links.ipv6_enabled(tmp_path)
+
+
+def test_iptables_firewall_without_ipv6_writes_ipv4_only():
+    from tests.unit.test_iptables_rules import FakeIptables
+
+    fake = FakeIptables()
+    fw = fake.firewall()
+    fw.families = (4,)  # a kernel booted with ipv6.disable=1
+    fw.sync([DUAL], [])
+    assert fake.v6 is None
+    assert "-s 10.5.0.0/24 ! -o pt-dual -j MASQUERADE" in fake.tables["nat"][ipt.POSTROUTING]
