@@ -1,5 +1,6 @@
-"""IPv6 and dual stack with real IPv6 packets (issue 13: networks, inspect,
-firewall on both backends, DNS, bad input)."""
+"""IPv6 and dual stack with real IPv6 packets (issue 13): networks and
+inspect, the firewall on both backends, DNS, bad input with leak checks,
+trace/topology/metrics, restart, macvlan, and the CNI plugin."""
 
 from __future__ import annotations
 
