@@ -202,9 +202,10 @@ def test_internal_network_over_ipv6(make_host, backend):
     assert not any(r.startswith("default") for r in routes)
 
 
+@pytest.mark.parametrize("proxy", ["true", "false"], ids=["proxy", "kernel"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_ipv6_masquerade_by_default_and_routed_on_request(make_host, backend):
-    host = make_host("--firewall-backend", backend)
+def test_ipv6_masquerade_by_default_and_routed_on_request(make_host, backend, proxy):
+    host = make_host("--firewall-backend", backend, f"--userland-proxy={proxy}")
     peer = add_uplink6(make_host, host)
     host.cli("network", "create", "--ipv6", "--subnet", "fd00:64::/64", "natted")
     host.cli("network", "create", "--ipv6", "--subnet", "fd00:65::/64",
