@@ -92,7 +92,7 @@ def bridge_tour(host: SimHost) -> list[bool]:
     print(f"{GREEN}$ pontoon exec o1 ping -c1 -W1 10.50.0.2{RESET}\n{proc.stdout.strip()}")
     results.append(check("o1 (other) cannot reach c1 (web)", proc.returncode != 0))
     say("The firewall: one nftables table, per-network state in sets and maps")
-    on_host(host, "nft", "list", "table", "ip", "pontoon")
+    on_host(host, "nft", "list", "table", "inet", "pontoon")
     say("Bad input: one line, exit 1, nothing left behind")
     show(host, "network", "create", "--subnet", "10.50.0.128/25", "clash", check=False)
     return results

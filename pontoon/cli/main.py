@@ -77,9 +77,11 @@ def network() -> None:
 
 @network.command("create")
 @click.option("-d", "--driver", default="bridge", show_default=True)
-@click.option("--subnet", default="")
-@click.option("--gateway", default="")
-@click.option("--ip-range", default="")
+@click.option("--subnet", "subnets", multiple=True, help="CIDR, one per address family.")
+@click.option("--gateway", "gateways", multiple=True, help="Matched to the subnet holding it.")
+@click.option("--ip-range", "ip_ranges", multiple=True, help="Matched to the subnet holding it.")
+@click.option("--ipv6", is_flag=True, help="Give the network an IPv6 subnet too.")
+@click.option("--ipv4", type=click.BOOL, default=True, help="--ipv4=false: IPv6 only.")
 @click.option("--internal", is_flag=True)
 @click.option(
     "-o", "--opt", "opts", multiple=True, help="Driver option KEY=VALUE (a bare KEY: empty value)."
@@ -89,14 +91,19 @@ def network() -> None:
 def network_create(
     ctx: click.Context,
     driver: str,
-    subnet: str,
-    gateway: str,
-    ip_range: str,
+    subnets: tuple[str, ...],
+    gateways: tuple[str, ...],
+    ip_ranges: tuple[str, ...],
+    ipv6: bool,
+    ipv4: bool,
     internal: bool,
     opts: tuple[str, ...],
     name: str,
 ) -> None:
     """Create a network and print its ID."""
+    from pontoon.errors import PontoonError
+    from pontoon.ipam.pools import match_to_subnets
+
     options = {}
     for opt in opts:
         # A bare KEY is KEY="" as with Docker (`-o encrypted`).
@@ -104,14 +111,20 @@ def network_create(
         if not key:
             raise click.UsageError(f"invalid option {opt!r}: use KEY=VALUE")
         options[key] = value
+    if (gateways or ip_ranges) and not subnets:
+        raise click.UsageError("--gateway and --ip-range need --subnet")
+    try:
+        config = match_to_subnets(subnets, gateways, ip_ranges)
+    except PontoonError as exc:
+        raise click.UsageError(str(exc)) from None
     out = client(ctx).post(
         "/networks/create",
         {
             "Name": name,
             "Driver": driver,
-            "Subnet": subnet,
-            "Gateway": gateway,
-            "IPRange": ip_range,
+            "Subnets": config,
+            "EnableIPv4": ipv4,
+            "EnableIPv6": ipv6,
             "Internal": internal,
             "Options": options,
         },
@@ -157,17 +170,18 @@ def network_rm(ctx: click.Context, names: tuple[str, ...]) -> None:
 
 @network.command("connect")
 @click.option("--ip", default="")
+@click.option("--ip6", default="")
 @click.option("--alias", "aliases", multiple=True)
 @click.argument("net")
 @click.argument("container")
 @click.pass_context
 def network_connect(
-    ctx: click.Context, ip: str, aliases: tuple[str, ...], net: str, container: str
+    ctx: click.Context, ip: str, ip6: str, aliases: tuple[str, ...], net: str, container: str
 ) -> None:
     """Connect a running container to a network (hot-plugs ethN)."""
     client(ctx).post(
         f"/networks/{ref(net)}/connect",
-        {"Container": container, "IPAddress": ip, "Aliases": list(aliases)},
+        {"Container": container, "IPAddress": ip, "IPv6Address": ip6, "Aliases": list(aliases)},
     )
 
 
@@ -189,6 +203,7 @@ def network_disconnect(ctx: click.Context, net: str, container: str) -> None:
 @click.option("--name", default="")
 @click.option("--net", "--network", "nets", multiple=True)
 @click.option("--ip", default="")
+@click.option("--ip6", default="")
 @click.option("--network-alias", "aliases", multiple=True)
 @click.option("-p", "--publish", "ports", multiple=True)
 @click.option("--hostname", default="")
@@ -203,6 +218,7 @@ def run(
     name: str,
     nets: tuple[str, ...],
     ip: str,
+    ip6: str,
     aliases: tuple[str, ...],
     ports: tuple[str, ...],
     hostname: str,
@@ -219,6 +235,7 @@ def run(
             "Cmd": list(command),
             "Networks": list(nets),
             "IPAddress": ip,
+            "IPv6Address": ip6,
             "Aliases": list(aliases),
             "Ports": list(ports),
             "Hostname": hostname,
@@ -378,13 +395,23 @@ def rm(ctx: click.Context, force: bool, names: tuple[str, ...]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--live", type=click.FloatRange(0, 300), default=0,
               help="Follow real traffic of the flow for SECONDS instead of probing.")  # fmt: skip
+@click.option("-6", "--ipv6", "ipv6", is_flag=True, help="Trace to a container's IPv6 address.")
 @click.pass_context
 def trace(
-    ctx: click.Context, source: str, target: str, proto: str | None, as_json: bool, live: float
+    ctx: click.Context,
+    source: str,
+    target: str,
+    proto: str | None,
+    as_json: bool,
+    live: float,
+    ipv6: bool,
 ) -> None:
     """Send a probe (or watch real traffic) and show where it goes: devices,
-    netfilter hooks and rules, NAT, the userland proxy, the verdict."""
-    payload = {"From": source, "To": target, "Proto": proto or "", "Live": live}
+    netfilter hooks and rules, NAT, the userland proxy, the verdict. Targets:
+    a container (its IPv4 address, or IPv6 with -6 or on an IPv6-only
+    network), an address (IPv6 as [ADDR]:PORT), or host:PORT."""
+    payload = {"From": source, "To": target, "Proto": proto or "", "Live": live,
+               "Family": 6 if ipv6 else 0}  # fmt: skip
     result = client(ctx).post("/trace", payload)
     if as_json:
         emit_json(result)

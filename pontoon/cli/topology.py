@@ -13,6 +13,8 @@ from typing import Any
 
 import click
 
+from pontoon.core.addresses import family_of
+
 ANY = "0.0.0.0"
 KERNEL_IN = "kernel DNAT (prerouting)"
 KERNEL_OUT = "kernel DNAT (output)"
@@ -59,9 +61,10 @@ def entrances(topo: dict[str, Any], port: dict[str, Any]) -> list[dict[str, str]
     for link in topo["host"].get("links", []):
         for cidr in link["addresses"]:
             address = _ip(cidr)
-            if bound not in (ANY, address):
+            # A port covers addresses of its own family (0.0.0.0: every IPv4 one).
+            if bound not in (ANY, address) or family_of(address) != family_of(bound):
                 continue
-            if ipaddress.IPv4Address(address).is_loopback:
+            if ipaddress.ip_address(address).is_loopback:
                 served, source = (PROXY if proxy_mode else KERNEL_OUT), "this host"
             elif link["name"] in bridges:
                 served, source = KERNEL_IN, f"containers on {bridges[link['name']]} (hairpin)"

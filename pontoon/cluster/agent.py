@@ -163,7 +163,9 @@ class ClusterAgent:
         taken_kvs, _ = await self.store.list_prefix("/subnets/")
         taken = [ipaddress.ip_network(kv.key.removeprefix("/subnets/")) for kv in taken_kvs]
         # Hosts may route differently, so only networks count, not routes.
-        plans = ipam.plan_subnets(spec.subnets, pools, taken + local, [])
+        plans = ipam.plan_subnets(
+            spec.subnets, pools, taken + local, [], ipam.requested_families(spec)
+        )
         asked_range = {ipaddress.ip_network(s.subnet).version for s in spec.subnets if s.ip_range}
         vni_kvs, _ = await self.store.list_prefix("/vnis/")
         used = {int(kv.key.removeprefix("/vnis/")) for kv in vni_kvs}

@@ -16,6 +16,11 @@ FAMILIES = (4, 6)
 _DEFAULT_ROUTE = {4: "0.0.0.0/0", 6: "::/0"}
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 _UNSPECIFIED = {4: "0.0.0.0", 6: "::"}
+# An address outside every real network (RFC 5737, RFC 3849): a route lookup
+# toward it finds the default route of its family, and nothing is ever sent.
+_DOCUMENTATION = {4: "192.0.2.1", 6: "2001:db8::1"}
+# The sysctl (under /proc/sys) that makes a namespace route between its devices.
+_FORWARDING = {4: "net/ipv4/ip_forward", 6: "net/ipv6/conf/all/forwarding"}
 
 
 def family_of(text: str) -> int:
@@ -38,6 +43,14 @@ def default_route(family: int) -> str:
 
 def unspecified(family: int) -> str:
     return _UNSPECIFIED[family]
+
+
+def documentation_address(family: int) -> str:
+    return _DOCUMENTATION[family]
+
+
+def forwarding_sysctl(family: int) -> str:
+    return _FORWARDING[family]
 
 
 def socket_family(family: int) -> int:

@@ -172,6 +172,8 @@ class NetworkSpec:
     subnets: tuple[Subnet, ...] = ()
     internal: bool = False
     options: dict[str, str] = dataclasses.field(default_factory=dict)
+    ipv4: bool = True  # Docker's --ipv4 (false: an IPv6-only network)
+    ipv6: bool = False  # Docker's --ipv6
 
 
 # -- attachments ----------------------------------------------------------------
@@ -355,6 +357,7 @@ class NetworkRequest(Record):
     network_id: str
     ip: str = ""
     aliases: list[str] = dataclasses.field(default_factory=list)
+    ip6: str = ""  # --ip6
 
 
 @dataclasses.dataclass

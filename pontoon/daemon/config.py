@@ -24,6 +24,8 @@ class DaemonConfig:
     firewall_backend: str = "nftables"
     firewall_check_interval: float = 10.0  # seconds between checks of our rules; 0: none
     bip: str = ipam.DEFAULT_BIP
+    ipv6: bool = False  # the default bridge network gets an IPv6 subnet too
+    fixed_cidr_v6: str = ""  # that subnet (empty: one from the IPv6 pool)
     pools: list[ipam.Pool] = dataclasses.field(default_factory=lambda: list(ipam.DEFAULT_POOLS))
     vxlan_port: int = 4789
     cluster_ttl: int = 15

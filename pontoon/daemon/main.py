@@ -79,6 +79,8 @@ log = logging.getLogger("pontoond")
     "removed or changed them (0: never).",
 )
 @click.option("--bip", default=ipam.DEFAULT_BIP, show_default=True, help="Default bridge CIDR.")
+@click.option("--ipv6", is_flag=True, help="Give the default bridge network IPv6 too.")
+@click.option("--fixed-cidr-v6", default="", help="The default bridge's IPv6 subnet (--ipv6).")
 @click.option(
     "--default-address-pool", "pools", multiple=True, help="base=CIDR,size=N (repeatable)."
 )
@@ -120,6 +122,8 @@ def cli(
     firewall_backend: str,
     firewall_check_interval: float,
     bip: str,
+    ipv6: bool,
+    fixed_cidr_v6: str,
     pools: tuple[str, ...],
     dns: tuple[str, ...],
     metrics_addr: str,
@@ -156,7 +160,9 @@ def cli(
             firewall_backend=firewall_backend,
             firewall_check_interval=firewall_check_interval,
             bip=_check_bip(bip),
-            pools=[ipam.parse_pool(p) for p in pools] or list(ipam.DEFAULT_POOLS),
+            ipv6=ipv6,
+            fixed_cidr_v6=_check_fixed_cidr_v6(fixed_cidr_v6, ipv6),
+            pools=ipam.with_default_pools(ipam.parse_pool(p) for p in pools),
             vxlan_port=vxlan_port,
             cluster_ttl=cluster_ttl,
             metrics_addr=_check_metrics_addr(metrics_addr),
@@ -221,6 +227,17 @@ def _check_bip(bip: str) -> str:
     return bip
 
 
+def _check_fixed_cidr_v6(cidr: str, ipv6: bool) -> str:
+    if not cidr:
+        return ""
+    if not ipv6:
+        raise ValueError("--fixed-cidr-v6 needs --ipv6")
+    net = ipam.parse_network(cidr, "--fixed-cidr-v6")
+    if net.version != 6:
+        raise ValueError(f"invalid --fixed-cidr-v6 {cidr!r}: an IPv6 subnet is needed")
+    return str(net)
+
+
 def _soon(coro: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop) -> None:
     """Run a coroutine on the daemon's loop from another thread, not waiting."""
     asyncio.run_coroutine_threadsafe(coro, loop)
@@ -276,7 +293,7 @@ async def serve(config: DaemonConfig) -> int:
     await runtime.reconcile()
     await reconcile(engine, runtime.keep_namespaces())
     async with engine.lock:
-        await engine.networks.ensure_default(config.bip)
+        await engine.networks.ensure_default(config.bip, config.ipv6, config.fixed_cidr_v6)
     if engine.cluster is not None:
         await engine.cluster.start()
     checker = None

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from pontoon import __version__
-from pontoon.core import model
+from pontoon.core import addresses, model
 from pontoon.store.timed import TimedStore
 
 if TYPE_CHECKING:
@@ -78,6 +78,12 @@ async def collect(svc: Sources) -> str:
     for net_id, count in sorted(by_net.items()):
         net = svc.networks.get(net_id)
         m.sample("pontoon_endpoints", count, network=net.name if net else net_id[:12])
+    m.family(
+        "pontoon_endpoint_addresses", "gauge", "Addresses of attachments on this host, by family"
+    )
+    families = Counter(addresses.family_of(ip) for a in svc.attachments.values() for ip in a.ips)
+    for family in addresses.FAMILIES:
+        m.sample("pontoon_endpoint_addresses", families.get(family, 0), family=f"ipv{family}")
     m.family("pontoon_published_ports", "gauge", "Host ports published by running containers")
     m.sample(
         "pontoon_published_ports",

@@ -8,9 +8,10 @@ up in the daemon's live view of endpoints, so a new or removed container is
 seen by the next query.
 
 Rules (Docker's): a name (container name, hostname, short ID or alias)
-resolves to the address of the endpoint on a network the asker shares with
-it; AAAA for such names is an empty answer (IPv4 only); PTR for those
-addresses gives the name; everything else goes upstream, except from a
+resolves to the addresses of the endpoint on a network the asker shares
+with it, A for IPv4 and AAAA for IPv6 (an empty answer when it has none of
+that family); PTR for those addresses (in-addr.arpa and ip6.arpa) gives the
+name; everything else goes upstream, except from a
 container whose networks are all --internal, which gets REFUSED (no way out,
 and no DNS tunnel either).
 """
@@ -38,6 +39,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from pontoon.core import addresses
 from pontoon.dns import upstream
 from pontoon.sandbox import netns
 
@@ -49,14 +51,34 @@ MAX_INFLIGHT = 64  # upstream queries per container; beyond that, drop (flood gu
 MAX_TCP_CLIENTS = 16
 
 
+# Address records by family: (rdtype, record type name, packed length).
+RECORD_TYPES = {4: (dns.rdatatype.A, "A", 4), 6: (dns.rdatatype.AAAA, "AAAA", 16)}
+FAMILY_OF_QTYPE = {int(rdtype): family for family, (rdtype, _, _) in RECORD_TYPES.items()}
+
+
 @dataclass
 class View:
     """What one asking container may resolve."""
 
-    names: dict[str, list[str]]  # lowercased name -> addresses
+    names: dict[str, list[str]]  # lowercased name -> addresses, both families
     reverse: dict[str, str]  # address -> name
     upstreams: list[str]
     external: bool  # False when every network is --internal
+    # (name, qtype) -> packed addresses of that family, for the fast path.
+    packed: dict[tuple[str, int], list[bytes]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.packed = {}
+        for name, addrs in self.names.items():
+            for family, (rdtype, _, _) in RECORD_TYPES.items():
+                self.packed[(name, int(rdtype))] = [
+                    socket.inet_pton(addresses.socket_family(family), a)
+                    for a in addrs
+                    if addresses.family_of(a) == family
+                ]
+
+    def of_family(self, name: str, family: int) -> list[str]:
+        return [a for a in self.names.get(name, []) if addresses.family_of(a) == family]
 
 
 @dataclass
@@ -90,16 +112,23 @@ def build_reply(query: dns.message.Message, view: View) -> dns.message.Message |
             )
             return reply
         return None
-    addrs = view.names.get(qname)
-    if addrs is None:
+    if qname not in view.names:
         return None
-    if question.rdtype in (dns.rdatatype.A, dns.rdatatype.ANY):
-        reply.answer.append(dns.rrset.from_text_list(question.name, TTL, "IN", "A", addrs))
-    # AAAA and other types for a known name: an empty NOERROR answer.
+    for family, (rdtype, type_name, _) in RECORD_TYPES.items():
+        addrs = view.of_family(qname, family)
+        if addrs and question.rdtype in (rdtype, dns.rdatatype.ANY):
+            reply.answer.append(
+                dns.rrset.from_text_list(question.name, TTL, "IN", type_name, addrs)
+            )
+    # Other types, or a family the name has no address of: an empty NOERROR answer.
     return reply
 
 
-A_RECORD_TAIL = struct.pack(">HHIH", 1, 1, TTL, 4)  # type A, class IN, TTL, rdlength
+# type, class IN, TTL, rdlength: what precedes each address in an answer.
+RECORD_TAILS = {
+    int(rdtype): struct.pack(">HHIH", int(rdtype), 1, TTL, size)
+    for rdtype, _, size in RECORD_TYPES.values()
+}
 EDNS_PAYLOAD = 1232  # what we announce (the 2020 DNS flag day's size)
 OPT_RECORD = b"\x00" + struct.pack(">HHIH", 41, EDNS_PAYLOAD, 0, 0)  # root, OPT, no options
 
@@ -151,39 +180,42 @@ def fast_answer(wire: bytes, view: View) -> bytes | None:
     elif end != len(wire):
         return None
     qtype, qclass = struct.unpack_from(">HH", wire, pos + 1)
-    if qclass != 1 or qtype not in (1, 28):
+    if qclass != 1 or qtype not in RECORD_TAILS:
         return None
     try:
         name = b".".join(labels).decode("ascii").lower()
     except UnicodeDecodeError:
         return None
-    addrs = view.names.get(name)
+    addrs = view.packed.get((name, qtype))
     if addrs is None:
         return None
-    answers = b""
-    if qtype == 1:
-        answers = b"".join(b"\xc0\x0c" + A_RECORD_TAIL + socket.inet_aton(addr) for addr in addrs)
+    tail = RECORD_TAILS[qtype]
+    answers = b"".join(b"\xc0\x0c" + tail + packed for packed in addrs)
     opt = OPT_RECORD if ar else b""
     if end + len(answers) + len(opt) > max_size:
         return None  # the general path truncates
-    # QR, AA, RA, and the asker's RD; NOERROR (AAAA of a known name: no records).
+    # QR, AA, RA, and the asker's RD; NOERROR (no records of this family: empty).
     out_flags = 0x8000 | 0x0400 | 0x0080 | (flags & 0x0100)
-    count = len(addrs) if qtype == 1 else 0
+    count = len(addrs)
     header = struct.pack(">HHHHHH", qid, out_flags, 1, count, 0, 1 if ar else 0)
     return header + wire[12:end] + answers + opt
 
 
 def _ptr_address(qname: str) -> str | None:
-    suffix = ".in-addr.arpa"
-    if not qname.endswith(suffix):
-        return None
-    parts = qname[: -len(suffix)].split(".")
-    if len(parts) != 4:
-        return None
+    """The address a PTR name stands for: in-addr.arpa (four reversed decimal
+    labels) or ip6.arpa (32 reversed nibbles); None for anything else."""
     try:
-        return str(ipaddress.IPv4Address(".".join(reversed(parts))))
+        if qname.endswith(".in-addr.arpa"):
+            parts = qname.removesuffix(".in-addr.arpa").split(".")
+            if len(parts) == 4:
+                return str(ipaddress.IPv4Address(".".join(reversed(parts))))
+        elif qname.endswith(".ip6.arpa"):
+            nibbles = qname.removesuffix(".ip6.arpa").split(".")
+            if len(nibbles) == 32 and all(len(n) == 1 for n in nibbles):
+                return str(ipaddress.IPv6Address(int("".join(reversed(nibbles)), 16)))
     except ValueError:
         return None
+    return None
 
 
 def formerr(wire: bytes) -> bytes | None:

@@ -26,16 +26,16 @@ TOTAL_TIMEOUT = 2.5
 
 
 def nameservers_from(text: str) -> list[str]:
+    """The servers of a resolv.conf, both families (we forward from the
+    host's namespace, which reaches them as the host does)."""
     out = []
     for line in text.splitlines():
         fields = line.split()
         if len(fields) >= 2 and fields[0] == "nameserver":
             try:
-                ip = ipaddress.ip_address(fields[1])
+                out.append(str(ipaddress.ip_address(fields[1])))
             except ValueError:
                 continue
-            if ip.version == 4:
-                out.append(str(ip))
     return out
 
 

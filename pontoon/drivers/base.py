@@ -48,6 +48,8 @@ class Capabilities:
     # The network needs pontoon's cluster store (refused on a host without one).
     needs_cluster: bool = False
     options: tuple[str, ...] = ()
+    # The address families its networks may have subnets of.
+    families: tuple[int, ...] = (4, 6)
 
 
 @dataclasses.dataclass

@@ -23,6 +23,13 @@ from pontoon.errors import Conflict, InvalidArgument
 from pontoon.firewall import NetworkRules
 
 BRIDGE_NAME_OPTIONS = ("com.docker.network.bridge.name", "bridge.name")
+# Docker's per-family gateway modes: "nat" (the default: masquerade outbound)
+# or "routed" (no NAT; the next hop routes the subnet back to this host).
+GATEWAY_MODE_OPTIONS = {
+    4: "com.docker.network.bridge.gateway_mode_ipv4",
+    6: "com.docker.network.bridge.gateway_mode_ipv6",
+}
+GATEWAY_MODES = ("nat", "routed")
 BRIDGE_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # IFNAMSIZ, ASCII only
 OUR_BRIDGE = re.compile(r"^pt-[0-9a-f]{12}$")
 OUR_VETH = re.compile(r"^veth[0-9a-f]{11}$")
@@ -38,9 +45,24 @@ def bridge_name_option(options: dict[str, str]) -> str:
     return ""
 
 
+def routed_families(options: dict[str, str]) -> tuple[int, ...]:
+    """The families whose gateway mode is "routed" (validated at create)."""
+    return tuple(f for f, key in GATEWAY_MODE_OPTIONS.items() if options.get(key) == "routed")
+
+
+def check_gateway_modes(options: dict[str, str]) -> None:
+    for key in GATEWAY_MODE_OPTIONS.values():
+        if key in options and options[key] not in GATEWAY_MODES:
+            raise InvalidArgument(
+                f"invalid {key} {options[key]!r}: use {' or '.join(GATEWAY_MODES)}"
+            )
+
+
 class BridgeDriver(NetworkDriver):
     name = "bridge"
-    capabilities = Capabilities(options=(*BRIDGE_NAME_OPTIONS, *links.MTU_OPTIONS))
+    capabilities = Capabilities(
+        options=(*BRIDGE_NAME_OPTIONS, *links.MTU_OPTIONS, *GATEWAY_MODE_OPTIONS.values())
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -69,6 +91,12 @@ class BridgeDriver(NetworkDriver):
         super().validate(spec)
         links.mtu_option(spec, 1500)
         bridge_name_option(spec.options)
+        check_gateway_modes(spec.options)
+        if spec.ipv6 and not links.ipv6_enabled():
+            raise InvalidArgument(
+                "IPv6 is disabled on this host (ipv6.disable=1 or "
+                "net.ipv6.conf.default.disable_ipv6=1): no --ipv6 network"
+            )
 
     def default_mtu(self, spec: NetworkSpec) -> int:
         return links.mtu_option(spec, 1500)
@@ -87,9 +115,11 @@ class BridgeDriver(NetworkDriver):
             idx = self._lookup(net.bridge)
             assert idx is not None
         self._bridge_index[net.bridge] = idx
+        links.refuse_router_advertisements(net.bridge)
         wanted = [(s.gateway, addresses.prefixlen_of(s.subnet)) for s in net.subnets]
         links.ensure_addresses(self.ipr, idx, wanted)
         self.ipr.link("set", index=idx, state="up")
+        links.enable_forwarding({s.family for s in net.subnets})
         if not self.ctx.userland_proxy:
             # Without the proxy, the host's connections to 127.0.0.1 are NATed to
             # containers, which the kernel allows only with route_localnet. Read
@@ -101,10 +131,12 @@ class BridgeDriver(NetworkDriver):
         links.delete_link(self.ipr, net.bridge)
 
     def firewall_rules(self, net: Network) -> NetworkRules:
-        # The host firewall's tables are IPv4 (`ip` family) until IPv6 lands there.
-        v4 = net.subnet_for(4)
         return NetworkRules(
-            bridge=net.bridge, subnet=v4.subnet if v4 else "", internal=net.internal, icc=net.icc
+            bridge=net.bridge,
+            subnets=tuple(s.subnet for s in net.subnets),
+            internal=net.internal,
+            icc=net.icc,
+            routed=routed_families(net.options),
         )
 
     # -- endpoints -------------------------------------------------------------

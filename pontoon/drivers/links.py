@@ -98,6 +98,52 @@ def ensure_addresses(ipr: IPRoute, index: int, wanted: list[tuple[str, int]]) ->
             ipr.addr("add", index=index, address=address, prefixlen=prefixlen, **extra)
 
 
+def ipv6_enabled(proc_sys: Path = Path("/proc/sys")) -> bool:
+    """Whether this namespace can carry IPv6: not booted with ipv6.disable=1
+    (no net/ipv6 at all), and not switched off for new devices."""
+    knob = proc_sys / "net/ipv6/conf/default/disable_ipv6"
+    return knob.exists() and knob.read_text().strip() == "0"
+
+
+def enable_forwarding(families: set[int], proc_sys: Path = Path("/proc/sys")) -> None:
+    """Let this namespace route for its bridges in these families. Turning
+    IPv6 forwarding on makes the kernel ignore router advertisements on every
+    interface with accept_ra=1, which dropped Docker hosts' default routes:
+    those interfaces get accept_ra=2 (accept them even when forwarding) first.
+    /proc/sys/net is the calling thread's namespace (the daemon's host)."""
+    for family in sorted(families):
+        knob = proc_sys / addresses.forwarding_sysctl(family)
+        if knob.read_text().strip() == "1":
+            continue
+        if family == 6:
+            keep_router_advertisements(proc_sys / "net/ipv6/conf")
+        knob.write_text("1\n")
+
+
+def keep_router_advertisements(conf: Path) -> list[str]:
+    """accept_ra 1 -> 2 on every existing interface, so that router
+    advertisements keep configuring the host with forwarding on. Not the
+    `default` for new devices: our bridges must never take a container's RA
+    (the class of CVE-2020-13401). Returns the interfaces changed."""
+    changed = []
+    for entry in sorted(conf.iterdir()):
+        knob = entry / "accept_ra"
+        if entry.name in ("all", "default") or not knob.exists():
+            continue
+        if knob.read_text().strip() == "1":
+            knob.write_text("2\n")
+            changed.append(entry.name)
+    return changed
+
+
+def refuse_router_advertisements(ifname: str, proc_sys: Path = Path("/proc/sys")) -> None:
+    """A bridge faces containers: whatever the host's default, no RA heard
+    on it may change the host's routes."""
+    knob = proc_sys / "net/ipv6/conf" / ifname / "accept_ra"
+    if knob.exists():
+        knob.write_text("0\n")
+
+
 def delete_link(ipr: IPRoute, ifname: str) -> None:
     try:
         ipr.link("del", ifname=ifname)

@@ -72,6 +72,7 @@ class OverlayDriver(NetworkDriver):
         host_reachable=False,
         default_route=False,
         needs_cluster=True,
+        families=(4,),  # IPv6 inside VXLAN (cluster-wide v6 IPAM, v6 neighbours): not yet
         options=(*links.MTU_OPTIONS, ENCRYPTED),
     )
 

@@ -64,9 +64,9 @@ class Networks:
                 f"{spec.driver} networks need a cluster store: start pontoond with "
                 "--cluster-store etcd://HOST:PORT"
             )
-        for sub in spec.subnets:
-            if sub.subnet and ipam.parse_network(sub.subnet).version == 6:
-                raise InvalidArgument("IPv6 subnets are not supported yet")
+        for family in ipam.requested_families(spec):
+            if family not in driver.capabilities.families:
+                raise InvalidArgument(f"{spec.driver} networks do not support IPv{family} yet")
         if any(n.name == spec.name for n in self.state.networks.values()):
             raise Conflict(f"network with name {spec.name} already exists")
         return driver
@@ -117,7 +117,11 @@ class Networks:
         ours = {n.bridge for n in self.state.networks.values() if n.bridge}
         routes = driver.routes_to_avoid(await self.kernel.call(self.kernel.host_routes, ours))
         plans = ipam.plan_subnets(
-            spec.subnets, driver.address_pools(self.pools), self._taken(), routes
+            spec.subnets,
+            driver.address_pools(self.pools),
+            self._taken(),
+            routes,
+            ipam.requested_families(spec),
         )
         asked_range = {ipaddress.ip_network(s.subnet).version for s in spec.subnets if s.ip_range}
         net = Network(
@@ -152,14 +156,29 @@ class Networks:
         if rules is not None:
             await self.kernel.call(self.kernel.firewall.add_network, rules)
 
-    async def ensure_default(self, bip: str) -> None:
-        if self.state.default_network() is not None:
-            return
+    async def ensure_default(self, bip: str, ipv6: bool = False, fixed_cidr_v6: str = "") -> None:
+        """The built-in `bridge` network, as the daemon's --bip, --ipv6 and
+        --fixed-cidr-v6 say. One left by a start with other IPv6 flags is made
+        again when nobody uses it (dockerd rebuilds it on every start)."""
         iface = ipaddress.ip_interface(bip)
+        subnets = [Subnet(str(iface.network), str(iface.ip))]
+        if fixed_cidr_v6:
+            subnets.append(Subnet(fixed_cidr_v6))
+        existing = self.state.default_network()
+        if existing is not None:
+            if _same_addressing(existing, subnets, ipv6):
+                return
+            if self.state.on_network(existing.id):
+                log.warning("the bridge network keeps its subnets (%s): it is in use; restart "
+                            "with no containers on it to apply --bip/--ipv6/--fixed-cidr-v6",
+                            _subnets(existing))  # fmt: skip
+                return
+            await self.destroy(existing)
         spec = NetworkSpec(
             DEFAULT_NETWORK,
-            subnets=(Subnet(str(iface.network), str(iface.ip)),),
+            subnets=tuple(subnets),
             options={BRIDGE_NAME_OPTION: DEFAULT_BRIDGE},
+            ipv6=ipv6,
         )
         await self.create(spec, default=True)
 
@@ -224,6 +243,15 @@ class Networks:
             if rules is not None and net.status == model.READY:
                 out.append(rules)
         return out
+
+
+def _same_addressing(net: Network, asked: list[Subnet], ipv6: bool) -> bool:
+    """Whether the default network has what the flags ask: the given subnets,
+    and an IPv6 one exactly when --ipv6 is on (any, when none is given)."""
+    have = {s.subnet for s in net.subnets}
+    if not all(s.subnet in have for s in asked):
+        return False
+    return (net.subnet_for(6) is not None) == ipv6
 
 
 def _subnets(net: Network) -> str:

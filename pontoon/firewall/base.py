@@ -12,13 +12,26 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class NetworkRules:
-    """What the firewall needs to know about one bridge network."""
+    """What the firewall needs to know about one bridge network: its device,
+    its subnets (any family, one per family), and how traffic leaves it."""
 
     bridge: str
-    subnet: str
+    subnets: tuple[str, ...] = ()
     internal: bool = False
     masquerade: bool = True
     icc: bool = True  # False: containers on this bridge cannot reach each other
+    # Families whose traffic leaves unNATed (Docker's gateway_mode_ipvN=routed):
+    # the next hop must route the subnet back to this host.
+    routed: tuple[int, ...] = ()
+
+    def subnets_of(self, family: int) -> list[str]:
+        return [s for s in self.subnets if ipaddress.ip_network(s).version == family]
+
+    def nat_subnets(self, family: int) -> list[str]:
+        """The subnets of `family` whose outbound traffic is masqueraded."""
+        if not self.masquerade or self.internal or family in self.routed:
+            return []
+        return self.subnets_of(family)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,10 +1,11 @@
-"""iptables backend: Docker-like chains, written with iptables-restore.
+"""iptables backend: Docker-like chains, written with iptables-restore, and
+the same chains for IPv6 with ip6tables-restore.
 
 The binaries are the system's `iptables-restore` / `iptables-save` (RESTORE
 and SAVE below). On Debian 12 the alternatives point them at iptables-nft
 (`iptables-restore v1.8.9 (nf_tables)`), which stores the rules in the
 nftables tables `ip raw`, `ip nat` and `ip filter`; `iptables-legacy-restore`
-exists as well but is not used (set IptablesFirewall.restore_cmd/save_cmd to
+exists as well but is not used (set IptablesFirewall.commands to
 choose it). The rules make the same decisions as the nftables backend
 (pontoon/firewall/nft/host.py), laid out as Docker lays out its own so the two
 can be read side by side:
@@ -71,6 +72,11 @@ isolation jump, before any `-o BR -j DROP`); the per-bridge RETURN and then the
 loopback MASQUERADE are inserted at position 1 of PONTOON-POSTROUTING; DNAT for
 a given host address at position 1 of nat PONTOON. Everything else is appended.
 
+IPv6 gets the same chains from the same functions (`family=6`): ip6tables
+has no `ip`/`ip6` split inside a table, so each family's rules are rendered
+with that family's subnets, loopback and ports, and written by that family's
+binaries (COMMANDS). VXLAN rules go where the tunnel's address family is.
+
 Every change is one `iptables-restore --noflush` run (argument list, text on
 stdin, no shell). It never flushes a chain we do not own, touches built-in
 chains only to insert or delete our own jumps, and never declares a built-in
@@ -90,7 +96,10 @@ import dataclasses
 import ipaddress
 import re
 import subprocess
+from collections.abc import Iterable
+from pathlib import Path
 
+from pontoon.core.addresses import FAMILIES
 from pontoon.firewall.base import (
     DesiredState,
     Firewall,
@@ -104,6 +113,13 @@ from pontoon.portmap.spec import ANY, PROTOCOLS
 
 RESTORE = "iptables-restore"
 SAVE = "iptables-save"
+RESTORE6 = "ip6tables-restore"
+SAVE6 = "ip6tables-save"
+# (restore, save) argv per address family.
+COMMANDS: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    4: ((RESTORE, "--noflush", "--wait"), (SAVE,)),
+    6: ((RESTORE6, "--noflush", "--wait"), (SAVE6,)),
+}
 
 FORWARD = "PONTOON-FORWARD"
 STAGE1 = "PONTOON-ISOLATION-STAGE-1"
@@ -130,7 +146,8 @@ BUILTIN_CHAINS: dict[str, tuple[str, ...]] = {
 ADD_ORDER = ("raw", "filter", "nat")
 REMOVE_ORDER = ("nat", "filter", "raw")
 
-LOOPBACK = "127.0.0.0/8"
+LOOPBACKS = {4: "127.0.0.0/8", 6: "::1/128"}
+LOOPBACK = LOOPBACKS[4]
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 
 
@@ -153,12 +170,27 @@ def _ifname(name: str) -> str:
     return name
 
 
-def _subnet(text: str) -> str:
-    return str(ipaddress.IPv4Network(text))
+def _subnet(text: str, family: int = 4) -> str:
+    net = ipaddress.ip_network(text)
+    if net.version != family:
+        raise ValueError(f"{text!r} is not an IPv{family} subnet")
+    return str(net)
 
 
-def _addr(text: str) -> str:
-    return str(ipaddress.IPv4Address(text))
+def _addr(text: str, family: int = 4) -> str:
+    addr = ipaddress.ip_address(text)
+    if addr.version != family:
+        raise ValueError(f"{text!r} is not an IPv{family} address")
+    return str(addr)
+
+
+def family_of_ip(text: str) -> int:
+    return ipaddress.ip_address(text).version
+
+
+def _tunnel_of(tunnel: Tunnel | None, family: int) -> Tunnel | None:
+    """The tunnel, in the tables of its own address family only."""
+    return tunnel if tunnel is not None and family_of_ip(tunnel.local_ip) == family else None
 
 
 def _port(value: int) -> int:
@@ -196,11 +228,12 @@ class Rule:
         return f"-D {self.chain} {self.spec}"
 
 
-def jump_rules(userland_proxy: bool, tunnel: Tunnel | None = None) -> list[Rule]:
+def jump_rules(userland_proxy: bool, tunnel: Tunnel | None = None, family: int = 4) -> list[Rule]:
     """The jumps from built-in chains into ours (inserted first, once)."""
     local = "-m addrtype --dst-type LOCAL -j PONTOON"
-    # With the proxy the host's own connections to 127.0.0.1 are the proxy's.
-    output = f"! -d {LOOPBACK} {local}" if userland_proxy else local
+    # With the proxy the host's own connections to loopback are the proxy's.
+    output = f"! -d {LOOPBACKS[family]} {local}" if userland_proxy else local
+    tunnel = _tunnel_of(tunnel, family)
     untrack = [Rule("raw", "OUTPUT", f"-j {UNTRACK}", 1)] if tunnel is not None else []
     return [
         Rule("raw", "PREROUTING", f"-j {GUARD}", 1),
@@ -221,13 +254,14 @@ def _vtep_key(rule: Rule) -> ipaddress.IPv4Address:
     return ipaddress.IPv4Address(rule.spec.split()[1].removesuffix("/32"))
 
 
-def skeleton_rules(tunnel: Tunnel | None = None, vteps: set[str] | frozenset[str] = frozenset()
-                   ) -> list[Rule]:  # fmt: skip
+def skeleton_rules(tunnel: Tunnel | None = None, vteps: set[str] | frozenset[str] = frozenset(),
+                   family: int = 4) -> list[Rule]:  # fmt: skip
     """The rules of our chains that do not depend on networks or ports;
     `vteps`, the VTEPs VXLAN is accepted from (with a tunnel only)."""
+    tunnel = _tunnel_of(tunnel, family)
     rules = [
-        # Other hosts must never reach 127.0.0.0/8 (route_localnet, both modes).
-        Rule("raw", GUARD, f"-d {LOOPBACK} ! -i lo -j DROP"),
+        # Other hosts must never reach loopback (route_localnet, both modes).
+        Rule("raw", GUARD, f"-d {LOOPBACKS[family]} ! -i lo -j DROP"),
         Rule("filter", FORWARD, f"-j {STAGE1}"),
         # Published ports are reachable across bridges.
         Rule("filter", STAGE2, "-m conntrack --ctstate DNAT -j RETURN"),
@@ -276,10 +310,14 @@ def vteps_script(old: set[str], new: set[str], saved: Saved) -> str:
     return render({"raw": lines})
 
 
-def network_rules(net: NetworkRules, userland_proxy: bool) -> list[Rule]:
-    """Every rule of one network, in the order an incremental add writes them."""
+def network_rules(net: NetworkRules, userland_proxy: bool, family: int = 4) -> list[Rule]:
+    """Every rule of one network in one family's tables, in the order an
+    incremental add writes them. Isolation is by device, so a bridge gets it
+    in both families whatever its subnets."""
     br = _ifname(net.bridge)
-    subnet = _subnet(net.subnet)
+    subnets = [_subnet(s, family) for s in net.subnets_of(family)]
+    nat = [_subnet(s, family) for s in net.nat_subnets(family)]
+    loopback = LOOPBACKS[family]
     rules = []
     if net.internal:
         rules.append(Rule("filter", STAGE1, f"-i {br} ! -o {br} -j DROP"))
@@ -298,13 +336,12 @@ def network_rules(net: NetworkRules, userland_proxy: bool) -> list[Rule]:
             ),
             Rule("filter", FORWARD, f"-o {br} -j {PORTS}"),
         ]
-    rules.append(Rule("nat", POSTROUTING, f"! -s {subnet} -o {br} -j RETURN", 1))
-    if not userland_proxy:
-        # Inserted after (so above) the RETURN: the host's 127.0.0.1 connections
+    rules += [Rule("nat", POSTROUTING, f"! -s {s} -o {br} -j RETURN", 1) for s in subnets]
+    if not userland_proxy and subnets:
+        # Inserted after (so above) the RETURN: the host's loopback connections
         # NATed to a container leave with the bridge address.
-        rules.append(Rule("nat", POSTROUTING, f"-s {LOOPBACK} -o {br} -j MASQUERADE", 1))
-    if net.masquerade and not net.internal:
-        rules.append(Rule("nat", POSTROUTING, f"-s {subnet} ! -o {br} -j MASQUERADE"))
+        rules.append(Rule("nat", POSTROUTING, f"-s {loopback} -o {br} -j MASQUERADE", 1))
+    rules += [Rule("nat", POSTROUTING, f"-s {s} ! -o {br} -j MASQUERADE") for s in nat]
     return rules
 
 
@@ -312,19 +349,19 @@ def _match(proto: str, port: int) -> str:
     return f"-p {proto} -m {proto} --dport {port}"
 
 
-def port_rules(rule: PortRule) -> list[Rule]:
+def port_rules(rule: PortRule, family: int = 4) -> list[Rule]:
     """The DNAT, the filter ACCEPT and the self-hairpin MASQUERADE of one port.
     The DNAT comes first: it is the port's identity (one per host ip/proto/port)."""
     proto = _proto(rule.proto)
     host_port = _port(rule.host_port)
-    cip = _addr(rule.container_ip)
+    cip = _addr(rule.container_ip, family)
     cport = _port(rule.container_port)
     br = _ifname(rule.bridge)
     dnat = f"{_match(proto, host_port)} -j DNAT --to-destination {cip}:{cport}"
     if rule.host_ip == ANY:
         nat = Rule("nat", PORTS, dnat)
     else:
-        nat = Rule("nat", PORTS, f"-d {_addr(rule.host_ip)}/32 {dnat}", 1)
+        nat = Rule("nat", PORTS, f"-d {_addr(rule.host_ip, family)}/32 {dnat}", 1)
     return [
         nat,
         Rule("filter", PORTS, f"-d {cip}/32 ! -i {br} -o {br} {_match(proto, cport)} -j ACCEPT"),
@@ -421,6 +458,11 @@ def render(sections: dict[str, list[str]], order: tuple[str, ...] = ADD_ORDER) -
     return "".join(line + "\n" for line in out)
 
 
+def ports_of(ports: Iterable[PortRule], family: int) -> list[PortRule]:
+    """The published ports whose container address is of `family`."""
+    return [p for p in ports if family_of_ip(p.container_ip) == family]
+
+
 def sync_script(
     networks: list[NetworkRules],
     ports: list[PortRule],
@@ -428,13 +470,15 @@ def sync_script(
     saved: Saved,
     tunnel: Tunnel | None = None,
     vteps: set[str] | frozenset[str] = frozenset(),
+    family: int = 4,
 ) -> str:
-    """Declare (create or, under --noflush, flush) and refill all our chains,
-    and make the jumps into them exactly jump_rules(): the stale ones (other
-    proxy mode, duplicates) deleted, the missing ones inserted first."""
-    skeleton = skeleton_rules(tunnel, vteps)
-    rules = skeleton + [r for n in networks for r in network_rules(n, userland_proxy)]
-    rules += [r for p in ports for r in port_rules(p)]
+    """Declare (create or, under --noflush, flush) and refill all our chains
+    of one family, and make the jumps into them exactly jump_rules(): the
+    stale ones (other proxy mode, duplicates) deleted, the missing ones
+    inserted first."""
+    skeleton = skeleton_rules(tunnel, vteps, family)
+    rules = skeleton + [r for n in networks for r in network_rules(n, userland_proxy, family)]
+    rules += [r for p in ports_of(ports, family) for r in port_rules(p, family)]
 
     def rank(rule: Rule) -> int:
         # The order incremental changes keep (see the module docstring): the
@@ -442,7 +486,7 @@ def sync_script(
         # what is inserted at the top, then what is appended.
         if rule in skeleton:
             return 0
-        if rule.chain == POSTROUTING and rule.spec.startswith(f"-s {LOOPBACK} "):
+        if rule.chain == POSTROUTING and rule.spec.startswith(f"-s {LOOPBACKS[family]} "):
             return 1
         return 2 if rule.insert is not None else 3
 
@@ -454,7 +498,7 @@ def sync_script(
     }
     for table in OUR_CHAINS:
         sections[table] += [f"-F {c}" for c in OUR_CHAINS[table]]
-        want = [r for r in jump_rules(userland_proxy, tunnel) if r.table == table]
+        want = [r for r in jump_rules(userland_proxy, tunnel, family) if r.table == table]
         keep = set()
         for chain, spec in saved.jumps(table):
             rule = Rule(table, chain, spec, 1)
@@ -497,29 +541,31 @@ def remove_script(rules: list[Rule], saved: Saved) -> str:
     return render(sections, REMOVE_ORDER)
 
 
-def add_network_script(net: NetworkRules, userland_proxy: bool, saved: Saved) -> str:
-    return add_script(network_rules(net, userland_proxy), saved)
+def add_network_script(
+    net: NetworkRules, userland_proxy: bool, saved: Saved, family: int = 4
+) -> str:
+    return add_script(network_rules(net, userland_proxy, family), saved)
 
 
-def remove_network_script(net: NetworkRules, saved: Saved) -> str:
+def remove_network_script(net: NetworkRules, saved: Saved, family: int = 4) -> str:
     """Whatever rules this bridge has, whichever flags and mode wrote them."""
     rules: list[Rule] = []
     for internal in (False, True):
-        variant = dataclasses.replace(net, internal=internal, masquerade=True)
-        for rule in network_rules(variant, userland_proxy=False):
+        variant = dataclasses.replace(net, internal=internal, masquerade=True, routed=())
+        for rule in network_rules(variant, userland_proxy=False, family=family):
             if rule not in rules:
                 rules.append(rule)
     return remove_script(rules, saved)
 
 
-def _port_plan(ports: list[PortRule], saved: Saved, present: bool) -> list[Rule]:
-    """The rules of the ports whose DNAT rule is there (present=True) or is
-    not. The ACCEPT and hairpin rules of two ports to the same container port
-    are equal: each port owns one copy of them."""
+def _port_plan(ports: list[PortRule], saved: Saved, present: bool, family: int = 4) -> list[Rule]:
+    """The rules of the ports (of `family`) whose DNAT rule is there
+    (present=True) or is not. The ACCEPT and hairpin rules of two ports to the
+    same container port are equal: each port owns one copy of them."""
     counts = saved.counts()
     out = []
-    for port in ports:
-        rules = port_rules(port)
+    for port in ports_of(ports, family):
+        rules = port_rules(port, family)
         key = (rules[0].table, rules[0].chain, rules[0].spec)
         if (counts[key] > 0) == present:
             out += rules
@@ -528,16 +574,16 @@ def _port_plan(ports: list[PortRule], saved: Saved, present: bool) -> list[Rule]
     return out
 
 
-def add_ports_script(ports: list[PortRule], saved: Saved) -> str:
-    rules = _port_plan(ports, saved, present=False)
+def add_ports_script(ports: list[PortRule], saved: Saved, family: int = 4) -> str:
+    rules = _port_plan(ports, saved, present=False, family=family)
     sections: dict[str, list[str]] = collections.defaultdict(list)
     for rule in rules:
         sections[rule.table].append(rule.add_line())
     return render(sections, ADD_ORDER)
 
 
-def remove_ports_script(ports: list[PortRule], saved: Saved) -> str:
-    return remove_script(_port_plan(ports, saved, present=True), saved)
+def remove_ports_script(ports: list[PortRule], saved: Saved, family: int = 4) -> str:
+    return remove_script(_port_plan(ports, saved, present=True, family=family), saved)
 
 
 def teardown_script(saved: Saved) -> str:
@@ -555,14 +601,16 @@ def teardown_script(saved: Saved) -> str:
 
 
 def expected_rules(
-    state: DesiredState, userland_proxy: bool, tunnel: Tunnel | None = None
+    state: DesiredState, userland_proxy: bool, tunnel: Tunnel | None = None, family: int = 4
 ) -> collections.Counter[tuple[str, str, str]]:
-    """Every (table, chain, spec) sync() would write for `state`, jumps included."""
-    rules = jump_rules(userland_proxy, tunnel) + skeleton_rules(
-        tunnel, vtep_set(state.vteps, tunnel)
+    """Every (table, chain, spec) sync() would write for `state` in one
+    family's tables, jumps included."""
+    rules = jump_rules(userland_proxy, tunnel, family) + skeleton_rules(
+        tunnel, vtep_set(state.vteps, tunnel), family
     )
-    rules += [r for n in state.networks.values() for r in network_rules(n, userland_proxy)]
-    rules += [r for p in state.ports.values() for r in port_rules(p)]
+    nets = state.networks.values()
+    rules += [r for n in nets for r in network_rules(n, userland_proxy, family)]
+    rules += [r for p in ports_of(state.ports.values(), family) for r in port_rules(p, family)]
     return collections.Counter((r.table, r.chain, r.spec) for r in rules)
 
 
@@ -598,15 +646,20 @@ def _show(rules: collections.Counter[tuple[str, str, str]]) -> str:
 
 
 class IptablesFirewall(Firewall):
-    restore_cmd: tuple[str, ...] = (RESTORE, "--noflush", "--wait")
-    save_cmd: tuple[str, ...] = (SAVE,)
+    """Both families' tables: every change is made in the IPv4 tables and
+    then the IPv6 ones (a failure in between is repaired by the next check)."""
+
+    commands: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = COMMANDS
 
     def __init__(self, userland_proxy: bool = True) -> None:
         super().__init__(userland_proxy)
+        # A kernel booted with ipv6.disable=1 has no ip6tables tables to write.
+        self.families = FAMILIES if Path("/proc/sys/net/ipv6").exists() else (4,)
         self._generation = Generation()
         self._verified_generation: int | None = None
         self._nft_based: bool | None = None
-        self._expected: tuple[object, collections.Counter[tuple[str, str, str]]] | None = None
+        self._expected: tuple[object, dict[int, collections.Counter[tuple[str, str, str]]]] | None
+        self._expected = None
 
     def _exec(self, argv: tuple[str, ...], stdin: str | None = None) -> str:
         try:
@@ -621,21 +674,25 @@ class IptablesFirewall(Firewall):
             )
         return proc.stdout
 
-    def run(self, script: str) -> None:
-        """One iptables-restore run (each table section is one transaction)."""
+    def run(self, script: str, family: int = 4) -> None:
+        """One (ip6)iptables-restore run (each table section is one transaction)."""
         if script:
-            self._exec(self.restore_cmd, script)
+            self._exec(self.commands[family][0], script)
 
-    def saved(self) -> Saved:
-        return parse_save(self._exec(self.save_cmd))
+    def saved(self, family: int = 4) -> Saved:
+        return parse_save(self._exec(self.commands[family][1]))
 
     def sync(self, networks: list[NetworkRules], ports: list[PortRule]) -> None:
-        saved = self.saved()
-        if self.tunnel is not None and self.desired.vteps is None:
-            # Before the cluster store is read: the previous daemon's set.
-            self.desired.set_vteps(saved_vteps(saved) | self.known_vteps)
-        vteps = self.accepted_vteps() if self.tunnel is not None else set()
-        self.run(sync_script(networks, ports, self.userland_proxy, saved, self.tunnel, vteps))
+        for family in self.families:
+            saved = self.saved(family)
+            if _tunnel_of(self.tunnel, family) is not None and self.desired.vteps is None:
+                # Before the cluster store is read: the previous daemon's set.
+                self.desired.set_vteps(saved_vteps(saved) | self.known_vteps)
+            vteps = self.accepted_vteps() if self.tunnel is not None else set()
+            script = sync_script(
+                networks, ports, self.userland_proxy, saved, self.tunnel, vteps, family
+            )
+            self.run(script, family)
         self.desired.replace(networks, ports)
 
     def set_vteps(self, vteps: set[str]) -> None:
@@ -643,28 +700,34 @@ class IptablesFirewall(Firewall):
         self.desired.set_vteps(vteps)
         if self.tunnel is None or not self.desired.applied:
             return  # the next sync writes it
+        family = family_of_ip(self.tunnel.local_ip)
         try:
-            self.run(vteps_script(before, self.accepted_vteps(), self.saved()))
+            self.run(vteps_script(before, self.accepted_vteps(), self.saved(family)), family)
         except IptablesError:
             # Our chain was changed under us: rebuild all of it from the model.
             self.check()
 
     def add_network(self, net: NetworkRules) -> None:
-        self.run(add_network_script(net, self.userland_proxy, self.saved()))
+        for family in self.families:
+            self.run(add_network_script(net, self.userland_proxy, self.saved(family), family),
+                     family)  # fmt: skip
         self.desired.add_network(net)
 
     def remove_network(self, net: NetworkRules) -> None:
-        self.run(remove_network_script(net, self.saved()))
+        for family in self.families:
+            self.run(remove_network_script(net, self.saved(family), family), family)
         self.desired.remove_network(net)
 
     def add_ports(self, rules: list[PortRule]) -> None:
+        for family in {family_of_ip(r.container_ip) for r in rules}:
+            self.run(add_ports_script(rules, self.saved(family), family), family)
         if rules:
-            self.run(add_ports_script(rules, self.saved()))
             self.desired.add_ports(rules)
 
     def remove_ports(self, rules: list[PortRule]) -> None:
+        for family in {family_of_ip(r.container_ip) for r in rules}:
+            self.run(remove_ports_script(rules, self.saved(family), family), family)
         if rules:
-            self.run(remove_ports_script(rules, self.saved()))
             self.desired.remove_ports(rules)
 
     def drift(self) -> list[str]:
@@ -673,14 +736,22 @@ class IptablesFirewall(Firewall):
         # not moved since the last match, one netlink query (0.3 ms).
         # Otherwise (and always with legacy iptables, which has no generation)
         # iptables-save and its parsing (85-100 ms) and a multiset compare with
-        # the expected rules (cached; 50 ms to rebuild after a change).
+        # the expected rules (cached; 50 ms to rebuild after a change), and
+        # as much again for ip6tables (few rules without IPv6 networks).
         generation = self._generation() if self._on_nftables() else None
         if generation is not None and generation == self._verified_generation:
             return []
         key = (self.desired.version, self.userland_proxy, self.tunnel)
         if self._expected is None or self._expected[0] != key:
-            self._expected = (key, expected_rules(self.desired, self.userland_proxy, self.tunnel))
-        problems = drift(self.saved(), self._expected[1])
+            want = {
+                f: expected_rules(self.desired, self.userland_proxy, self.tunnel, f)
+                for f in self.families
+            }
+            self._expected = (key, want)
+        problems = []
+        for family in self.families:
+            found = drift(self.saved(family), self._expected[1][family])
+            problems += [f"IPv{family}: {p}" if family != 4 else p for p in found]
         # Read before iptables-save: a later change moves the generation on.
         self._verified_generation = None if problems else generation
         return problems
@@ -689,12 +760,15 @@ class IptablesFirewall(Firewall):
         """Whether our iptables-save is iptables-nft (its rules are nftables
         rules, so the ruleset generation covers them)."""
         if self._nft_based is None:
-            self._nft_based = "nf_tables" in self._exec((self.save_cmd[0], "--version"))
+            saves = [self.commands[f][1][0] for f in self.families]
+            self._nft_based = all("nf_tables" in self._exec((save, "--version")) for save in saves)
         return self._nft_based
 
     def teardown(self) -> None:
-        self.run(teardown_script(self.saved()))
+        for family in self.families:
+            self.run(teardown_script(self.saved(family)), family)
         self.desired.clear()
 
     def dump(self) -> str:
-        return dump_text(self._exec(self.save_cmd))
+        dumps = {f: dump_text(self._exec(self.commands[f][1])) for f in self.families}
+        return dumps[4] + "".join(f"# ip6tables\n{d}" for f, d in dumps.items() if f != 4 and d)

@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Iterable, Iterator
 
 from pontoon.core.addresses import IPAddress, IPNetwork
-from pontoon.core.model import Subnet
+from pontoon.core.model import NetworkSpec, Subnet
 from pontoon.errors import Conflict, InvalidArgument, Unavailable
 from pontoon.ipam.pools import Pool, check_subnet, choose_subnet, parse_address, parse_network
 from pontoon.store import Delete, Store
@@ -98,7 +98,20 @@ def plan_subnets(
         if family not in seen:
             chosen = choose_subnet(pools, taken + routes, family)
             plans.append(SubnetPlan.build(chosen))
-    return plans
+    return sorted(plans, key=lambda p: p.family)  # IPv4 first, as Docker lists them
+
+
+def requested_families(spec: NetworkSpec) -> tuple[int, ...]:
+    """The address families a network create asks for (Docker's --ipv4 and
+    --ipv6); a subnet given of a family not asked for is refused, not guessed."""
+    if not spec.ipv4 and not spec.ipv6:
+        raise InvalidArgument("a network needs IPv4 or IPv6: --ipv4=false needs --ipv6")
+    families = tuple(f for f, on in ((4, spec.ipv4), (6, spec.ipv6)) if on)
+    for sub in spec.subnets:
+        if sub.subnet and (version := parse_network(sub.subnet).version) not in families:
+            hint = "add --ipv6" if version == 6 else "it needs --ipv4 (not --ipv4=false)"
+            raise InvalidArgument(f"subnet {sub.subnet} is an IPv{version} subnet: {hint}")
+    return families
 
 
 class AddressSpace:

@@ -31,11 +31,25 @@ class Pool:
         return self.base.version
 
 
-# Docker's defaults, so that users moving over keep their mental map.
+# Docker's IPv4 defaults, so that users moving over keep their mental map.
 DEFAULT_BIP = "172.17.0.1/16"
+# IPv6: one fixed unique-local /48 ("Ponto" in ASCII after fd: fd50:6f6e:746f),
+# cut into /64s, the smallest prefix SLAAC-minded tools expect. Fixed rather
+# than random so that every host of a lab, and every run, gets the same map;
+# --default-address-pool base=CIDR,size=N with an IPv6 base replaces it.
+DEFAULT_IPV6_POOL = Pool(ipaddress.IPv6Network("fd50:6f6e:746f::/48"), 64)
 DEFAULT_POOLS = [Pool(ipaddress.IPv4Network(f"172.{n}.0.0/16"), 16) for n in range(17, 32)] + [
-    Pool(ipaddress.IPv4Network("192.168.0.0/16"), 20)
+    Pool(ipaddress.IPv4Network("192.168.0.0/16"), 20),
+    DEFAULT_IPV6_POOL,
 ]
+
+
+def with_default_pools(given: Iterable[Pool]) -> list[Pool]:
+    """The daemon's pools: those given, and the defaults of each family none
+    was given for (an IPv4 --default-address-pool keeps the IPv6 default)."""
+    pools = list(given)
+    families = {p.family for p in pools}
+    return pools + [p for p in DEFAULT_POOLS if p.family not in families]
 
 
 def parse_network(text: str, what: str = "subnet") -> IPNetwork:
@@ -89,6 +103,39 @@ def choose_subnet(pools: Iterable[Pool], taken: list[IPNetwork], family: int = 4
             if overlapping(candidate, taken) is None:
                 return candidate
     raise Unavailable(f"no free subnet left in the IPv{family} address pools; use --subnet")
+
+
+def match_to_subnets(
+    subnets: Iterable[str], gateways: Iterable[str], ranges: Iterable[str]
+) -> list[dict[str, str]]:
+    """Docker's repeatable --subnet/--gateway/--ip-range: each gateway and
+    range belongs to the subnet that holds it, so their order does not matter.
+    Returns [{Subnet, Gateway, IPRange}] for the API."""
+    out = [{"Subnet": str(parse_network(s)), "Gateway": "", "IPRange": ""} for s in subnets]
+    nets = [ipaddress.ip_network(e["Subnet"]) for e in out]
+    wanted: list[tuple[str, str, IPAddress | IPNetwork]] = [
+        *(("Gateway", g, parse_address(g, "gateway")) for g in gateways),
+        *(("IPRange", r, parse_network(r, "ip-range")) for r in ranges),
+    ]
+    for field, text, value in wanted:
+        home = next((i for i, n in enumerate(nets) if _inside(value, n)), None)
+        if home is None:
+            raise InvalidArgument(f"{_FLAG[field]} {text} is in none of the subnets given")
+        if out[home][field]:
+            raise InvalidArgument(f"more than one {_FLAG[field]} for subnet {nets[home]}")
+        out[home][field] = str(value)
+    return out
+
+
+_FLAG = {"Gateway": "--gateway", "IPRange": "--ip-range"}
+
+
+def _inside(value: IPAddress | IPNetwork, net: IPNetwork) -> bool:
+    if value.version != net.version:
+        return False
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return value.subnet_of(net)  # type: ignore[arg-type]
+    return value in net
 
 
 def check_subnet(net: IPNetwork, networks: list[IPNetwork], routes: list[IPNetwork]) -> None:

@@ -20,7 +20,7 @@ import subprocess
 from pathlib import Path
 
 from pontoon import ipam
-from pontoon.core import model
+from pontoon.core import addresses, model
 from pontoon.core.model import Container, NetworkRequest, PortMapping
 from pontoon.daemon.config import DaemonConfig
 from pontoon.dns.server import LISTEN_ADDR
@@ -38,6 +38,14 @@ from pontoon.util import last_line
 log = logging.getLogger(__name__)
 
 CONTAINERS = "/containers/"
+
+
+def fixed_addresses(ip: str, ip6: str) -> tuple[str, str]:
+    """Docker's --ip (IPv4) and --ip6 (IPv6), each checked for its family."""
+    for flag, text, family in (("--ip", ip, 4), ("--ip6", ip6, 6)):
+        if text and ipam.parse_address(text).version != family:
+            raise InvalidArgument(f"{flag} {text}: an IPv{family} address is needed")
+    return ip, ip6
 
 
 def ctr_key(container_id: str) -> str:
@@ -109,6 +117,7 @@ class Runtime:
         ip: str = "",
         aliases: list[str] | None = None,
         hostname: str = "",
+        ip6: str = "",
         env: list[str] | None = None,
         dns: list[str] | None = None,
         auto_remove: bool = False,
@@ -116,7 +125,7 @@ class Runtime:
     ) -> Container:
         async with self.lock:
             c = self._validate(name, command, networks, ip, aliases or [], hostname, env or [],
-                               dns or [], auto_remove, ports or [])  # fmt: skip
+                               dns or [], auto_remove, ports or [], ip6)  # fmt: skip
             await self.save(c)  # intent: state "creating"
             try:
                 await self._start(c)
@@ -138,6 +147,7 @@ class Runtime:
         dns: list[str],
         auto_remove: bool,
         ports: list[str],
+        ip6: str = "",
     ) -> Container:
         cid = model.new_id()
         name = name or f"ctr-{cid[:8]}"
@@ -158,7 +168,7 @@ class Runtime:
         if len({n.id for n in nets}) != len(nets):
             raise InvalidArgument("a network is given twice")
         requests = [NetworkRequest(n.id) for n in nets]
-        requests[0].ip = ip
+        requests[0].ip, requests[0].ip6 = fixed_addresses(ip, ip6)
         requests[0].aliases = list(aliases)
         return Container(
             id=cid,
@@ -183,7 +193,7 @@ class Runtime:
             netns=c.sandbox,
             ifname=ifname,
             owner=c.owner,
-            ips=[req.ip] if req.ip else [],
+            ips=[ip for ip in (req.ip, req.ip6) if ip],
             aliases=list(req.aliases),
             names=[c.hostname, c.id[:12]],
             ports=ports,
@@ -251,8 +261,9 @@ class Runtime:
             options = ["ndots:0"]
             if not c.embedded_dns:
                 servers, options = (c.dns or self.config.dns or None), []
+            families = {addresses.family_of(ip) for att in self.attachments(c) for ip in att.ips}
             files.write_in_place(
-                cdir / "resolv.conf", files.resolv_text(host_resolv, servers, options)
+                cdir / "resolv.conf", files.resolv_text(host_resolv, servers, options, families)
             )
 
     # -- ending ----------------------------------------------------------------------
@@ -357,7 +368,12 @@ class Runtime:
     # -- connect/disconnect --------------------------------------------------------------
 
     async def connect(
-        self, net_ref: str, ctr_ref: str, ip: str = "", aliases: list[str] | None = None
+        self,
+        net_ref: str,
+        ctr_ref: str,
+        ip: str = "",
+        aliases: list[str] | None = None,
+        ip6: str = "",
     ) -> None:
         async with self.lock:
             net = self.engine.find_network(net_ref)
@@ -366,7 +382,8 @@ class Runtime:
                 raise Conflict(f"container {c.name} is not running")
             if net.id in c.attachments:
                 raise Conflict(f"container {c.name} is already connected to network {net.name}")
-            req = NetworkRequest(net.id, ip, list(aliases or []))
+            v4, v6 = fixed_addresses(ip, ip6)
+            req = NetworkRequest(net.id, v4, list(aliases or []), v6)
             result = await self.engine.attach(
                 self._request(c, req, self._free_ifname(c), False, [])
             )

@@ -35,10 +35,15 @@ def hosts_text(entries: Iterable[tuple[str, Iterable[str]]]) -> str:
 
 
 def resolv_text(
-    host_resolv: str, nameservers: list[str] | None = None, extra_options: list[str] | None = None
+    host_resolv: str,
+    nameservers: list[str] | None = None,
+    extra_options: list[str] | None = None,
+    families: Iterable[int] = (4,),
 ) -> str:
     """resolv.conf for a container: the given nameservers, or the host's minus
-    loopback ones (unreachable from another namespace), as Docker does."""
+    those it cannot reach (loopback and link-local ones, which mean the
+    host's own devices, and those of a family it has no address of), as
+    Docker does."""
     search: list[str] = []
     options: list[str] = []
     host_ns: list[str] = []
@@ -53,9 +58,8 @@ def resolv_text(
         elif fields[0] == "options":
             options.extend(fields[1:])
     if nameservers is None:
-        # Loopback servers are unreachable from another namespace, and
-        # containers have no IPv6: keep what they can actually reach.
-        nameservers = [ns for ns in host_ns if _reachable(ns)] or list(FALLBACK_NAMESERVERS)
+        wanted = set(families)
+        nameservers = [ns for ns in host_ns if _reachable(ns, wanted)] or list(FALLBACK_NAMESERVERS)
     out = [f"nameserver {ns}\n" for ns in nameservers]
     if search:
         out.append(f"search {' '.join(search)}\n")
@@ -65,9 +69,9 @@ def resolv_text(
     return "".join(out)
 
 
-def _reachable(addr: str) -> bool:
+def _reachable(addr: str, families: set[int]) -> bool:
     try:
         ip = ipaddress.ip_address(addr)
     except ValueError:
-        return False
-    return ip.version == 4 and not ip.is_loopback
+        return False  # also a link-local address with a %zone: the host's device
+    return ip.version in families and not (ip.is_loopback or ip.is_link_local)

@@ -1,7 +1,7 @@
 """Kernel trace events: `meta nftrace set 1` for one flow, `nft monitor trace`.
 
 Which packets to mark is decided here (FlowMatch); the marking table
-`ip pontoon_trace` is written by pontoon/firewall/nft/trace.py, and read back
+`inet pontoon_trace` is written by pontoon/firewall/nft/trace.py, and read back
 by an `nft monitor trace` process per namespace.
 """
 
@@ -25,6 +25,8 @@ INNER_IP = (8 + 8 + 14) * 8
 INNER_L4 = INNER_IP + 20 * 8
 INNER_PROTO, INNER_SADDR, INNER_DADDR = INNER_IP + 72, INNER_IP + 96, INNER_IP + 128
 PROTO_NUMBERS = {"icmp": 1, "tcp": 6, "udp": 17}
+# nft's words per address family: the address match and the ICMP protocol.
+NFT_FAMILY = {4: ("ip", "icmp"), 6: ("ip6", "icmpv6")}
 
 
 @dataclasses.dataclass
@@ -57,8 +59,8 @@ class FlowMatch:
     def rules(self) -> list[str]:
         if self.live_src:
             return self._live_rules()
-        if self.proto == "icmp":
-            matches = [f"icmp id {self.icmp_id}"]
+        if self.proto == "icmp":  # whichever family the probe uses
+            matches = [f"icmp id {self.icmp_id}", f"icmpv6 id {self.icmp_id}"]
             inner = [f"@th,{INNER_L4 + 32},16 {self.icmp_id}"]
         else:
             matches = [f"{self.proto} sport {self.port}", f"{self.proto} dport {self.port}"]
@@ -71,12 +73,14 @@ class FlowMatch:
         """Requests from the source to the port, and whatever comes back to it,
         plain and (on overlay hosts) inside VXLAN."""
         src = self.live_src
+        ip, icmp = NFT_FAMILY[ipaddress.ip_address(src).version]
         if self.proto == "icmp":
-            out = [f"ip saddr {src} icmp type echo-request", f"ip daddr {src} icmp type echo-reply"]
+            out = [f"{ip} saddr {src} {icmp} type echo-request",
+                   f"{ip} daddr {src} {icmp} type echo-reply"]  # fmt: skip
         else:
-            out = [f"ip saddr {src} {self.proto} dport {self.live_dport}",
-                   f"ip daddr {src} meta l4proto {self.proto}"]  # fmt: skip
-        if self.vxlan_port:
+            out = [f"{ip} saddr {src} {self.proto} dport {self.live_dport}",
+                   f"{ip} daddr {src} meta l4proto {self.proto}"]  # fmt: skip
+        if self.vxlan_port and ip == "ip":  # VXLAN carries IPv4 only so far
             out += [f"udp dport {self.vxlan_port} {m}" for m in self._inner_live(src)]
         return [f"{m} meta nftrace set 1" for m in out]
 
@@ -177,14 +181,14 @@ def _packet_fields(text: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for m in re.finditer(r'(iif|oif) "?([^" ]+)"?', text):
         out[m.group(1)] = m.group(2)
-    for m in re.finditer(r"ip (saddr|daddr) (\S+)", text):
+    for m in re.finditer(r"ip6? (saddr|daddr) (\S+)", text):
         out[m.group(1)] = m.group(2)
     for m in re.finditer(r"(tcp|udp) (sport|dport) (\d+)", text):
         out[m.group(2)] = m.group(3)
         out["proto"] = m.group(1)
     if flags := re.search(r"tcp flags == (\S+)", text):
         out["tcp_flags"] = _flags(flags.group(1))
-    if icmp := re.search(r"icmp type (\S+)", text):
+    if icmp := re.search(r"icmp(?:v6)? type (\S+)", text):
         out["icmp_type"] = icmp.group(1)
         out["proto"] = "icmp"
     return out

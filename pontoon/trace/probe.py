@@ -19,8 +19,19 @@ def csum(b):
     s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
     s = (s >> 16) + (s & 0xffff); s += s >> 16
     return ~s & 0xffff
+v6 = ":" in dst
+af, anyaddr = (socket.AF_INET6, "::") if v6 else (socket.AF_INET, "0.0.0.0")
 try:
-    if proto == "icmp":
+    if proto == "icmp" and v6:
+        # The kernel fills in an ICMPv6 checksum; replies come without an IP header.
+        s = socket.socket(af, socket.SOCK_RAW, socket.IPPROTO_ICMPV6); s.settimeout(1.5)
+        s.sendto(struct.pack("!BBHHH", 128, 0, 0, mark, 1) + b"pontoon-trace", (dst, 0))
+        while True:
+            data, addr = s.recvfrom(2048)
+            typ, _, _, ident = struct.unpack("!BBHH", data[:6])
+            if typ == 129 and ident == mark:
+                out.update(ok=True, reply_from=addr[0]); break
+    elif proto == "icmp":
         s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP); s.settimeout(1.5)
         body = b"pontoon-trace"
         hdr = struct.pack("!BBHHH", 8, 0, 0, mark, 1)
@@ -32,8 +43,8 @@ try:
             if typ == 0 and ident == mark:
                 out.update(ok=True, reply_from=addr[0]); break
     elif proto == "tcp":
-        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("0.0.0.0", mark)); s.settimeout(2)
+        s = socket.socket(af); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((anyaddr, mark)); s.settimeout(2)
         s.connect((dst, port)); out.update(ok=True, reply_from=s.getpeername()[0])
         s.sendall(b"pontoon-trace\r\n\r\n"); s.settimeout(0.3)
         try:
@@ -41,7 +52,7 @@ try:
         except OSError:
             out["answered"] = False
     else:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", mark))
+        s = socket.socket(af, socket.SOCK_DGRAM); s.bind((anyaddr, mark))
         s.settimeout(1.5); s.sendto(b"pontoon-trace", (dst, port))
         data, addr = s.recvfrom(2048); out.update(ok=True, reply_from=addr[0])
     out["source"] = s.getsockname()[0] if proto != "icmp" else ""

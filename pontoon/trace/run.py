@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyroute2 import NetlinkError
 
+from pontoon.core import addresses
 from pontoon.core.model import Attachment, Network, Peer
 from pontoon.errors import InvalidArgument, NotFound, os_error_text
 from pontoon.firewall.nft.trace import TABLE
@@ -57,7 +58,7 @@ def parse_target(text: str, proto: str) -> tuple[str, int, str]:
         if suffix not in PROTOS:
             raise InvalidArgument(f"unknown protocol {suffix!r}: use icmp, tcp or udp")
         proto = suffix
-    name, _, port_text = body.rpartition(":") if ":" in body else (body, "", "")
+    name, port_text = _split_port(body, text)
     port = 0
     if port_text:
         if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
@@ -69,19 +70,37 @@ def parse_target(text: str, proto: str) -> tuple[str, int, str]:
     return name, port, proto
 
 
-def _container_point(inv: Inventory, name: str) -> Point | None:
+def _split_port(body: str, text: str) -> tuple[str, str]:
+    """NAME[:PORT], IPV4[:PORT], IPV6, or [IPV6]:PORT -> (name, port text)."""
+    if body.startswith("["):
+        address, close, rest = body[1:].partition("]")
+        if not close or (rest and not rest.startswith(":")):
+            raise InvalidArgument(f"invalid target {text!r}: use [IPV6]:PORT")
+        return address, rest[1:]
+    if body.count(":") > 1:  # a bare IPv6 address: its colons are not a port
+        return body, ""
+    name, _, port_text = body.rpartition(":") if ":" in body else (body, "", "")
+    return name, port_text
+
+
+def _container_point(inv: Inventory, name: str, family: int = 0) -> Point | None:
     member = inv.member(name)
     if member is not None:
         return Point("container", member.name, member.netns, container=member)
     peer = inv.remote(name)
     if peer is not None:
-        return Point("container", name, ip=_ip(peer), endpoint=peer, remote=True)
+        return Point("container", name, ip=_ip(peer, family), endpoint=peer, remote=True)
     return None
 
 
-def _ip(item: Attachment | Peer) -> str:
-    # The host's netfilter and the probe are IPv4 today.
-    return next((ip for ip in item.ips if ":" not in ip), "")
+def _ip(item: Attachment | Peer, family: int = 0) -> str:
+    """The endpoint's address of `family`; with 0 (unsaid), IPv4 when it has
+    one, else its IPv6 address (an IPv6-only network)."""
+    for wanted in (family,) if family else addresses.FAMILIES:
+        ip = next((ip for ip in item.ips if addresses.family_of(ip) == wanted), "")
+        if ip:
+            return ip
+    return ""
 
 
 def resolve_source(inv: Inventory, text: str) -> Point:
@@ -99,24 +118,26 @@ def resolve_source(inv: Inventory, text: str) -> Point:
 
 
 def resolve_target(
-    inv: Inventory, src: Point, text: str, proto: str, host_ip: str
+    inv: Inventory, src: Point, text: str, proto: str, host_ip: str, family: int = 0
 ) -> tuple[Point, str]:
     name, port, proto = parse_target(text, proto)
     if name == "host":
         return Point("host", f"host:{port}", ip=host_ip, port=port), proto
     try:
-        ipaddress.IPv4Address(name)
-        return Point("address", name, ip=name, port=port), proto
+        address = str(ipaddress.ip_address(name))
+        return Point("address", address, ip=address, port=port), proto
     except ValueError:
         pass
-    point = _container_point(inv, name)
+    point = _container_point(inv, name, family)
     if point is None:
         raise NotFound(f"no running container {name!r} known to this host")
     point.port = port
     if point.remote:
         return point, proto
     point.endpoint = _shared_endpoint(inv, src, point.container)
-    point.ip = _ip(point.endpoint)
+    point.ip = _ip(point.endpoint, family)
+    if not point.ip:
+        raise NotFound(f"container {name} has no IPv{family} address on that network")
     return point, proto
 
 
@@ -133,11 +154,12 @@ def _shared_endpoint(inv: Inventory, src: Point, dst: Member | None) -> Attachme
     return mine[0]
 
 
-def host_address(inv: Inventory) -> str:
-    """The address of this host's interface with the default route (a route
-    lookup only; nothing is sent), "" when it has none. Runs on the kernel thread."""
+def host_address(inv: Inventory, family: int = 4) -> str:
+    """The address of this host's interface with the default route of
+    `family` (a route lookup only; nothing is sent), "" when it has none.
+    Runs on the kernel thread."""
     try:
-        routes = inv.kernel.ipr.route("get", dst="192.0.2.1")
+        routes = inv.kernel.ipr.route("get", dst=addresses.documentation_address(family))
     except NetlinkError as exc:
         if exc.code == errno.ENETUNREACH:
             return ""
@@ -145,20 +167,27 @@ def host_address(inv: Inventory) -> str:
     return next((str(r.get("RTA_PREFSRC")) for r in routes if r.get("RTA_PREFSRC")), "")
 
 
-def _container_gateway(inv: Inventory, src: Point) -> str:
+def _container_gateway(inv: Inventory, src: Point, family: int = 4) -> str:
     """The host as a container sees it: the gateway of its default route."""
     if src.container is None:
         return ""
     eps = src.container.attachments
-    return next((gw for ep in eps if ep.default_route for gw in ep.gateways if ":" not in gw), "")
+    return next(
+        (g for ep in eps if ep.default_route for g in ep.gateways
+         if addresses.family_of(g) == family),
+        "",
+    )  # fmt: skip
 
 
-async def _host_ip(inv: Inventory, src: Point, target: str, proto: str) -> str:
+async def _host_ip(inv: Inventory, src: Point, target: str, proto: str, family: int) -> str:
     """`--to host:PORT`: the default route's address; on a host without a
     default route (a laptop offline, a CI sandbox) a container source still
     reaches the host at its gateway, as Docker's host-gateway does."""
     _, port, proto = parse_target(target, proto)
-    address = await inv.kernel.call(host_address, inv) or _container_gateway(inv, src)
+    family = family or 4
+    address = await inv.kernel.call(host_address, inv, family) or _container_gateway(
+        inv, src, family
+    )
     if address:
         return address
     if src.kind == "host":
@@ -174,11 +203,13 @@ async def _host_ip(inv: Inventory, src: Point, target: str, proto: str) -> str:
 
 
 async def trace(
-    inv: Inventory, source: str, target: str, proto: str = "", live: float = 0
+    inv: Inventory, source: str, target: str, proto: str = "", live: float = 0, family: int = 0
 ) -> dict[str, Any]:
+    if family not in (0, *addresses.FAMILIES):
+        raise InvalidArgument(f"invalid address family {family!r}: use 4 or 6")
     src = resolve_source(inv, source)
-    host_ip = await _host_ip(inv, src, target, proto) if target.startswith("host:") else ""
-    dst, proto = resolve_target(inv, src, target, proto, host_ip)
+    host_ip = await _host_ip(inv, src, target, proto, family) if target.startswith("host:") else ""
+    dst, proto = resolve_target(inv, src, target, proto, host_ip, family)
     if not 0 <= live <= 300:
         raise InvalidArgument("--live takes 1-300 seconds")
     mark = probe.new_mark(proto)
@@ -321,13 +352,14 @@ def _conntrack(proto: str, mark: int) -> list[dict[str, Any]]:
 def _all_conntrack(proto: str) -> list[dict[str, Any]]:
     from pyroute2 import Conntrack
 
-    number = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "icmp": 1}[proto]
+    # ICMP is protocol 1 over IPv4 and 58 (ICMPv6) over IPv6.
+    numbers = {"tcp": (socket.IPPROTO_TCP,), "udp": (socket.IPPROTO_UDP,), "icmp": (1, 58)}[proto]
     out = []
     ct = Conntrack()
     try:
         for entry in ct.dump_entries():
             o, r = entry.tuple_orig, entry.tuple_reply
-            if o.proto != number:
+            if o.proto not in numbers:
                 continue
             mark = o.sport if proto != "icmp" else getattr(o, "icmp_id", None) or o.sport
             out.append({

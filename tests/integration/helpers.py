@@ -101,8 +101,20 @@ def snapshot(host: SimHost) -> dict[str, object]:
             (f[1], f[3])
             for f in map(str.split, host.sh("ip", "-o", "-4", "addr").stdout.splitlines())
         ),
+        "addresses6": sorted(
+            (f[1], f[3])
+            for f in map(
+                str.split,
+                host.sh("ip", "-o", "-6", "addr", "show", "scope", "global").stdout.splitlines(),
+            )
+        ),
         # Without its linkdown flag: a bridge's carrier settles asynchronously too.
         "routes": host.sh("ip", "route").stdout.replace(" linkdown", ""),
+        "routes6": [
+            line.replace(" linkdown", "")
+            for line in host.sh("ip", "-6", "route").stdout.splitlines()
+            if not line.startswith(("fe80", "multicast", "ff00"))
+        ],
         "nft": nft_state(host),
         "sandboxes": sorted(p.name for p in sandboxes.iterdir()) if sandboxes.is_dir() else [],
         "store": kv,

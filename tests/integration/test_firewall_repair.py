@@ -74,13 +74,13 @@ def test_flushed_ruleset_is_reapplied(nft_host):
     host.sh("nft", "flush", "ruleset")
     wait_for(lambda: answers(outside), DEADLINE, "the port after nft flush ruleset")
     assert repairs(host) == 1
-    assert "table ip pontoon is missing" in host.log_tail(50)
-    assert "portmap_any" in host.sh("nft", "list", "table", "ip", "pontoon").stdout
+    assert "table inet pontoon is missing" in host.log_tail(50)
+    assert "portmap_any" in host.sh("nft", "list", "table", "inet", "pontoon").stdout
 
 
 def test_deleted_map_element_is_reapplied(nft_host):
     host, outside = nft_host
-    host.sh("nft", "delete element ip pontoon portmap_any { tcp . 12580 }")
+    host.sh("nft", "delete element inet pontoon portmap_any { tcp . 12580 }")
     wait_for(lambda: repairs(host) == 1, DEADLINE, "the repair of the map element")
     assert answers(outside)
     assert "portmap_any: 1 element(s) missing" in host.log_tail(50)
@@ -88,7 +88,7 @@ def test_deleted_map_element_is_reapplied(nft_host):
 
 def test_deleted_table_is_reapplied_and_new_ports_still_work(nft_host):
     host, outside = nft_host
-    host.sh("nft", "delete", "table", "ip", "pontoon")
+    host.sh("nft", "delete", "table", "inet", "pontoon")
     wait_for(lambda: answers(outside), DEADLINE, "the port after the table was deleted")
     host.cli("run", "-d", "--name", "late", "--net", "front", "-p", "12582:80",
              "--", "python3", "-c", SERVER, "80/tcp")  # fmt: skip

@@ -24,9 +24,9 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 
-NET_A = NetworkRules(bridge="br-a", subnet="10.71.0.0/24")
-NET_B = NetworkRules(bridge="br-b", subnet="10.72.0.0/24")
-NET_I = NetworkRules(bridge="br-i", subnet="10.73.0.0/24", internal=True)
+NET_A = NetworkRules(bridge="br-a", subnets=("10.71.0.0/24",))
+NET_B = NetworkRules(bridge="br-b", subnets=("10.72.0.0/24",))
+NET_I = NetworkRules(bridge="br-i", subnets=("10.73.0.0/24",), internal=True)
 UPLINK = "198.51.100"  # TEST-NET-2, only inside our namespaces
 HOST_IP, OUTSIDE_IP = f"{UPLINK}.1", f"{UPLINK}.2"
 WEB = PortRule("0.0.0.0", "tcp", 8080, "10.71.0.2", 80, "br-a")
@@ -42,7 +42,9 @@ from pontoon.firewall.iptables import IptablesFirewall
 def arg(a):
     if isinstance(a, list):
         return [arg(x) for x in a]
-    return NetworkRules(**a) if "subnet" in a else PortRule(**a)
+    if "subnets" in a:
+        return NetworkRules(**{**a, "subnets": tuple(a["subnets"]), "routed": tuple(a["routed"])})
+    return PortRule(**a)
 
 proxy, calls = json.loads(sys.argv[1])
 fw = IptablesFirewall(userland_proxy=proxy)
@@ -309,7 +311,7 @@ def topology(make_ns, host) -> Iterator[dict]:
         ("i", NET_I, "10.73.0.2"),
     ):
         c = ns[key] = make_ns()
-        gw = net.subnet.replace(".0/24", ".1")
+        gw = net.subnets[0].replace(".0/24", ".1")
         sh("ip", "-n", host, "link", "add", f"v{key}", "type", "veth", "peer", "eth0", "netns", c)
         in_ns(host, "ip", "link", "set", f"v{key}", "master", net.bridge, "up")
         # As the daemon does: with br_netfilter, a hairpin goes back out this port.

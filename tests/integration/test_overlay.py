@@ -136,7 +136,7 @@ def test_overlay_datapath_is_not_conntracked(seed_lab):
     info = json.loads(lab.cli("h1", "network", "inspect", "net1").stdout)[0]["Overlay"]
     for host in ("h1", "h2"):
         sim = lab.h[host]
-        ruleset = sim.sh("nft", "list", "table", "ip", "pontoon").stdout
+        ruleset = sim.sh("nft", "list", "table", "inet", "pontoon").stdout
         assert f"udp dport {info['UDPPort']} notrack" in ruleset
         flows = sim.sh("conntrack", "-L", "-p", "udp", "--dport", str(info["UDPPort"]),
                        check=False).stdout  # fmt: skip

@@ -26,7 +26,7 @@ def test_topology_shows_how_a_packet_gets_in(make_host, proxy):
 
     topo = host.cli_json("topology", "--format", "json")["host"]
     links = {link["name"]: link for link in topo["host"]["links"]}
-    assert links["lo"]["addresses"] == ["127.0.0.1/8"]
+    assert links["lo"]["addresses"] == ["127.0.0.1/8", "::1/128"]
     assert links["eth0"]["addresses"] == [f"{HOST_ADDR}/24"]
     assert links[ep["HostInterface"]]["master"]  # the host's veth, on the bridge
     assert topo["host"]["userland_proxy"] is (proxy == "true")

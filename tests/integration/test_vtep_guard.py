@@ -107,7 +107,7 @@ class GuardLab(Lab):
         """The host's VTEP set, as its firewall backend programmed it."""
         sim = self.h[host]
         if self.backend == "nftables":
-            out = sim.sh("nft", "-j", "list", "set", "ip", "pontoon", "vteps").stdout
+            out = sim.sh("nft", "-j", "list", "set", "inet", "pontoon", "vteps").stdout
             sets = [o["set"] for o in json.loads(out)["nftables"] if "set" in o]
             return {e for e in sets[0].get("elem", []) if isinstance(e, str)}
         out = sim.sh("iptables-save", "-t", "raw").stdout
@@ -121,7 +121,7 @@ class GuardLab(Lab):
         """Packets the VTEP guard dropped on `host`."""
         sim = self.h[host]
         if self.backend == "nftables":
-            guard = sim.sh("nft", "-j", "list", "chain", "ip", "pontoon", "guard").stdout
+            guard = sim.sh("nft", "-j", "list", "chain", "inet", "pontoon", "guard").stdout
             for obj in json.loads(guard)["nftables"]:
                 for expr in obj.get("rule", {}).get("expr", []):
                     if "counter" in expr:
@@ -194,7 +194,7 @@ def test_the_vtep_set_is_repaired_when_something_else_changes_it(lab):
     wait_for(lambda: lab.vteps("h1") == {h1, h2}, what="h1's VTEP set has both hosts")
     sim = lab.h["h1"]
     if lab.backend == "nftables":
-        sim.sh("nft", "delete", "element", "ip", "pontoon", "vteps", f"{{ {h2} }}")
+        sim.sh("nft", "delete", "element", "inet", "pontoon", "vteps", f"{{ {h2} }}")
     else:
         sim.sh("iptables", "-t", "raw", "-D", "PONTOON-VTEPS", "-s", f"{h2}/32", "-j", "RETURN")
     assert lab.vteps("h1") == {h1}

@@ -1,6 +1,7 @@
 """The firewall check: the desired state, the host table as the kernel lists
-it (nft's JSON, recorded from `list table ip pontoon` of nft 1.0.6), what
-differs, and the repair; the iptables backend's compare on its in-memory fake."""
+it (nft's JSON, recorded from `list table ip pontoon` of nft 1.0.6, now the
+`inet` table with its IPv6 NAT set), what differs, and the repair; the
+iptables backend's compare on its in-memory fake."""
 
 from __future__ import annotations
 
@@ -14,18 +15,18 @@ from pontoon.firewall.iptables import drift, expected_rules, parse_save
 from pontoon.firewall.nft.host import differences, expected_view, kernel_view
 from tests.unit.test_iptables_rules import FakeIptables
 
-NET = NetworkRules("br-a", "10.5.0.0/24")
-HOST_ONLY = NetworkRules("br-h", "10.9.0.1/32", internal=True)
+NET = NetworkRules("br-a", ("10.5.0.0/24",))
+HOST_ONLY = NetworkRules("br-h", ("10.9.0.1/32",), internal=True)
 WEB = PortRule("0.0.0.0", "tcp", 8080, "10.5.0.2", 80, "br-a")
 DNS = PortRule("192.0.2.1", "udp", 53, "10.5.0.3", 53, "br-a")
 
 # The kernel's listing right after sync([NET, HOST_ONLY], [WEB, DNS]) in proxy
 # mode (handles dropped; rule expressions are not compared).
 LISTED = [
-    {"table": {"family": "ip", "name": "pontoon"}},
+    {"table": {"family": "inet", "name": "pontoon"}},
     {
         "set": {
-            "family": "ip",
+            "family": "inet",
             "name": "bridges",
             "table": "pontoon",
             "type": "ifname",
@@ -34,7 +35,7 @@ LISTED = [
     },
     {
         "set": {
-            "family": "ip",
+            "family": "inet",
             "name": "internal",
             "table": "pontoon",
             "type": "ifname",
@@ -43,7 +44,7 @@ LISTED = [
     },
     {
         "set": {
-            "family": "ip",
+            "family": "inet",
             "name": "nat_subnets",
             "table": "pontoon",
             "type": "ipv4_addr",
@@ -52,8 +53,17 @@ LISTED = [
         }
     },
     {
+        "set": {
+            "family": "inet",
+            "name": "nat_subnets6",
+            "table": "pontoon",
+            "type": "ipv6_addr",
+            "flags": ["interval"],
+        }
+    },
+    {
         "map": {
-            "family": "ip",
+            "family": "inet",
             "name": "egress",
             "table": "pontoon",
             "type": "ifname",
@@ -66,7 +76,7 @@ LISTED = [
     },
     {
         "map": {
-            "family": "ip",
+            "family": "inet",
             "name": "portmap_ip",
             "table": "pontoon",
             "type": ["ipv4_addr", "inet_proto", "inet_service"],
@@ -76,7 +86,7 @@ LISTED = [
     },
     {
         "map": {
-            "family": "ip",
+            "family": "inet",
             "name": "portmap_any",
             "table": "pontoon",
             "type": ["inet_proto", "inet_service"],
@@ -86,7 +96,7 @@ LISTED = [
     },
     {
         "set": {
-            "family": "ip",
+            "family": "inet",
             "name": "self_hairpin",
             "table": "pontoon",
             "type": ["ipv4_addr", "ipv4_addr"],
@@ -95,7 +105,7 @@ LISTED = [
     },
     {
         "chain": {
-            "family": "ip",
+            "family": "inet",
             "table": "pontoon",
             "name": "guard",
             "type": "filter",
@@ -106,7 +116,7 @@ LISTED = [
     },
     {
         "chain": {
-            "family": "ip",
+            "family": "inet",
             "table": "pontoon",
             "name": "prerouting",
             "type": "nat",
@@ -117,7 +127,7 @@ LISTED = [
     },
     {
         "chain": {
-            "family": "ip",
+            "family": "inet",
             "table": "pontoon",
             "name": "output",
             "type": "nat",
@@ -126,10 +136,10 @@ LISTED = [
             "policy": "accept",
         }
     },
-    {"chain": {"family": "ip", "table": "pontoon", "name": "portmap"}},
+    {"chain": {"family": "inet", "table": "pontoon", "name": "portmap"}},
     {
         "chain": {
-            "family": "ip",
+            "family": "inet",
             "table": "pontoon",
             "name": "forward",
             "type": "filter",
@@ -140,7 +150,7 @@ LISTED = [
     },
     {
         "chain": {
-            "family": "ip",
+            "family": "inet",
             "table": "pontoon",
             "name": "postrouting",
             "type": "nat",
@@ -149,25 +159,26 @@ LISTED = [
             "policy": "accept",
         }
     },
-    {"chain": {"family": "ip", "table": "pontoon", "name": "from-br-a"}},
-    {"chain": {"family": "ip", "table": "pontoon", "name": "from-br-h"}},
-    {"rule": {"family": "ip", "table": "pontoon", "chain": "guard", "expr": []}},
-    {"rule": {"family": "ip", "table": "pontoon", "chain": "prerouting", "expr": []}},
-    {"rule": {"family": "ip", "table": "pontoon", "chain": "output", "expr": []}},
-    {"rule": {"family": "ip", "table": "pontoon", "chain": "output", "expr": []}},
-    {"rule": {"family": "ip", "table": "pontoon", "chain": "portmap", "expr": []}},
-    {"rule": {"family": "ip", "table": "pontoon", "chain": "portmap", "expr": []}},
-    {"rule": {"family": "ip", "table": "pontoon", "chain": "forward", "expr": []}},
-    {"rule": {"family": "ip", "table": "pontoon", "chain": "forward", "expr": []}},
-    {"rule": {"family": "ip", "table": "pontoon", "chain": "postrouting", "expr": []}},
-    {"rule": {"family": "ip", "table": "pontoon", "chain": "postrouting", "expr": []}},
-    {"rule": {"family": "ip", "table": "pontoon", "chain": "from-br-a", "expr": []}},
-    {"rule": {"family": "ip", "table": "pontoon", "chain": "from-br-a", "expr": []}},
-    {"rule": {"family": "ip", "table": "pontoon", "chain": "from-br-a", "expr": []}},
-    {"rule": {"family": "ip", "table": "pontoon", "chain": "from-br-h", "expr": []}},
-    {"rule": {"family": "ip", "table": "pontoon", "chain": "from-br-h", "expr": []}},
-    {"rule": {"family": "ip", "table": "pontoon", "chain": "from-br-h", "expr": []}},
-    {"rule": {"family": "ip", "table": "pontoon", "chain": "from-br-h", "expr": []}},
+    {"chain": {"family": "inet", "table": "pontoon", "name": "from-br-a"}},
+    {"chain": {"family": "inet", "table": "pontoon", "name": "from-br-h"}},
+    {"rule": {"family": "inet", "table": "pontoon", "chain": "guard", "expr": []}},
+    {"rule": {"family": "inet", "table": "pontoon", "chain": "prerouting", "expr": []}},
+    {"rule": {"family": "inet", "table": "pontoon", "chain": "output", "expr": []}},
+    {"rule": {"family": "inet", "table": "pontoon", "chain": "output", "expr": []}},
+    {"rule": {"family": "inet", "table": "pontoon", "chain": "portmap", "expr": []}},
+    {"rule": {"family": "inet", "table": "pontoon", "chain": "portmap", "expr": []}},
+    {"rule": {"family": "inet", "table": "pontoon", "chain": "forward", "expr": []}},
+    {"rule": {"family": "inet", "table": "pontoon", "chain": "forward", "expr": []}},
+    {"rule": {"family": "inet", "table": "pontoon", "chain": "postrouting", "expr": []}},
+    {"rule": {"family": "inet", "table": "pontoon", "chain": "postrouting", "expr": []}},
+    {"rule": {"family": "inet", "table": "pontoon", "chain": "postrouting", "expr": []}},
+    {"rule": {"family": "inet", "table": "pontoon", "chain": "from-br-a", "expr": []}},
+    {"rule": {"family": "inet", "table": "pontoon", "chain": "from-br-a", "expr": []}},
+    {"rule": {"family": "inet", "table": "pontoon", "chain": "from-br-a", "expr": []}},
+    {"rule": {"family": "inet", "table": "pontoon", "chain": "from-br-h", "expr": []}},
+    {"rule": {"family": "inet", "table": "pontoon", "chain": "from-br-h", "expr": []}},
+    {"rule": {"family": "inet", "table": "pontoon", "chain": "from-br-h", "expr": []}},
+    {"rule": {"family": "inet", "table": "pontoon", "chain": "from-br-h", "expr": []}},
 ]
 
 
@@ -191,7 +202,7 @@ def test_the_listing_after_a_sync_matches_the_model():
 
 
 def test_no_table():
-    assert check([]) == ["table ip pontoon is missing"]
+    assert check([]) == ["table inet pontoon is missing"]
 
 
 def test_a_deleted_map_element():
@@ -212,7 +223,7 @@ def test_a_foreign_element():
 
 def test_a_deleted_rule_and_an_added_one():
     objects = [o for o in listed() if o.get("rule", {}).get("chain") != "forward"]
-    objects.append({"rule": {"family": "ip", "table": "pontoon", "chain": "portmap"}})
+    objects.append({"rule": {"family": "inet", "table": "pontoon", "chain": "portmap"}})
     assert sorted(check(objects)) == [
         "chain forward has 0 rules, not 2",
         "chain portmap has 3 rules, not 2",
@@ -231,8 +242,8 @@ def test_a_deleted_chain_and_a_changed_policy():
 
 def test_a_foreign_chain_and_set():
     objects = listed()
-    objects.append({"chain": {"family": "ip", "table": "pontoon", "name": "theirs"}})
-    objects.append({"set": {"family": "ip", "table": "pontoon", "name": "theirs", "elem": []}})
+    objects.append({"chain": {"family": "inet", "table": "pontoon", "name": "theirs"}})
+    objects.append({"set": {"family": "inet", "table": "pontoon", "name": "theirs", "elem": []}})
     assert check(objects) == ["chain theirs is not ours", "set theirs is not ours"]
 
 
@@ -242,7 +253,7 @@ def test_elements_with_options_and_single_address_subnets_compare_by_value():
     subnets["elem"] = [{"elem": {"val": {"prefix": {"addr": "10.5.0.0", "len": 24}}, "timeout": 9}}]
     assert check(objects) == []
     # A /32 network is listed as the bare address.
-    desired = state(networks=(NET, NetworkRules("br-h", "10.9.0.1/32")))
+    desired = state(networks=(NET, NetworkRules("br-h", ("10.9.0.1/32",))))
     view = expected_view(desired, True, None)
     assert "10.9.0.1" in view.elements["nat_subnets"]
 
@@ -320,7 +331,7 @@ class Recorder(Firewall):
 
 def test_check_does_nothing_before_the_first_sync():
     fw = Recorder()
-    fw.problems = ["table ip pontoon is missing"]
+    fw.problems = ["table inet pontoon is missing"]
     assert fw.check() == [] and fw.repairs == 0
 
 
@@ -329,12 +340,12 @@ def test_check_reapplies_the_desired_state_logs_and_counts(caplog):
     fw.sync([NET], [WEB])
     fw.desired.add_ports([DNS])
     assert fw.check() == [] and fw.repairs == 0
-    fw.problems = ["table ip pontoon is missing"]
+    fw.problems = ["table inet pontoon is missing"]
     with caplog.at_level(logging.WARNING):
-        assert fw.check() == ["table ip pontoon is missing"]
+        assert fw.check() == ["table inet pontoon is missing"]
     assert fw.repairs == 1
     assert fw.synced[-1] == ([NET], [WEB, DNS])
-    assert "table ip pontoon is missing" in caplog.text and "re-applying" in caplog.text
+    assert "table inet pontoon is missing" in caplog.text and "re-applying" in caplog.text
 
 
 # -- iptables ----------------------------------------------------------------------------

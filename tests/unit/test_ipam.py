@@ -117,7 +117,8 @@ def test_pool_subnets_split_the_base():
 
 def test_default_pools_start_after_the_default_bridge():
     assert ipam.DEFAULT_POOLS[0].base == Net("172.17.0.0/16")
-    assert ipam.DEFAULT_POOLS[-1] == ipam.Pool(Net("192.168.0.0/16"), 20)
+    assert ipam.DEFAULT_POOLS[-2] == ipam.Pool(Net("192.168.0.0/16"), 20)
+    assert ipam.DEFAULT_POOLS[-1] == ipam.DEFAULT_IPV6_POOL
 
 
 # ------------------------------------------------------------ choose_subnet

@@ -32,9 +32,9 @@ from pontoon.firewall.iptables import (
     teardown_script,
 )
 
-NORMAL = NetworkRules(bridge="pt-0123456789ab", subnet="10.5.0.0/24")
-OTHER = NetworkRules(bridge="pt-other", subnet="10.7.0.0/24")
-INTERNAL = NetworkRules(bridge="br-int", subnet="10.6.0.0/24", internal=True)
+NORMAL = NetworkRules(bridge="pt-0123456789ab", subnets=("10.5.0.0/24",))
+OTHER = NetworkRules(bridge="pt-other", subnets=("10.7.0.0/24",))
+INTERNAL = NetworkRules(bridge="br-int", subnets=("10.6.0.0/24",), internal=True)
 WEB = PortRule("0.0.0.0", "tcp", 8080, "10.5.0.2", 80, "pt-0123456789ab")
 DNS = PortRule("192.0.2.1", "udp", 5353, "10.5.0.3", 53, "pt-0123456789ab")
 SCTP = PortRule("0.0.0.0", "sctp", 9000, "10.7.0.2", 9000, "pt-other")
@@ -78,10 +78,10 @@ def test_good_interface_names_pass(name):
     network_rules(dataclasses.replace(NORMAL, bridge=name), userland_proxy=True)
 
 
-@pytest.mark.parametrize("subnet", ["10.5.0.1/24", "10.5.0.0/33", "fd00::/64", "-j ACCEPT", ""])
+@pytest.mark.parametrize("subnet", ["10.5.0.1/24", "10.5.0.0/33", "fd00::1/64", "-j ACCEPT", ""])
 def test_bad_subnets_are_refused(subnet):
     with pytest.raises(ValueError):
-        network_rules(dataclasses.replace(NORMAL, subnet=subnet), userland_proxy=True)
+        network_rules(dataclasses.replace(NORMAL, subnets=(subnet,)), userland_proxy=True)
 
 
 @pytest.mark.parametrize(
@@ -505,6 +505,8 @@ class FakeIptables:
     def __init__(self) -> None:
         self.tables: dict[str, dict[str, list[str]]] = {}
         self.restores: list[str] = []
+        # ip6tables: a fake of its own (its rules are checked where they matter)
+        self.v6: FakeIptables | None = None
 
     def firewall(self, userland_proxy: bool = True) -> IptablesFirewall:
         fw = IptablesFirewall(userland_proxy)
@@ -520,6 +522,10 @@ class FakeIptables:
         )
 
     def exec(self, argv, stdin=None):
+        if argv[0] in (ipt.RESTORE6, ipt.SAVE6):
+            if self.v6 is None:
+                self.v6 = FakeIptables()
+            return self.v6.exec((argv[0].replace("ip6", "ip"), *argv[1:]), stdin)
         if argv[0] == ipt.RESTORE:
             assert "--noflush" in argv
             self.restores.append(stdin)
@@ -788,7 +794,7 @@ def nft_masquerade(nets, ports, proxy: bool, src: str, dst: str, out: str, dnat:
     loopback = ipaddress.ip_address(src) in ipaddress.ip_network("127.0.0.0/8")
     if not proxy and loopback and out in bridges:
         return True
-    nated = [n.subnet for n in nets if n.masquerade and not n.internal]
+    nated = [s for n in nets for s in n.nat_subnets(4)]
     in_nated = any(ipaddress.ip_address(src) in ipaddress.ip_network(s) for s in nated)
     return in_nated and out not in bridges
 

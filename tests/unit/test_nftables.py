@@ -18,9 +18,9 @@ from pontoon.firewall.nft.host import (
 )
 from pontoon.firewall.nft.sandbox import dns_rewrite_script
 
-T = "ip pontoon"
-NORMAL = NetworkRules(bridge="pt-0123456789ab", subnet="10.5.0.0/24")
-INTERNAL = NetworkRules(bridge="br-int", subnet="10.6.0.0/24", internal=True)
+T = "inet pontoon"
+NORMAL = NetworkRules(bridge="pt-0123456789ab", subnets=("10.5.0.0/24",))
+INTERNAL = NetworkRules(bridge="br-int", subnets=("10.6.0.0/24",), internal=True)
 
 
 def rules(cmds: list[str], chain: str) -> list[str]:
@@ -77,7 +77,7 @@ def test_internal_network_is_not_masqueraded():
 
 
 def test_masquerade_false_leaves_subnet_out_of_nat():
-    net = NetworkRules(bridge="br-x", subnet="10.7.0.0/24", masquerade=False)
+    net = NetworkRules(bridge="br-x", subnets=("10.7.0.0/24",), masquerade=False)
     assert not any("nat_subnets" in c for c in network_commands(net))
 
 
@@ -198,10 +198,11 @@ def test_dns_rewrite_rejects_bad_input(addr, port):
 
 def test_trace_rules_hook_both_paths_before_conntrack():
     script = trace_rules.trace_script(["tcp sport 40000 meta nftrace set 1"])
-    assert script.startswith("add table ip pontoon_trace\ndelete table ip pontoon_trace\n")
+    assert script.startswith("add table inet pontoon_trace\ndelete table inet pontoon_trace\n")
     for hook in ("prerouting", "output"):
         assert f"type filter hook {hook} priority -350; policy accept;" in script
     assert script.count("tcp sport 40000 meta nftrace set 1") == 2
     assert trace_rules.remove_script() == (
-        "add table ip pontoon_trace\ndelete table ip pontoon_trace\n"
+        "add table inet pontoon_trace\ndelete table inet pontoon_trace\n"
+        "add table ip pontoon_trace\ndelete table ip pontoon_trace\n"  # an older release's
     )

@@ -3,6 +3,9 @@ NAT steps and the rendering."""
 
 from __future__ import annotations
 
+import pytest
+
+from pontoon.errors import InvalidArgument
 from pontoon.trace import monitor, run
 from pontoon.trace.render import render
 
@@ -74,7 +77,30 @@ def test_flow_match_rules_cover_both_directions_and_vxlan():
     assert "tcp sport 43000 meta nftrace set 1" in rules
     assert "tcp dport 43000 meta nftrace set 1" in rules
     assert any(r.startswith("udp dport 4789 @th,400,16 43000") for r in rules)
-    assert monitor.FlowMatch("icmp", icmp_id=7).rules() == ["icmp id 7 meta nftrace set 1"]
+    assert monitor.FlowMatch("icmp", icmp_id=7).rules() == [
+        "icmp id 7 meta nftrace set 1",
+        "icmpv6 id 7 meta nftrace set 1",
+    ]
+
+
+def test_live_rules_say_the_family_of_the_source():
+    rules = monitor.FlowMatch("tcp", live_src="fd00::2", live_dport=80, vxlan_port=4789).rules()
+    assert rules == [
+        "ip6 saddr fd00::2 tcp dport 80 meta nftrace set 1",
+        "ip6 daddr fd00::2 meta l4proto tcp meta nftrace set 1",
+    ]
+    ping = monitor.FlowMatch("icmp", live_src="fd00::2").rules()
+    assert ping[0] == "ip6 saddr fd00::2 icmpv6 type echo-request meta nftrace set 1"
+
+
+def test_ipv6_packet_fields():
+    line = (
+        'trace id cc inet pontoon forward packet: iif "pt-a" oif "pt-b" ip6 saddr fd00:61::2 '
+        "ip6 daddr fd00:62::2 icmpv6 type echo-request"
+    )
+    (event,) = monitor.parse(line)
+    assert event.fields["saddr"] == "fd00:61::2" and event.fields["daddr"] == "fd00:62::2"
+    assert event.fields["icmp_type"] == "echo-request"
 
 
 def test_parse_target_forms():
@@ -82,6 +108,13 @@ def test_parse_target_forms():
     assert run.parse_target("web:80", "") == ("web", 80, "tcp")
     assert run.parse_target("host:53/udp", "") == ("host", 53, "udp")
     assert run.parse_target("10.0.0.1:80/tcp", "") == ("10.0.0.1", 80, "tcp")
+    assert run.parse_target("[fd00::5]:80/udp", "") == ("fd00::5", 80, "udp")
+    assert run.parse_target("fd00::5", "") == ("fd00::5", 0, "icmp")
+    assert run.parse_target("[fd00::5]", "") == ("fd00::5", 0, "icmp")
+    with pytest.raises(InvalidArgument):
+        run.parse_target("[fd00::5", "")
+    with pytest.raises(InvalidArgument):
+        run.parse_target("[fd00::5]80", "")
 
 
 def test_render_has_the_story():

@@ -1,6 +1,6 @@
 """Everything pontoon writes with nftables, through one writer (writer.py):
 
-- host.py: the daemon's table `ip pontoon` (the nftables firewall backend);
+- host.py: the daemon's table `inet pontoon` (the nftables firewall backend);
 - sandbox.py: the DNS port rewrite inside each container's namespace;
 - trace.py: the nftrace marking rules of `pontoon trace`.
 """

@@ -1,6 +1,9 @@
-"""nftables backend: one table, `ip pontoon`, written through nft/writer.py's
+"""nftables backend: one table, `inet pontoon`, written through nft/writer.py's
 long-lived context on the kernel thread, and checked against what we last
-applied (check()).
+applied (check()). Family `inet`: the per-bridge isolation chains see IPv4 and
+IPv6 alike; what differs by family (loopback, NAT subnets, port maps) says
+`ip` or `ip6` in its rule. Release 1 and 2 wrote `ip pontoon`: a sync removes
+it in the same transaction.
 
 Layout (docs/architecture.md has the packet walk):
 
@@ -23,6 +26,7 @@ Layout (docs/architecture.md has the packet walk):
     postrouting (srcnat)     ct status dnat saddr . daddr @self_hairpin masquerade
                              [kernel mode: ip saddr 127.0.0.0/8 oifname @bridges masquerade]
                              ip saddr @nat_subnets oifname != @bridges masquerade
+                             ip6 saddr @nat_subnets6 oifname != @bridges masquerade
 
 With overlays, `vteps` holds the cluster's VTEP addresses (from the cluster
 store, ours included): VXLAN from anywhere else is dropped before the VXLAN
@@ -48,6 +52,7 @@ import ipaddress
 import logging
 from collections.abc import Hashable, Iterable
 
+from pontoon.core.addresses import FAMILIES, IPNetwork
 from pontoon.firewall.base import (
     DesiredState,
     Firewall,
@@ -62,19 +67,22 @@ from pontoon.portmap.spec import ANY
 log = logging.getLogger(__name__)
 
 TABLE = "pontoon"
-FAMILY = "ip"
+FAMILY = "inet"
 T = f"{FAMILY} {TABLE}"
+LEGACY_T = f"ip {TABLE}"  # what releases before IPv6 wrote
 
 SETS = {
     "bridges": "set bridges { type ifname; }",
     "internal": "set internal { type ifname; }",
     "nat_subnets": "set nat_subnets { type ipv4_addr; flags interval; }",
+    "nat_subnets6": "set nat_subnets6 { type ipv6_addr; flags interval; }",
     "egress": "map egress { type ifname : verdict; }",
     "portmap_ip": "map portmap_ip "
     "{ type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }",
     "portmap_any": "map portmap_any { type inet_proto . inet_service : ipv4_addr . inet_service; }",
     "self_hairpin": "set self_hairpin { type ipv4_addr . ipv4_addr; }",
 }
+NAT_SETS = {4: "nat_subnets", 6: "nat_subnets6"}
 # Only on a host with overlays (a Tunnel): the VTEPs VXLAN is accepted from.
 VTEPS = "vteps"
 VTEPS_DECL = "set vteps { type ipv4_addr; }"
@@ -151,6 +159,7 @@ def skeleton_chains(userland_proxy: bool, tunnel: Tunnel | None = None) -> list[
                 "ct status dnat ip saddr . ip daddr @self_hairpin masquerade",
                 *loopback_masq,
                 "ip saddr @nat_subnets oifname != @bridges masquerade",
+                "ip6 saddr @nat_subnets6 oifname != @bridges masquerade",
             ),
             "nat postrouting srcnat",
         ),
@@ -180,10 +189,13 @@ def network_chain_rules(net: NetworkRules) -> list[str]:
     return [*rules, "ct status dnat accept", "oifname @bridges drop"]
 
 
-def _nat_subnet(net: NetworkRules) -> ipaddress.IPv4Network | None:
-    if net.masquerade and not net.internal:
-        return ipaddress.IPv4Network(net.subnet)
-    return None
+def _nat_elements(net: NetworkRules) -> list[tuple[str, IPNetwork]]:
+    """(set, subnet) for every subnet of the network that is masqueraded."""
+    return [
+        (NAT_SETS[family], ipaddress.ip_network(subnet))
+        for family in FAMILIES
+        for subnet in net.nat_subnets(family)
+    ]
 
 
 def network_commands(net: NetworkRules) -> list[str]:
@@ -197,8 +209,7 @@ def network_commands(net: NetworkRules) -> list[str]:
     ]
     if net.internal:
         cmds.append(f"add element {T} internal {{ {br} }}")
-    if (subnet := _nat_subnet(net)) is not None:
-        cmds.append(f"add element {T} nat_subnets {{ {subnet} }}")
+    cmds += [f"add element {T} {name} {{ {subnet} }}" for name, subnet in _nat_elements(net)]
     return cmds
 
 
@@ -211,8 +222,7 @@ def remove_network_commands(net: NetworkRules) -> list[str]:
     ]
     if net.internal:
         cmds.append(f"delete element {T} internal {{ {br} }}")
-    if (subnet := _nat_subnet(net)) is not None:
-        cmds.append(f"delete element {T} nat_subnets {{ {subnet} }}")
+    cmds += [f"delete element {T} {name} {{ {subnet} }}" for name, subnet in _nat_elements(net)]
     cmds.append(f"delete chain {T} {chain}")
     return cmds
 
@@ -305,8 +315,8 @@ def expected_view(state: DesiredState, userland_proxy: bool, tunnel: Tunnel | No
         el["egress"].add((net.bridge, ("jump", _chain(net.bridge))))
         if net.internal:
             el["internal"].add(net.bridge)
-        if (subnet := _nat_subnet(net)) is not None:
-            el["nat_subnets"].add(_prefix(str(subnet.network_address), subnet.prefixlen))
+        for name, subnet in _nat_elements(net):
+            el[name].add(_prefix(str(subnet.network_address), subnet.prefixlen))
     for rule in state.ports.values():
         target = (str(ipaddress.IPv4Address(rule.container_ip)), int(rule.container_port))
         if rule.host_ip == ANY:
@@ -321,8 +331,8 @@ def expected_view(state: DesiredState, userland_proxy: bool, tunnel: Tunnel | No
 
 
 def _prefix(addr: str, length: int) -> str:
-    # nft prints a /32 element of an interval set as the bare address.
-    return addr if length == 32 else f"{addr}/{length}"
+    # nft prints a one-address element of an interval set (/32, /128) bare.
+    return addr if length == ipaddress.ip_address(addr).max_prefixlen else f"{addr}/{length}"
 
 
 def _element(value: object) -> Element:
@@ -419,7 +429,8 @@ class NftablesFirewall(Firewall):
         # existed: packets see either the old ruleset or the new one.
         if self.tunnel is not None and self.desired.vteps is None:
             self._adopt_vteps()
-        lines = [f"add table {T}", f"delete table {T}", skeleton(self.userland_proxy, self.tunnel)]
+        lines = [f"add table {LEGACY_T}", f"delete table {LEGACY_T}"]  # an older release's
+        lines += [f"add table {T}", f"delete table {T}", skeleton(self.userland_proxy, self.tunnel)]
         for net in networks:
             lines += network_commands(net)
         lines += port_commands(ports)
@@ -432,10 +443,13 @@ class NftablesFirewall(Firewall):
         """At start-up, before the cluster store has been read: keep the set
         the previous daemon programmed (from the store), so a restart does not
         cut the overlay off until the first resync, nor open it."""
-        try:
-            found = vteps_of(self._nft.read_json(f"list set {T} {VTEPS}"))
-        except NftError:
-            found = set()  # no table or no set yet: our own VTEP only
+        found: set[str] = set()
+        for table in (T, LEGACY_T):  # ours, or an older release's (an upgrade)
+            try:
+                found = vteps_of(self._nft.read_json(f"list set {table} {VTEPS}"))
+                break
+            except NftError:
+                continue  # no table or no set yet: our own VTEP only
         if found:
             log.info("keeping the %d VTEPs of the previous ruleset until the cluster store "
                      "is read", len(found))  # fmt: skip
@@ -518,7 +532,7 @@ class NftablesFirewall(Firewall):
         return self._expected[1]
 
     def teardown(self) -> None:
-        self.run(f"add table {T}\ndelete table {T}")
+        self.run(f"add table {T}\ndelete table {T}\nadd table {LEGACY_T}\ndelete table {LEGACY_T}")
         self.desired.clear()
 
     def dump(self) -> str:

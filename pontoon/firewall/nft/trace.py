@@ -1,4 +1,5 @@
-"""The trace rules: table `ip pontoon_trace`, marking one flow with nftrace.
+"""The trace rules: table `inet pontoon_trace`, marking one flow with nftrace
+(both families: the matches say `ip`/`ip6` where they must).
 
 Its chains hook prerouting and output at priority -350 (before conntrack and
 every other table), so the kernel's trace events cover the whole walk through
@@ -13,6 +14,8 @@ from pathlib import Path
 from pontoon.firewall.nft import writer
 
 TABLE = "pontoon_trace"
+T = f"inet {TABLE}"
+LEGACY_T = f"ip {TABLE}"  # an older release's, left by a daemon killed mid-trace
 PRIORITY = -350
 HOOKS = ("prerouting", "output")
 
@@ -29,11 +32,11 @@ def trace_script(matches: list[str]) -> str:
     }}"""
         for hook in HOOKS
     )
-    return f"add table ip {TABLE}\ndelete table ip {TABLE}\ntable ip {TABLE} {{{chains}\n}}\n"
+    return f"add table {T}\ndelete table {T}\ntable {T} {{{chains}\n}}\n"
 
 
 def remove_script() -> str:
-    return f"add table ip {TABLE}\ndelete table ip {TABLE}\n"
+    return f"add table {T}\ndelete table {T}\nadd table {LEGACY_T}\ndelete table {LEGACY_T}\n"
 
 
 def install(matches: list[str], ns: Path | str | int | None = None) -> None:

@@ -167,6 +167,8 @@ class Api:
             subnets=_subnets(data),
             internal=bool(data.get("Internal")),
             options=options,
+            ipv4=_bool(data, "EnableIPv4", True),
+            ipv6=_bool(data, "EnableIPv6", False),
         )
         net = await self.engine.create_network(spec)
         return web.json_response({"Id": net.id}, status=201)
@@ -189,6 +191,7 @@ class Api:
             request.match_info["ref"],
             _str(data, "Container"),
             ip=_str(data, "IPAddress"),
+            ip6=_str(data, "IPv6Address"),
             aliases=_str_list(data, "Aliases"),
         )
         return web.Response(status=204)
@@ -217,6 +220,7 @@ class Api:
             command=_str_list(data, "Cmd"),
             networks=_str_list(data, "Networks"),
             ip=_str(data, "IPAddress"),
+            ip6=_str(data, "IPv6Address"),
             aliases=_str_list(data, "Aliases"),
             hostname=_str(data, "Hostname"),
             env=_str_list(data, "Env"),
@@ -347,9 +351,13 @@ class Api:
         live = data.get("Live") or 0
         if not isinstance(live, int | float):
             raise InvalidArgument("Live must be a number of seconds")
+        family = data.get("Family") or 0
+        if family not in (0, 4, 6):
+            raise InvalidArgument("Family must be 4 or 6")
         result = await trace(
-            self.inventory(), _str(data, "From"), _str(data, "To"), _str(data, "Proto"), float(live)
-        )
+            self.inventory(), _str(data, "From"), _str(data, "To"), _str(data, "Proto"),
+            float(live), family,
+        )  # fmt: skip
         return web.json_response(result)
 
     async def container_logs(self, request: web.Request) -> web.StreamResponse:

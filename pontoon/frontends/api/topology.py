@@ -3,12 +3,12 @@ veths, tunnels and published ports (the pictures the seed drew by hand)."""
 
 from __future__ import annotations
 
-import socket
 from typing import TYPE_CHECKING, Any
 
 from pontoon.core import model
 
 IFF_LOOPBACK = 0x8
+SCOPE_LINK = 253  # RT_SCOPE_LINK: fe80::/64, which every IPv6 device has
 
 if TYPE_CHECKING:
     from pontoon.daemon.config import DaemonConfig
@@ -107,12 +107,15 @@ def _padded(items: list[Any], size: int) -> list[Any]:
 
 
 def host_links(ipr: Any) -> list[dict[str, Any]]:
-    """The host's own interfaces and IPv4 addresses, as `ip -br addr` shows
-    them (the picture starts where a packet enters). Runs on the kernel thread."""
+    """The host's own interfaces and addresses of both families (not the
+    link-local ones every IPv6 device has), as `ip -br addr` shows them (the
+    picture starts where a packet enters). Runs on the kernel thread."""
     links = list(ipr.get_links())
     names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in links}
     addresses: dict[int, list[str]] = {}
-    for addr in ipr.get_addr(family=socket.AF_INET):
+    for addr in ipr.get_addr():
+        if addr["scope"] == SCOPE_LINK:
+            continue
         addresses.setdefault(addr["index"], []).append(
             f"{addr.get_attr('IFA_ADDRESS')}/{addr['prefixlen']}"
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from pontoon.core import addresses
-from pontoon.core.model import Attachment, Container, Network, Peer
+from pontoon.core.model import Attachment, Container, Network, NetworkRequest, Peer
 
 
 def network_summary(net: Network, endpoint_count: int) -> dict[str, Any]:
@@ -64,7 +64,8 @@ def network_view(net: Network, members: list[Attachment | Peer]) -> dict[str, An
         "Created": net.created,
         "Scope": net.scope,
         "Driver": net.driver,
-        "EnableIPv6": any(s.family == 6 for s in net.subnets),
+        "EnableIPv4": net.subnet_for(4) is not None,
+        "EnableIPv6": net.subnet_for(6) is not None,
         "IPAM": {"Driver": "default", "Config": _ipam_config(net)},
         "Internal": net.internal,
         "Options": net.options,
@@ -131,7 +132,7 @@ def container_view(
             **_addresses(ep),
             "MacAddress": ep.mac if ep else "",
             "Aliases": list(req.aliases),
-            "IPAMConfig": {"IPv4Address": req.ip} if req.ip else None,
+            "IPAMConfig": _ipam_request(req),
         }
         if ep:
             entry["Interface"] = ep.ifname
@@ -167,10 +168,19 @@ def container_view(
             "Ports": bindings if running else {},
             "IPAddress": default.get("IPAddress", ""),
             "Gateway": default.get("Gateway", ""),
+            "GlobalIPv6Address": default.get("GlobalIPv6Address", ""),
+            "GlobalIPv6PrefixLen": default.get("GlobalIPv6PrefixLen", 0),
+            "IPv6Gateway": default.get("IPv6Gateway", ""),
             "MacAddress": default.get("MacAddress", ""),
             "Networks": nets,
         },
     }
+
+
+def _ipam_request(req: NetworkRequest) -> dict[str, str] | None:
+    """Docker's IPAMConfig: the fixed addresses asked for (--ip, --ip6), or null."""
+    asked = {"IPv4Address": req.ip, "IPv6Address": req.ip6}
+    return {k: v for k, v in asked.items() if v} or None
 
 
 def _addresses(att: Attachment | None) -> dict[str, Any]:
