@@ -16,6 +16,9 @@ from pontoon.errors import InvalidArgument
 
 PROTOCOLS = ("tcp", "udp", "sctp")
 ANY = "0.0.0.0"
+# More than one host has of one protocol: a request beyond it is a mistake,
+# and expanding it would only eat the daemon's memory.
+MAX_REQUESTS = 65535
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,12 +32,15 @@ class PortRequest:
 
 
 def _port(text: str, spec: str) -> int:
-    if not text.isdigit():
+    # ASCII digits only: str.isdigit() also takes '²' (which int() refuses)
+    # and Arabic-Indic digits (which it reads as ASCII ones).
+    if not (text.isascii() and text.isdigit()):
         raise InvalidArgument(f"invalid port {text!r} in {spec!r}")
-    value = int(text)
-    if not 1 <= value <= 65535:
-        raise InvalidArgument(f"invalid port {value} in {spec!r}: must be 1-65535")
-    return value
+    digits = text.lstrip("0") or "0"
+    # Never int() thousands of digits: Python refuses past 4300 of them.
+    if len(digits) > 5 or not 1 <= int(digits) <= 65535:
+        raise InvalidArgument(f"invalid port {digits} in {spec!r}: must be 1-65535")
+    return int(digits)
 
 
 def _range(text: str, spec: str) -> tuple[int, int]:
@@ -83,7 +89,10 @@ def parse_all(specs: list[str]) -> list[PortRequest]:
     out: list[PortRequest] = []
     seen: set[tuple[str, str, int]] = set()
     for spec in specs:
-        for req in parse(spec):
+        requests = parse(spec)
+        if len(out) + len(requests) > MAX_REQUESTS:
+            raise InvalidArgument(f"too many ports published: at most {MAX_REQUESTS}")
+        for req in requests:
             if req.host_port:
                 key = (req.host_ip, req.proto, req.host_port)
                 clash = (
