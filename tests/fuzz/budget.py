@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Callable
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 DEFAULT_SECONDS = 2.0
 
@@ -24,9 +24,11 @@ def fuzz_seconds() -> float:
 def fuzz_settings(batch: int = 200) -> settings:
     """`batch` examples per call; no example database (a CI clone starts empty
     and a developer's tree stays clean), no per-example deadline (the machine
-    is shared, timing is noise)."""
+    is shared, timing is noise), and no "explain" phase (its report of a
+    failing example can lose the example's arguments)."""
     return settings(
         max_examples=batch,
+        phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
         deadline=None,
         database=None,
         print_blob=True,
