@@ -4,7 +4,7 @@ whose values are the right type most of the time and anything at all
 otherwise, plus unknown fields, and raw bodies that are not JSON objects.
 
 What could reach the host is pinned (the real-daemon harness runs these):
-`Cmd` is always `["true"]` and `Env` empty, a namespace is one the test made
+`Cmd` is always SAFE_CMD and `Env` empty, a namespace is one the test made
 or a path that does not exist, `NetnsFd` is absent or no open descriptor, and
 a trace never watches live traffic."""
 
@@ -16,6 +16,9 @@ from typing import Any
 from urllib.parse import quote
 
 from hypothesis import strategies as st
+
+# What every container the fuzzers run runs. The harnesses remove it again.
+SAFE_CMD = ["sleep", "30"]
 
 SCALAR = st.one_of(
     st.none(),
@@ -95,7 +98,9 @@ def container_run() -> st.SearchStrategy[dict[str, Any]]:
         }
     )
     # Never a program of the fuzzer's choosing, nor an environment for it.
-    return body.map(lambda b: {**b, "Cmd": ["true"], "Env": []})
+    # Not `true` either: a command that exits before the runtime finds its
+    # PID 1 is reported as "container failed to start" (a 500, a race in the runtime).
+    return body.map(lambda b: {**b, "Cmd": SAFE_CMD, "Env": []})
 
 
 def attachment_create(netns: list[str]) -> st.SearchStrategy[dict[str, Any]]:
@@ -135,7 +140,7 @@ def attachment_create(netns: list[str]) -> st.SearchStrategy[dict[str, Any]]:
 def trace() -> st.SearchStrategy[dict[str, Any]]:
     return obj(
         {
-            "From": st.sampled_from(["host", "fz", "netns:x", "", "nope"]),
+            "From": st.sampled_from(["host", "fz", "netns:fz-nonexistent", "", "nope"]),
             "To": st.sampled_from(["10.77.0.9", "host:80", "fz:80/tcp", "x:99999", ""]),
             "Proto": st.sampled_from(["", "icmp", "tcp", "udp", "gre"]),
             # A live trace watches for up to 300 s: only refused values here.
@@ -212,3 +217,15 @@ def calls(netns: list[str]) -> st.SearchStrategy[Call]:
         ),
     )
     return st.one_of(posts, posts, raw, deletes, reads)
+
+
+def check_answer(status: int, ctype: str, body: bytes, also: tuple[int, ...] = ()) -> None:
+    """A success, or the API's JSON error: 4xx (or a status in `also`),
+    `{"message": one line}`."""
+    if status < 400:
+        return
+    assert 400 <= status < 500 or status in also, (status, body[:500])
+    assert ctype.startswith("application/json"), (status, ctype, body[:200])
+    error = json.loads(body)
+    assert list(error) == ["message"] and isinstance(error["message"], str), error
+    assert error["message"] and "\n" not in error["message"], error

@@ -10,7 +10,6 @@ real pontoond and checks that a refused one leaves nothing behind."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,7 +27,7 @@ from pontoon.frontends.api.server import Api
 from pontoon.portmap.spec import PortRequest
 from pontoon.runtime.containers import Runtime
 from pontoon.store.sqlite import SQLiteStore
-from tests.fuzz.api_requests import Call, calls
+from tests.fuzz.api_requests import Call, calls, check_answer
 from tests.fuzz.budget import fuzz_settings, run_for
 
 FAKE_ID = "f" * 64
@@ -112,17 +111,6 @@ def client(loop, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Te
 async def send(client: TestClient, call: Call) -> tuple[int, str, bytes]:
     resp = await client.request(call.method, call.path, data=call.body, headers=call.headers)
     return resp.status, resp.headers.get("Content-Type", ""), await resp.read()
-
-
-def check_answer(status: int, ctype: str, body: bytes) -> None:
-    """A success, or the API's JSON error: 4xx, {"message": one line}."""
-    if status < 400:
-        return
-    assert 400 <= status < 500, (status, body[:500])
-    assert ctype.startswith("application/json"), (status, ctype, body[:200])
-    error = json.loads(body)
-    assert list(error) == ["message"] and isinstance(error["message"], str), error
-    assert error["message"] and "\n" not in error["message"], error
 
 
 def test_any_request_is_a_success_or_a_json_4xx(loop, client: TestClient) -> None:
