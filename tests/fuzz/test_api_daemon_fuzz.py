@@ -9,53 +9,21 @@ was."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import pytest
 from hypothesis import given, note
 
-from pontoon.client import UnixHTTPConnection
 from pontoon.lab import SimHost
 from tests.fuzz.api_requests import Call, calls, check_answer
 from tests.fuzz.budget import fuzz_settings, run_for
+from tests.fuzz.daemon import send, undo
 from tests.integration.helpers import snapshot
 
 pytestmark = pytest.mark.integration
 
 # Documented: no free subnet or address left (docs/api.md). Never a 500.
 DEPENDENCY_UNAVAILABLE = (503,)
-
-
-def send(socket: Path, call: Call, timeout: float = 30) -> tuple[int, str, bytes]:
-    conn = UnixHTTPConnection(str(socket), timeout=timeout)
-    try:
-        conn.request(call.method, call.path, body=call.body, headers=call.headers)
-        resp = conn.getresponse()
-        return resp.status, resp.headers.get("Content-Type", ""), resp.read()
-    finally:
-        conn.close()
-
-
-def undo(socket: Path, call: Call, answer: bytes) -> None:
-    """DELETE what a successful request made."""
-    if call.method != "POST" or not answer:
-        return
-    made: dict[str, Any] = json.loads(answer)
-    if call.path == "/networks/create":
-        undo_call = Call("DELETE", f"/networks/{made['Id']}")
-    elif call.path == "/containers/run":
-        undo_call = Call("DELETE", f"/containers/{made['Id']}?force=1")
-    elif call.path == "/attachments":
-        owner = json.loads(call.body or b"{}")["Owner"]
-        query = urlencode({"owner_kind": owner["Kind"], "owner_id": owner["Id"]})
-        undo_call = Call("DELETE", f"/attachments?{query}")
-    else:
-        return
-    status, _, body = send(socket, undo_call)
-    # An auto-removed container may be gone already.
-    assert status in (204, 404), (undo_call, status, body)
 
 
 def test_daemon_answers_any_request_and_a_refusal_leaves_nothing(make_host, foreign_ns) -> None:

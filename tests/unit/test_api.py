@@ -253,3 +253,10 @@ def test_detaching_by_owner_needs_kind_and_id(svc):
 
 def test_attachment_list_is_empty_without_attachments(svc):
     assert call(svc, "GET", "/attachments?owner_kind=docker")[::2] == (200, b"[]")
+
+
+def test_unknown_reference_with_a_newline_is_still_a_one_line_message(svc):
+    # Found by schemathesis (tests/fuzz/test_openapi.py): the reference was
+    # echoed as it came, a newline included.
+    status, _, body = call(svc, "GET", "/networks/a%0Ab")
+    assert (status, body) == (404, b'{"message": "no such network: \'a\\\\nb\'"}')
