@@ -87,23 +87,21 @@ def parse(spec: str) -> list[PortRequest]:
 def parse_all(specs: list[str]) -> list[PortRequest]:
     """Parse every -p and reject two requests for the same host port."""
     out: list[PortRequest] = []
-    seen: set[tuple[str, str, int]] = set()
+    # (proto, host port) -> the host addresses it is published on. Looked up,
+    # never scanned: a scan per request made `-p 1-65535:1-65535` quadratic
+    # (minutes of the daemon's event loop).
+    seen: dict[tuple[str, int], set[str]] = {}
     for spec in specs:
         requests = parse(spec)
         if len(out) + len(requests) > MAX_REQUESTS:
             raise InvalidArgument(f"too many ports published: at most {MAX_REQUESTS}")
         for req in requests:
             if req.host_port:
-                key = (req.host_ip, req.proto, req.host_port)
-                clash = (
-                    key in seen
-                    or (req.host_ip == ANY and any(k[1:] == key[1:] for k in seen))
-                    or any(k[0] == ANY and k[1:] == key[1:] for k in seen)
-                )
-                if clash:
+                ips = seen.setdefault((req.proto, req.host_port), set())
+                if req.host_ip in ips or ANY in ips or (req.host_ip == ANY and ips):
                     raise InvalidArgument(
                         f"host port {req.host_port}/{req.proto} is published twice"
                     )
-                seen.add(key)
+                ips.add(req.host_ip)
             out.append(req)
     return out

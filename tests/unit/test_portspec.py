@@ -36,3 +36,30 @@ def test_too_many_port_requests_are_refused_before_expanding_them() -> None:
     assert len(portspec.parse_all(["1-65535"])) == 65535
     with pytest.raises(InvalidArgument, match="too many ports"):
         portspec.parse_all(["1-65535", "1-65535/udp"])
+
+
+@pytest.mark.parametrize(
+    "specs",
+    [
+        ["80:80", "80:81"],
+        ["80:80", "127.0.0.1:80:81"],
+        ["127.0.0.1:80:80", "80:81"],
+        ["127.0.0.1:80:80", "127.0.0.1:80:81"],
+        ["1000-1010:1000-1010", "1005:22"],
+    ],
+)
+def test_a_host_port_published_twice_is_refused(specs: list[str]) -> None:
+    with pytest.raises(InvalidArgument, match="published twice"):
+        portspec.parse_all(specs)
+
+
+def test_same_port_on_two_host_addresses_or_protocols_is_fine() -> None:
+    specs = ["127.0.0.1:80:80", "127.0.0.2:80:81", "80:80/udp", "80:80/sctp"]
+    assert len(portspec.parse_all(specs)) == 4
+
+
+def test_the_whole_port_range_published_one_to_one() -> None:
+    # The clash check scanned every earlier request: this took ~20 minutes
+    # of the daemon's event loop. Now a look-up per request.
+    requests = portspec.parse_all(["1-65535:1-65535/udp"])
+    assert len(requests) == 65535 and requests[-1].host_port == 65535
