@@ -18,16 +18,18 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given, note
+from hypothesis import strategies as st
 
-from pontoon.core.model import NetworkSpec, Owner
+from pontoon.core.model import Network, NetworkSpec, Owner
 from pontoon.daemon.config import DaemonConfig
 from pontoon.engine.attachments import AttachRequest
 from pontoon.engine.engine import Engine
+from pontoon.errors import PontoonError
 from pontoon.frontends.api.server import Api
 from pontoon.portmap.spec import PortRequest
 from pontoon.runtime.containers import Runtime
 from pontoon.store.sqlite import SQLiteStore
-from tests.fuzz.api_requests import Call, calls, check_answer
+from tests.fuzz.api_requests import Call, calls, check_answer, usually
 from tests.fuzz.budget import fuzz_settings, run_for
 
 FAKE_ID = "f" * 64
@@ -121,3 +123,44 @@ def test_any_request_is_a_success_or_a_json_4xx(loop, client: TestClient) -> Non
         check_answer(*loop.run_until_complete(send(client, call)))
 
     run_for(request)
+
+
+def test_container_run_validation_refuses_or_accepts_what_can_be_exec(tmp_path: Path) -> None:
+    """The runtime's check of a run request (Runtime._validate: nothing is
+    created or started there, so any command may be fed): a PontoonError
+    with a 4xx status, or a container whose command, environment and
+    hostname a process can be started with."""
+    cfg = DaemonConfig(root=tmp_path / "root", exec_root=tmp_path / "run")
+    store = SQLiteStore(cfg.db_path)
+    engine = Engine(cfg, store, SimpleNamespace(ipr=None))  # type: ignore[arg-type]
+    runtime = Runtime(cfg, store, engine)
+    engine.state.networks["n" * 64] = Network(id="n" * 64, name="bridge", driver="bridge")
+    text = st.one_of(st.sampled_from(["", "a\0b", "x y", "-x", "\n"]), st.text(max_size=8))
+    program = st.sampled_from(["sh", "/bin/sh", "true", "nope", "/nonexistent", "a\0b", ""])
+    command = st.tuples(program, st.lists(text, max_size=3)).map(lambda t: [t[0], *t[1]])
+    env = st.lists(
+        st.one_of(st.sampled_from(["A=1", "PATH=/nonexistent", "=x", "A", "A=\0"]), text),
+        max_size=2,
+    )
+    name, hostname = usually(st.just(""), text), usually(st.just(""), text)
+    networks = usually(st.just([]), st.lists(st.sampled_from(["bridge", "nope"]), max_size=2))
+    dns = usually(st.just([]), st.lists(st.sampled_from(["10.0.0.1", "x", ""]), max_size=2))
+    ports = usually(st.just([]), st.lists(st.sampled_from(["80", "8080:80", "x"]), max_size=2))
+
+    @fuzz_settings(batch=200)
+    @given(name, command, networks, env, hostname, dns, ports)
+    def validate(name, command, networks, env, hostname, dns, ports) -> None:  # type: ignore[no-untyped-def]
+        note(f"{name=} {command=} {networks=} {env=} {hostname=} {dns=} {ports=}")
+        try:
+            c = runtime._validate(name, command, networks, "", [], hostname, env, dns, False, ports)
+        except PontoonError as exc:
+            assert 400 <= exc.status < 500 and "\n" not in exc.message, exc.message
+            return
+        for item in [*c.command, *c.env, c.hostname]:
+            assert "\0" not in item, item
+        assert all(e.partition("=")[0] for e in c.env)
+
+    try:
+        run_for(validate)
+    finally:
+        asyncio.run(store.close())

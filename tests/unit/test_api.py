@@ -260,3 +260,10 @@ def test_unknown_reference_with_a_newline_is_still_a_one_line_message(svc):
     # echoed as it came, a newline included.
     status, _, body = call(svc, "GET", "/networks/a%0Ab")
     assert (status, body) == (404, b'{"message": "no such network: \'a\\\\nb\'"}')
+
+
+def test_command_argument_with_a_nul_is_400_not_a_500_at_start(svc):
+    # Found by tests/fuzz/test_api_fuzz.py: validation took it, exec refused it.
+    status, _, body = call(svc, "POST", "/containers/run", json={"Cmd": ["sh", "-c\u0000x"]})
+    assert status == 400 and b"NUL" in body
+    assert svc.runtime.containers == {}
