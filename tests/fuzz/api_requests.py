@@ -17,6 +17,8 @@ from urllib.parse import quote
 
 from hypothesis import strategies as st
 
+from tests.fuzz.mutate import mutated
+
 # What every container the fuzzers run runs. The harnesses remove it again.
 SAFE_CMD = ["sleep", "30"]
 
@@ -153,6 +155,85 @@ def connect() -> st.SearchStrategy[dict[str, Any]]:
     return obj({"Container": NAMES, "IPAddress": ADDRS, "Aliases": STRINGS})
 
 
+# Well-formed bodies, to be broken in a few places (tests/fuzz/mutate.py): the
+# checks behind the first one are reached too, down to the engine's.
+BASE_NETWORK = st.fixed_dictionaries(
+    {
+        "Name": st.sampled_from(["fz1", "fz2"]),
+        "Driver": st.just("bridge"),
+        "Subnet": st.integers(0, 255).map(lambda n: f"10.77.{n}.0/24"),
+        "Internal": st.booleans(),
+    },
+    optional={"Gateway": st.just("10.77.0.1"), "Options": st.just({"mtu": "1400"})},
+)
+BASE_RUN = st.fixed_dictionaries(
+    {"Name": st.just("fzc"), "Networks": st.just(["bridge"])},
+    optional={
+        "Hostname": st.just("fzhost"),
+        "Dns": st.just(["10.0.0.1"]),
+        "AutoRemove": st.booleans(),
+        "Ports": st.sampled_from([["80"], ["127.0.0.1:18080:80/udp"], ["18081-18082:81-82"]]),
+    },
+)
+
+
+def base_attachment(netns: list[str]) -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries(
+        {
+            "Network": st.just("bridge"),
+            "Netns": st.sampled_from(netns),
+            "Owner": st.just({"Kind": "cni", "Id": "fz-owner", "Name": "fz"}),
+        },
+        optional={
+            "Ifname": st.sampled_from(["eth0", "net1"]),
+            "IPs": st.just(["172.17.0.77"]),
+            "MAC": st.just("02:42:ac:11:00:4d"),
+            "Aliases": st.just(["fzalias"]),
+            "Names": st.just(["fzname"]),
+            "Ports": st.sampled_from([["80"], ["127.0.0.1:18090:80/udp"]]),
+            "DefaultRoute": st.booleans(),
+            "GatewayBridge": st.booleans(),
+            "DNS": st.booleans(),
+            "Upstreams": st.just(["10.0.0.1"]),
+        },
+    )
+
+
+BROKEN = st.one_of(ANY_JSON, st.sampled_from(["", "x", "10.77.0.0/33", "256.1.1.1", -1, 2**64]))
+
+
+def pinned(path: str, body: Any, netns: list[str]) -> Any:
+    """A body with what could reach the host put back to what the test allows
+    (module docstring), whatever a mutation did to it."""
+    if not isinstance(body, dict):
+        return body
+    if path == "/containers/run":
+        return {**body, "Cmd": SAFE_CMD, "Env": []}
+    if path == "/attachments":
+        body = dict(body)
+        if isinstance(body.get("Netns"), str) and body["Netns"] not in netns:
+            body["Netns"] = "/nonexistent/ns"
+        fd = body.get("NetnsFd")
+        if isinstance(fd, int) and not isinstance(fd, bool) and 0 <= fd < 2**40:
+            body["NetnsFd"] = 2**40  # no such descriptor
+        return body
+    return body
+
+
+def broken_calls(netns: list[str]) -> st.SearchStrategy[Call]:
+    routes = [
+        ("/networks/create", BASE_NETWORK),
+        ("/containers/run", BASE_RUN),
+        ("/attachments", base_attachment(netns)),
+    ]
+    return st.one_of(
+        mutated(base, BROKEN).map(
+            lambda body, path=path: Call("POST", path, encode(pinned(path, body, netns)))
+        )
+        for path, base in routes
+    )
+
+
 @dataclasses.dataclass
 class Call:
     method: str
@@ -216,7 +297,7 @@ def calls(netns: list[str]) -> st.SearchStrategy[Call]:
             [Call("GET", "/nothing/here"), Call("PUT", "/networks"), Call("PATCH", "/trace")]
         ),
     )
-    return st.one_of(posts, posts, raw, deletes, reads)
+    return st.one_of(posts, broken_calls(netns), raw, deletes, reads)
 
 
 def check_answer(status: int, ctype: str, body: bytes, also: tuple[int, ...] = ()) -> None:
