@@ -18,7 +18,7 @@ APT_PACKAGES := python3 python3-venv iproute2 nftables libnftables1 iptables con
 # into .bench/, so the benchmark names the exact binary it measures.
 DOCKER_PROXY := .bench/docker-proxy
 
-.PHONY: install apt demo test unit integration lint format bench clean
+.PHONY: install apt demo test unit integration lint format fuzz bench clean
 
 install: apt $(STAMP)
 
@@ -66,6 +66,14 @@ lint: install
 format: install
 	$(BIN)/ruff format pontoon tests bench
 	$(BIN)/ruff check --fix pontoon tests bench
+
+# Every fuzzing harness in tests/fuzz/ (DNS wire path, -p specs, API bodies
+# in-process and against a real daemon, the CNI plugin's inputs, schemathesis
+# against docs/openapi.yaml) for FUZZ_SECONDS each; `make test` runs the same
+# harnesses for a few seconds each.
+FUZZ_SECONDS ?= 60
+fuzz: install
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/pytest -q -p no:cacheprovider tests/fuzz
 
 # Every benchmark runs us and the named peer side by side and prints the
 # ratios; BENCH_ARGS=--quick for a short run.

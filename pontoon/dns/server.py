@@ -270,8 +270,11 @@ class Resolver:
         try:
             return reply.to_wire(max_size=max_size)
         except dns.exception.TooBig:
+            # Every section goes, not just the answer: an upstream's authority
+            # and additional records alone can overflow 512 bytes.
             reply.flags |= dns.flags.TC
-            reply.answer.clear()
+            for section in (reply.answer, reply.authority, reply.additional):
+                section.clear()
             return reply.to_wire(max_size=max_size)
 
     # listening -----------------------------------------------------------

@@ -50,7 +50,8 @@ def find(items: Iterable[T], ref: str, kind: str, key: Callable[[T], tuple[str, 
             return matches[0]
         if len(matches) > 1:
             raise InvalidArgument(f"{kind} ID prefix {ref} is ambiguous")
-    raise NotFound(f"no such {kind}: {ref}")
+    # Quoted when it would not print as itself: an error stays one line.
+    raise NotFound(f"no such {kind}: {ref if ref.isprintable() else repr(ref)}")
 
 
 class State:

@@ -16,6 +16,9 @@ from pontoon.errors import InvalidArgument
 
 PROTOCOLS = ("tcp", "udp", "sctp")
 ANY = "0.0.0.0"
+# More than one host has of one protocol: a request beyond it is a mistake,
+# and expanding it would only eat the daemon's memory.
+MAX_REQUESTS = 65535
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,12 +32,15 @@ class PortRequest:
 
 
 def _port(text: str, spec: str) -> int:
-    if not text.isdigit():
+    # ASCII digits only: str.isdigit() also takes '²' (which int() refuses)
+    # and Arabic-Indic digits (which it reads as ASCII ones).
+    if not (text.isascii() and text.isdigit()):
         raise InvalidArgument(f"invalid port {text!r} in {spec!r}")
-    value = int(text)
-    if not 1 <= value <= 65535:
-        raise InvalidArgument(f"invalid port {value} in {spec!r}: must be 1-65535")
-    return value
+    digits = text.lstrip("0") or "0"
+    # Never int() thousands of digits: Python refuses past 4300 of them.
+    if len(digits) > 5 or not 1 <= int(digits) <= 65535:
+        raise InvalidArgument(f"invalid port {digits} in {spec!r}: must be 1-65535")
+    return int(digits)
 
 
 def _range(text: str, spec: str) -> tuple[int, int]:
@@ -81,20 +87,21 @@ def parse(spec: str) -> list[PortRequest]:
 def parse_all(specs: list[str]) -> list[PortRequest]:
     """Parse every -p and reject two requests for the same host port."""
     out: list[PortRequest] = []
-    seen: set[tuple[str, str, int]] = set()
+    # (proto, host port) -> the host addresses it is published on. Looked up,
+    # never scanned: a scan per request made `-p 1-65535:1-65535` quadratic
+    # (minutes of the daemon's event loop).
+    seen: dict[tuple[str, int], set[str]] = {}
     for spec in specs:
-        for req in parse(spec):
+        requests = parse(spec)
+        if len(out) + len(requests) > MAX_REQUESTS:
+            raise InvalidArgument(f"too many ports published: at most {MAX_REQUESTS}")
+        for req in requests:
             if req.host_port:
-                key = (req.host_ip, req.proto, req.host_port)
-                clash = (
-                    key in seen
-                    or (req.host_ip == ANY and any(k[1:] == key[1:] for k in seen))
-                    or any(k[0] == ANY and k[1:] == key[1:] for k in seen)
-                )
-                if clash:
+                ips = seen.setdefault((req.proto, req.host_port), set())
+                if req.host_ip in ips or ANY in ips or (req.host_ip == ANY and ips):
                     raise InvalidArgument(
                         f"host port {req.host_port}/{req.proto} is published twice"
                     )
-                seen.add(key)
+                ips.add(req.host_ip)
             out.append(req)
     return out

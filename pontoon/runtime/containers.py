@@ -156,6 +156,8 @@ class Runtime:
             raise Conflict(f"container name {name} is already in use")
         if not command or not command[0]:
             raise InvalidArgument("no command given: pontoon run [OPTIONS] -- COMMAND [ARG...]")
+        if any("\0" in arg for arg in command):  # exec cannot pass one: a 500 at start
+            raise InvalidArgument("invalid command: an argument holds a NUL character")
         process.check_executable(command[0], env)
         port_reqs = portspec.parse_all(ports)
         for item in env:

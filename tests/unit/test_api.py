@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from pontoon.core import model
 from pontoon.daemon.config import DaemonConfig
 from pontoon.engine.engine import Engine
-from pontoon.frontends.api.server import Api
+from pontoon.frontends.api.server import MAX_BODY, Api
 from pontoon.runtime.containers import Runtime
 from pontoon.store.sqlite import SQLiteStore
 
@@ -116,14 +116,50 @@ def test_malformed_port_spec_is_400(svc):
     assert status == 400 and b"invalid port specification" in body
 
 
-def test_unknown_route_is_aiohttp_plain_text_404(svc):
+def test_unknown_route_is_a_json_404(svc):
     status, ctype, body = call(svc, "GET", "/nothing/here")
-    assert (status, body) == (404, b"404: Not Found")
-    assert ctype.startswith("text/plain")
+    assert (status, body) == (404, b'{"message": "no such route: GET /nothing/here"}')
+    assert ctype.startswith("application/json")
 
 
-def test_wrong_method_is_405(svc):
-    assert call(svc, "PUT", "/networks")[0] == 405
+def test_wrong_method_is_a_json_405(svc):
+    status, _, body = call(svc, "PUT", "/networks")
+    assert (status, body) == (405, b'{"message": "method PUT not allowed on /networks"}')
+
+
+# -- regressions the fuzzer (tests/fuzz/test_api_fuzz.py) found --------------------------
+
+
+def test_body_over_the_size_limit_is_a_json_413(svc):
+    status, ctype, body = call(svc, "POST", "/networks/create", data=b" " * (MAX_BODY + 1))
+    assert status == 413 and ctype.startswith("application/json")
+    assert b"Maximum request body size 1048576 exceeded" in body
+
+
+def test_bogus_charset_is_ignored_not_a_500(svc):
+    # LookupError from aiohttp's request.json() decoding with the named charset.
+    headers = {"Content-Type": "application/json; charset=bogus-x"}
+    status, _, body = call(svc, "POST", "/networks/create", data=b'{"Name": 5}', headers=headers)
+    assert (status, body) == (400, b'{"message": "Name must be a string"}')
+
+
+def test_non_utf8_body_is_invalid_json(svc):
+    status, _, body = call(svc, "POST", "/networks/create", data=b'{"Name": "\xff\xfe"}')
+    assert (status, body) == (400, b'{"message": "request body is not valid JSON"}')
+
+
+@pytest.mark.parametrize("data", [b"[" * 100_000, b'{"a": ' * 5000 + b"1" + b"}" * 5000])
+def test_json_nested_too_deep_is_invalid_json_not_a_500(svc, data):
+    # RecursionError from the JSON decoder.
+    status, _, body = call(svc, "POST", "/networks/create", data=data)
+    assert (status, body) == (400, b'{"message": "request body is not valid JSON"}')
+
+
+@pytest.mark.parametrize("live", [10**400, 1e308, -1, 301, "5"])
+def test_trace_live_out_of_range_is_400_not_a_500(svc, live):
+    # float(10**400) raised OverflowError before the range check.
+    status, _, body = call(svc, "POST", "/trace", json={"From": "host", "To": "x", "Live": live})
+    assert (status, body) == (400, b'{"message": "Live must be a number of seconds, 0-300"}')
 
 
 def test_unexpected_exception_is_500_with_message(svc, monkeypatch):
@@ -217,3 +253,17 @@ def test_detaching_by_owner_needs_kind_and_id(svc):
 
 def test_attachment_list_is_empty_without_attachments(svc):
     assert call(svc, "GET", "/attachments?owner_kind=docker")[::2] == (200, b"[]")
+
+
+def test_unknown_reference_with_a_newline_is_still_a_one_line_message(svc):
+    # Found by schemathesis (tests/fuzz/test_openapi.py): the reference was
+    # echoed as it came, a newline included.
+    status, _, body = call(svc, "GET", "/networks/a%0Ab")
+    assert (status, body) == (404, b'{"message": "no such network: \'a\\\\nb\'"}')
+
+
+def test_command_argument_with_a_nul_is_400_not_a_500_at_start(svc):
+    # Found by tests/fuzz/test_api_fuzz.py: validation took it, exec refused it.
+    status, _, body = call(svc, "POST", "/containers/run", json={"Cmd": ["sh", "-c\u0000x"]})
+    assert status == 400 and b"NUL" in body
+    assert svc.runtime.containers == {}

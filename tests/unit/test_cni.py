@@ -293,3 +293,36 @@ def test_uninstall_removes_only_pontoons_files(tmp_path: Path):
         "10-bridge.conflist",
         "pontoon-foreign.conflist",
     ]
+
+
+# -- regressions the fuzzer (tests/fuzz/test_cni_fuzz.py) found ------------------------
+
+
+@pytest.mark.parametrize(
+    "prev",
+    [
+        {"interfaces": None},  # len(None) in merge
+        {"ips": [5]},
+        {"ips": [{"interface": 0}]},  # no address: KeyError for 0.3.x results
+        {"ips": [{"address": "nonsense"}]},  # ValueError for 0.3.x results
+        {"ips": [{"address": "10.0.0.2/24", "interface": "0"}]},  # str + int
+        {"routes": {}},
+        {"dns": []},
+        {"dns": {"nameservers": "10.0.0.1"}},
+    ],
+)
+def test_malformed_prev_result_is_invalid_configuration_not_a_bug(prev):
+    assert code_of(conf, prevResult=prev) == 7
+
+
+def test_well_formed_prev_result_is_kept():
+    prev = {"interfaces": [{"name": "eth0"}], "ips": [{"address": "10.0.0.2/24", "interface": 0}]}
+    assert conf(prevResult=prev).prev_result == prev
+
+
+@pytest.mark.parametrize(
+    "dns", [{"servers": 5}, {"servers": "10.0.0.1"}, {"searches": 1}, {"options": [1]}, "x"]
+)
+def test_malformed_runtime_dns_is_invalid_configuration_not_a_bug(dns):
+    # {"servers": 5} raised TypeError building the request.
+    assert code_of(attach_request, conf(runtimeConfig={"dns": dns}), env()) == 7

@@ -76,3 +76,29 @@ def test_unknown_edns_version_goes_to_the_general_path():
 )
 def test_malformed_or_odd_messages_are_left_to_the_general_path(wire):
     assert fast_answer(wire, VIEW) is None
+
+
+def test_forwarded_reply_too_big_in_any_section_is_truncated_not_an_error(monkeypatch):
+    # Found by tests/fuzz/test_dns_fuzz.py: an upstream reply whose authority
+    # and additional records alone overflow 512 bytes raised TooBig (the
+    # asker got FORMERR) instead of an empty answer with TC set.
+    import asyncio
+
+    import dns.name
+    import dns.rrset
+
+    from pontoon.dns import server
+
+    async def forward(query, servers):
+        reply = dns.message.make_response(query)
+        owner = dns.name.from_text("pad.example.")
+        names = [f"ns{i}.example." for i in range(40)]
+        reply.authority.append(dns.rrset.from_text_list(owner, 60, "IN", "NS", names))
+        return reply
+
+    monkeypatch.setattr(server.upstream, "forward", forward)
+    resolver = server.Resolver(lambda cid: View({}, {}, ["192.0.2.53"], external=True))
+    query = dns.message.make_query("elsewhere.example", "A")
+    reply = dns.message.from_wire(asyncio.run(resolver.answer("c", query.to_wire())))
+    assert reply.id == query.id and reply.flags & dns.flags.TC
+    assert reply.answer == reply.authority == reply.additional == []

@@ -5,6 +5,7 @@ Reference: docs/api.md."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import socket
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 STDOUT, STDERR = 1, 2
+MAX_BODY = 1 << 20  # bytes; a larger request body is a 413 (JSON, as every error)
 MAC_RE = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
 LOG_POLL_SECONDS = 0.02
 
@@ -43,8 +45,14 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except PontoonError as exc:
         return web.json_response({"message": exc.message}, status=exc.status)
-    except web.HTTPException:
-        raise
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        # aiohttp's own refusals (no route, wrong method, a body over
+        # MAX_BODY) in the API's error shape too.
+        headers = {k: v for k, v in exc.headers.items() if k.lower() != "content-type"}
+        message = _http_error_text(request, exc)
+        return web.json_response({"message": message}, status=exc.status, headers=headers)
     except (OSError, NetlinkError) as exc:
         # The kernel refused something no check caught: say what, in words.
         log.exception("kernel error on %s %s", request.method, request.path)
@@ -55,12 +63,22 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return web.json_response({"message": f"internal error: {exc}"}, status=500)
 
 
+def _http_error_text(request: web.Request, exc: web.HTTPException) -> str:
+    if exc.status == 404:
+        return f"no such route: {request.method} {request.path}"
+    if exc.status == 405:
+        return f"method {request.method} not allowed on {request.path}"
+    return (exc.text or "").removeprefix(f"{exc.status}: ") or exc.reason
+
+
 async def body(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
     try:
-        data = await request.json()
-    except ValueError:
+        # JSON is UTF-8 (json.loads also takes UTF-16/32): whatever charset
+        # the Content-Type names, a bogus one included, is not consulted.
+        data = json.loads(await request.read())
+    except (ValueError, RecursionError):  # RecursionError: nested too deep
         raise InvalidArgument("request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise InvalidArgument("request body must be a JSON object")
@@ -104,7 +122,7 @@ class Api:
         self.runtime = runtime
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[errors])
+        app = web.Application(middlewares=[errors], client_max_size=MAX_BODY)
         r = app.router
         r.add_get("/_ping", self.ping)
         r.add_get("/version", self.version)
@@ -349,8 +367,9 @@ class Api:
 
         data = await body(request)
         live = data.get("Live") or 0
-        if not isinstance(live, int | float):
-            raise InvalidArgument("Live must be a number of seconds")
+        # Range-checked before float(): float(10**400) raises OverflowError.
+        if not isinstance(live, int | float) or not 0 <= live <= 300:
+            raise InvalidArgument("Live must be a number of seconds, 0-300")
         family = data.get("Family") or 0
         if family not in (0, 4, 6):
             raise InvalidArgument("Family must be 4 or 6")

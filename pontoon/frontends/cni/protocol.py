@@ -106,9 +106,7 @@ def parse_config(conf: dict[str, Any], need_network: bool = True) -> Config:
     if host is not None and not (isinstance(host, str) and host.startswith(("unix:///", "/"))):
         raise CniError(INVALID_CONFIG, f"invalid host {host!r}: use unix:///PATH")
     runtime = _object(conf, "runtimeConfig")
-    prev = conf.get("prevResult")
-    if prev is not None and not isinstance(prev, dict):
-        raise CniError(INVALID_CONFIG, "prevResult must be an object")
+    prev = _prev_result(conf)
     return Config(
         cni_version=version,
         name=str(conf.get("name") or ""),
@@ -127,6 +125,46 @@ def _object(conf: Mapping[str, Any], key: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise CniError(INVALID_CONFIG, f"{key} must be an object")
     return value
+
+
+def _prev_result(conf: Mapping[str, Any]) -> dict[str, Any] | None:
+    """prevResult in the shape the plugin passes on and merges with its own:
+    lists of objects, addresses as CIDRs, interface indexes as integers."""
+    prev = conf.get("prevResult")
+    if prev is None:
+        return None
+    if not isinstance(prev, dict):
+        raise CniError(INVALID_CONFIG, "prevResult must be an object")
+    for key in ("interfaces", "ips", "routes"):
+        items = prev.get(key, [])
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise CniError(INVALID_CONFIG, f"prevResult.{key} must be a list of objects")
+    for ip in prev.get("ips", []):
+        address, index = ip.get("address"), ip.get("interface")
+        if not isinstance(address, str) or not _is_interface(address):
+            raise CniError(INVALID_CONFIG, f"prevResult.ips: invalid address {address!r}")
+        if index is not None and (not isinstance(index, int) or isinstance(index, bool)):
+            raise CniError(INVALID_CONFIG, f"prevResult.ips: invalid interface {index!r}")
+    _string_lists(prev.get("dns", {}), "prevResult.dns", ("nameservers", "search", "options"))
+    return prev
+
+
+def _string_lists(value: Any, where: str, keys: tuple[str, ...]) -> None:
+    """`value` is an object whose `keys`, where present, are lists of strings."""
+    if not isinstance(value, dict):
+        raise CniError(INVALID_CONFIG, f"{where} must be an object")
+    for key in keys:
+        items = value.get(key, [])
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise CniError(INVALID_CONFIG, f"{where}.{key} must be a list of strings")
+
+
+def _is_interface(text: str) -> bool:
+    try:
+        ipaddress.ip_interface(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _valid_attachments(conf: Mapping[str, Any]) -> set[tuple[str, str]]:
@@ -234,8 +272,7 @@ def _list(rc: Mapping[str, Any], key: str) -> list[Any]:
 
 def _dns(rc: Mapping[str, Any]) -> dict[str, Any]:
     value = rc.get("dns") or {}
-    if not isinstance(value, dict):
-        raise CniError(INVALID_CONFIG, "runtimeConfig.dns must be an object")
+    _string_lists(value, "runtimeConfig.dns", ("servers", "searches", "options"))
     return value
 
 
