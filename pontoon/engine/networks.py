@@ -93,6 +93,18 @@ class Networks:
             return net
         return await self._create_local(driver, spec, mtu, default, icc, gateway_bridge)
 
+    async def check(self, spec: NetworkSpec, also_taken: list[str]) -> list[ipam.SubnetPlan]:
+        """Refuse what create() would refuse (name, driver, options, subnets
+        clashing here), making nothing, and say which subnets it would take:
+        for front ends that must answer before they can create (Docker tells
+        a network's name only afterwards). `also_taken`: subnets promised."""
+        driver = self.validate(spec)
+        await self.kernel.call(driver.validate, spec)
+        ours = {n.bridge for n in self.state.networks.values() if n.bridge}
+        routes = driver.routes_to_avoid(await self.kernel.call(self.kernel.host_routes, ours))
+        taken = self._taken() + [ipaddress.ip_network(s) for s in also_taken]
+        return ipam.plan_subnets(spec.subnets, driver.address_pools(self.pools), taken, routes)
+
     def _taken(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [
             ipaddress.ip_network(s.subnet) for n in self.state.networks.values() for s in n.subnets

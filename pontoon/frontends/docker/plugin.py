@@ -1,0 +1,449 @@
+"""The Docker front end: a remote network driver and IPAM driver named
+`pontoon`, served on /run/docker/plugins/pontoon.sock (`pontoond
+--docker-plugin`). A thin layer over the engine, as the API and CNI front ends.
+
+How Docker's calls map onto the engine:
+
+    IpamDriver.RequestPool        a subnet for a network to be (none made yet)
+    IpamDriver.RequestAddress     the gateway: answered from the pool; an
+                                  endpoint's: Engine.reserve_address
+    NetworkDriver.CreateNetwork   checked at once (Engine.check_network); made
+                                  once dockerd tells its name (below)
+    NetworkDriver.CreateEndpoint  remembered; the MAC derived from the address
+    NetworkDriver.Join            Engine.attach(handover): a veth whose
+                                  container side is left in dockerd's namespace
+                                  for Docker to move, with the reserved address
+    ProgramExternalConnectivity   Engine.publish_ports (Docker picks which
+                                  endpoint of a container publishes)
+    NetworkDriver.DeleteEndpoint  Engine.detach_owner
+    NetworkDriver.DeleteNetwork   Engine.remove_network
+
+Docker never tells a driver the network's name: CreateNetwork answers once
+the request is checked, and a task then asks dockerd's API for the name (the
+network is stored, and listed, right after our answer) and creates the pontoon
+network under it. Calls that need the network wait for that task.
+
+What must survive a restart of pontoond lives in the local store under
+/docker/: which pontoon network each Docker network is, and the endpoints
+between CreateEndpoint and DeleteEndpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from pontoon.core import addresses
+from pontoon.core.model import OWNER_DOCKER, Network, NetworkSpec, Owner
+from pontoon.engine.attachments import AttachRequest
+from pontoon.engine.engine import Engine
+from pontoon.errors import InvalidArgument, NotFound, PontoonError, Unavailable, os_error_text
+from pontoon.frontends.docker import protocol
+from pontoon.frontends.docker.dockerd import Dockerd, DockerdError
+
+log = logging.getLogger(__name__)
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+WebHandler = Callable[[web.Request], Awaitable[web.Response]]
+
+NETWORKS = "/docker/networks/"
+ENDPOINTS = "/docker/endpoints/"
+# Bounds so that no call of Docker's waits forever on us (it has no timeout).
+CALL_TIMEOUT = 60.0
+NAME_WAIT = 10.0
+
+
+@dataclasses.dataclass
+class Pool:
+    """A pool Docker asked for, until the network using it is made."""
+
+    pool: str
+    sub_pool: str
+    existing: str = ""  # protocol.NETWORK_OPTION
+    gateway: str = ""
+    docker_network: str = ""  # set by CreateNetwork
+
+
+@dataclasses.dataclass
+class DockerNetwork:
+    docker_id: str
+    network_id: str  # pontoon's
+    name: str
+
+
+@dataclasses.dataclass
+class Endpoint:
+    docker_network: str
+    endpoint_id: str
+    address: str  # address/prefix
+    mac: str
+
+
+class DockerPlugin:
+    def __init__(self, engine: Engine, dockerd: Dockerd | None) -> None:
+        self.engine = engine
+        self.dockerd = dockerd
+        self.pools: dict[str, Pool] = {}
+        self.networks: dict[str, DockerNetwork] = {}
+        self.creating: dict[str, asyncio.Task[DockerNetwork]] = {}
+        self.endpoints: dict[str, Endpoint] = {}
+
+    @property
+    def holder(self) -> str:
+        """Who holds addresses Docker reserved and no endpoint took yet: one
+        per host, so a late release never frees another host's address."""
+        cluster = self.engine.cluster
+        return f"docker/{cluster.host_id if cluster is not None else 'local'}"
+
+    async def load(self) -> None:
+        store = self.engine.store
+        for value in await store.values(NETWORKS):
+            net = DockerNetwork(**json.loads(value))
+            self.networks[net.docker_id] = net
+        for value in await store.values(ENDPOINTS):
+            ep = Endpoint(**json.loads(value))
+            self.endpoints[ep.endpoint_id] = ep
+
+    async def close(self) -> None:
+        for task in self.creating.values():
+            task.cancel()
+        if self.dockerd is not None:
+            await self.dockerd.close()
+
+    # -- the server -------------------------------------------------------------
+
+    def routes(self) -> dict[str, Handler]:
+        return {
+            "/Plugin.Activate": self.activate,
+            "/NetworkDriver.GetCapabilities": self.capabilities,
+            "/NetworkDriver.CreateNetwork": self.create_network,
+            "/NetworkDriver.DeleteNetwork": self.delete_network,
+            "/NetworkDriver.CreateEndpoint": self.create_endpoint,
+            "/NetworkDriver.EndpointOperInfo": self.endpoint_info,
+            "/NetworkDriver.DeleteEndpoint": self.delete_endpoint,
+            "/NetworkDriver.Join": self.join,
+            "/NetworkDriver.Leave": self.nothing,
+            "/NetworkDriver.ProgramExternalConnectivity": self.program_external,
+            "/NetworkDriver.RevokeExternalConnectivity": self.revoke_external,
+            "/NetworkDriver.DiscoverNew": self.nothing,
+            "/NetworkDriver.DiscoverDelete": self.nothing,
+            "/NetworkDriver.AllocateNetwork": self.nothing,
+            "/NetworkDriver.FreeNetwork": self.nothing,
+            "/IpamDriver.GetCapabilities": self.ipam_capabilities,
+            "/IpamDriver.GetDefaultAddressSpaces": self.address_spaces,
+            "/IpamDriver.RequestPool": self.request_pool,
+            "/IpamDriver.ReleasePool": self.release_pool,
+            "/IpamDriver.RequestAddress": self.request_address,
+            "/IpamDriver.ReleaseAddress": self.release_address,
+        }
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        for path, handler in self.routes().items():
+            app.router.add_post(path, self._serve(path, handler))
+        return app
+
+    def _serve(self, path: str, handler: Handler) -> WebHandler:
+        async def serve(request: web.Request) -> web.Response:
+            try:
+                data = await request.json() if request.can_read_body else {}
+            except ValueError:
+                return web.json_response(protocol.error_reply(path, "invalid JSON"), status=400)
+            log.debug("docker %s %s", path, data)
+            try:
+                reply = await asyncio.wait_for(handler(data or {}), CALL_TIMEOUT)
+            except PontoonError as exc:
+                reply = protocol.error_reply(path, exc.message)
+            except TimeoutError:
+                log.error("docker %s timed out", path)
+                reply = protocol.error_reply(path, f"{path[1:]} timed out; see pontoond's log")
+            except OSError as exc:
+                log.exception("docker %s: kernel error", path)
+                reply = protocol.error_reply(path, os_error_text(exc))
+            except Exception as exc:
+                log.exception("docker %s: internal error", path)
+                reply = protocol.error_reply(path, f"internal error: {exc}")
+            log.debug("docker %s -> %s", path, reply)
+            return web.json_response(reply, content_type=protocol.CONTENT_TYPE)
+
+        return serve
+
+    # -- handshake ----------------------------------------------------------------
+
+    async def activate(self, data: dict[str, Any]) -> dict[str, Any]:
+        return {"Implements": protocol.IMPLEMENTS}
+
+    async def capabilities(self, data: dict[str, Any]) -> dict[str, Any]:
+        # Docker's global scope needs the cluster store it removed: hosts share
+        # networks through pontoon's own.
+        return {"Scope": "local", "ConnectivityScope": "local"}
+
+    async def nothing(self, data: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    # -- IPAM ------------------------------------------------------------------------
+
+    async def ipam_capabilities(self, data: dict[str, Any]) -> dict[str, Any]:
+        return {"RequiresMACAddress": False, "RequiresRequestReplay": False}
+
+    async def address_spaces(self, data: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "LocalDefaultAddressSpace": protocol.LOCAL_ADDRESS_SPACE,
+            "GlobalDefaultAddressSpace": protocol.GLOBAL_ADDRESS_SPACE,
+        }
+
+    async def request_pool(self, data: dict[str, Any]) -> dict[str, Any]:
+        req = protocol.pool_request(data)
+        existing = req.options.get(protocol.NETWORK_OPTION, "")
+        pool = req.pool
+        if existing:
+            net = self.engine.find_network(existing)
+            sub = net.subnet_for(4)
+            if sub is None or (pool and pool != sub.subnet):
+                raise InvalidArgument(f"network {net.name} has no subnet {pool or 'IPv4'}")
+            pool = sub.subnet
+        elif not pool:
+            pool = await self._free_subnet()
+        self.pools[pool] = Pool(pool, req.sub_pool, existing)
+        return {"PoolID": protocol.pool_id(pool, req.sub_pool), "Pool": pool, "Data": {}}
+
+    async def _free_subnet(self) -> str:
+        """A subnet no network here uses, from pontoon's pools (bridge ones:
+        Docker asks before it says which driver the network is for)."""
+        taken = set(self.pools)
+        for _ in range(16):
+            spec = NetworkSpec(name="docker-pool-probe")
+            plans = await self.engine.check_network(spec, also_taken=sorted(taken))
+            subnet = str(plans[0].subnet)
+            if subnet not in taken:
+                return subnet
+            taken.add(subnet)
+        raise Unavailable("no free subnet left in pontoon's address pools")
+
+    async def release_pool(self, data: dict[str, Any]) -> dict[str, Any]:
+        pool, _ = protocol.parse_pool_id(str(data.get("PoolID", "")))
+        self.pools.pop(pool, None)
+        return {}
+
+    async def request_address(self, data: dict[str, Any]) -> dict[str, Any]:
+        pool, _ = protocol.parse_pool_id(str(data.get("PoolID", "")))
+        asked = str(data.get("Address") or "")
+        if protocol.is_gateway_request(data):
+            return {"Address": self._gateway(pool, asked), "Data": {}}
+        net = await self._network_for_pool(pool)
+        address = await self.engine.reserve_address(net.id, self.holder, 4, asked)
+        return {"Address": address, "Data": {}}
+
+    def _gateway(self, pool: str, asked: str) -> str:
+        net = self._pontoon_network_with(pool)
+        if net is not None:
+            sub = net.subnet_for(4)
+            assert sub is not None
+            return protocol.with_prefix(sub.gateway, pool)
+        gateway = protocol.gateway_for(pool, asked)
+        if pool in self.pools:
+            self.pools[pool].gateway = gateway
+        return protocol.with_prefix(gateway, pool)
+
+    async def release_address(self, data: dict[str, Any]) -> dict[str, Any]:
+        pool, _ = protocol.parse_pool_id(str(data.get("PoolID", "")))
+        address = str(data.get("Address") or "")
+        net = self._pontoon_network_with(pool)
+        if net is not None and address:
+            # The gateway is the network's own, never held: nothing happens to it.
+            await self.engine.release_reserved(net.id, self.holder, address)
+        return {}
+
+    def _pontoon_network_with(self, pool: str) -> Network | None:
+        for net in self.engine.state.networks.values():
+            if any(s.subnet == pool for s in net.subnets):
+                return net
+        return None
+
+    async def _network_for_pool(self, pool: str) -> Network:
+        net = self._pontoon_network_with(pool)
+        if net is not None:
+            return net
+        pending = self.pools.get(pool)
+        if pending is not None and pending.docker_network:
+            return await self._network(pending.docker_network)
+        if pending is not None:
+            raise InvalidArgument("auxiliary addresses (--aux-address) are not supported")
+        raise NotFound(f"no network has the pool {pool}")
+
+    # -- networks ----------------------------------------------------------------------
+
+    async def create_network(self, data: dict[str, Any]) -> dict[str, Any]:
+        req = protocol.network_create(data, placeholder_name="docker-" + _short(data))
+        pool = self.pools.get(req.pool)
+        if pool is None:
+            raise InvalidArgument(
+                f"{protocol.PLUGIN_NAME} networks take their addresses from pontoon: "
+                "create the network with --ipam-driver pontoon"
+            )
+        pool.docker_network = req.network_id
+        existing = req.existing or pool.existing
+        if existing:
+            net = self.engine.find_network(existing)
+            await self._remember(DockerNetwork(req.network_id, net.id, net.name))
+            return {}
+        spec = dataclasses.replace(
+            req.spec,
+            subnets=tuple(dataclasses.replace(s, ip_range=pool.sub_pool) for s in req.spec.subnets),
+        )
+        await self.engine.check_network(spec)
+        task = asyncio.create_task(self._create_named(req.network_id, spec))
+        self.creating[req.network_id] = task
+        task.add_done_callback(lambda _: self.creating.pop(req.network_id, None))
+        return {}
+
+    async def _create_named(self, docker_id: str, spec: NetworkSpec) -> DockerNetwork:
+        name = await self._network_name(docker_id)
+        net = await self.engine.create_network(dataclasses.replace(spec, name=name))
+        found = DockerNetwork(docker_id, net.id, net.name)
+        await self._remember(found)
+        return found
+
+    async def _network_name(self, docker_id: str) -> str:
+        if self.dockerd is None:
+            return f"docker-{docker_id[:12]}"
+        try:
+            return await self.dockerd.network_name(docker_id, NAME_WAIT)
+        except DockerdError as exc:
+            log.warning("network %s: its name is unknown (%s): using its ID", docker_id[:12], exc)
+            return f"docker-{docker_id[:12]}"
+
+    async def _remember(self, net: DockerNetwork) -> None:
+        self.networks[net.docker_id] = net
+        await self.engine.store.put(NETWORKS + net.docker_id, json.dumps(dataclasses.asdict(net)))
+
+    async def _network(self, docker_id: str) -> Network:
+        """The pontoon network of a Docker network (waiting for it to be made)."""
+        task = self.creating.get(docker_id)
+        if task is not None:
+            try:
+                await asyncio.shield(task)
+            except PontoonError as exc:
+                raise Unavailable(f"the network could not be made: {exc.message}") from None
+        known = self.networks.get(docker_id)
+        if known is None:
+            raise NotFound(f"network {docker_id[:12]} is not a pontoon network")
+        try:
+            return self.engine.find_network(known.network_id)
+        except NotFound:
+            raise NotFound(f"network {known.name} is gone from pontoon") from None
+
+    async def delete_network(self, data: dict[str, Any]) -> dict[str, Any]:
+        docker_id = str(data.get("NetworkID", ""))
+        task = self.creating.get(docker_id)
+        if task is not None:
+            await asyncio.wait([task], timeout=NAME_WAIT)
+        known = self.networks.get(docker_id)
+        if known is not None:
+            with contextlib.suppress(NotFound):  # removed already (pontoon, another host)
+                await self.engine.remove_network(known.network_id)
+            self.networks.pop(docker_id, None)
+            await self.engine.store.delete(NETWORKS + docker_id)
+        return {}
+
+    # -- endpoints -------------------------------------------------------------------
+
+    async def create_endpoint(self, data: dict[str, Any]) -> dict[str, Any]:
+        req = protocol.endpoint_create(data)
+        await self._network(req.network_id)
+        mac = req.mac or addresses.mac_for(addresses.address_of(req.address))
+        ep = Endpoint(req.network_id, req.endpoint_id, req.address, mac)
+        self.endpoints[ep.endpoint_id] = ep
+        await self.engine.store.put(ENDPOINTS + ep.endpoint_id, json.dumps(dataclasses.asdict(ep)))
+        # Docker refuses a MAC back when it gave one.
+        return {} if req.mac else {"Interface": {"MacAddress": mac}}
+
+    async def endpoint_info(self, data: dict[str, Any]) -> dict[str, Any]:
+        ep = self.endpoints.get(str(data.get("EndpointID", "")))
+        return {"Value": {"pontoon.address": ep.address} if ep else {}}
+
+    async def join(self, data: dict[str, Any]) -> dict[str, Any]:
+        endpoint_id = str(data.get("EndpointID", ""))
+        ep = self.endpoints.get(endpoint_id)
+        if ep is None:
+            raise NotFound(f"no endpoint {endpoint_id[:12]}")
+        sandbox = str(data.get("SandboxKey", ""))
+        if not sandbox:
+            raise InvalidArgument("SandboxKey is required")
+        net = await self._network(ep.docker_network)
+        name = await self._container_name(ep)
+        ifname = protocol.interface_name(endpoint_id)
+        req = AttachRequest(
+            network=net.id,
+            netns=sandbox,
+            ifname=ifname,
+            owner=Owner(OWNER_DOCKER, endpoint_id, name),
+            ips=[addresses.address_of(ep.address)],
+            mac=ep.mac,
+            gateway=False,
+            dns=False,  # Docker's own resolver serves the container
+            handover=True,
+            reserved_by=self.holder,
+        )
+        result = await self.engine.attach(req)
+        att = result.attachments[0]
+        gateway = next(iter(att.gateways), "") if not net.internal else ""
+        return protocol.join_reply(ifname, gateway)
+
+    async def _container_name(self, ep: Endpoint) -> str:
+        if self.dockerd is None:
+            return ""
+        try:
+            return await self.dockerd.endpoint_name(ep.docker_network, ep.endpoint_id)
+        except DockerdError as exc:
+            log.warning("endpoint %s: container name unknown: %s", ep.endpoint_id[:12], exc)
+            return ""
+
+    async def program_external(self, data: dict[str, Any]) -> dict[str, Any]:
+        ports = protocol.port_requests(data.get("Options") or {})
+        att = self._attachment(str(data.get("EndpointID", "")))
+        if att is None:
+            raise NotFound("the endpoint has not joined a container")
+        if ports:
+            await self.engine.publish_ports(att.id, ports)
+        return {}
+
+    async def revoke_external(self, data: dict[str, Any]) -> dict[str, Any]:
+        att = self._attachment(str(data.get("EndpointID", "")))
+        if att is not None:
+            await self.engine.unpublish_ports(att.id)
+        return {}
+
+    def _attachment(self, endpoint_id: str) -> Any:
+        found = self.engine.state.of_owner(Owner(OWNER_DOCKER, endpoint_id).key)
+        return found[0] if found else None
+
+    async def delete_endpoint(self, data: dict[str, Any]) -> dict[str, Any]:
+        endpoint_id = str(data.get("EndpointID", ""))
+        await self.engine.detach_owner(Owner(OWNER_DOCKER, endpoint_id).key)
+        self.endpoints.pop(endpoint_id, None)
+        await self.engine.store.delete(ENDPOINTS + endpoint_id)
+        return {}
+
+
+def _short(data: dict[str, Any]) -> str:
+    return str(data.get("NetworkID", ""))[:12]
+
+
+async def serve(plugin: DockerPlugin, directory: Path) -> web.AppRunner:
+    """Listen on <directory>/pontoon.sock, where dockerd discovers plugins."""
+    runner = web.AppRunner(plugin.app(), access_log=None)
+    await runner.setup()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{protocol.PLUGIN_NAME}.sock"
+    path.unlink(missing_ok=True)
+    await web.UnixSite(runner, str(path)).start()
+    log.info("Docker plugin %s on %s", protocol.PLUGIN_NAME, path)
+    return runner
