@@ -209,7 +209,11 @@ class Attachments:
 
     async def _namespace(self, req: AttachRequest) -> tuple[Path, bool]:
         """The namespace file the attachment keeps: the one given when it is
-        ours (under netns_dir), else a pin of it made here."""
+        ours (under netns_dir), else a pin of it made here. A handed-over
+        interface needs none: its runtime moves it, into a namespace that
+        may not exist yet (Docker's runc makes it after the join)."""
+        if req.handover:
+            return Path(str(req.netns)), False
         if isinstance(req.netns, str):
             given = Path(req.netns)
             if given.parent == self.netns_dir and netns.is_mounted(given):

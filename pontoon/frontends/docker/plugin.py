@@ -46,7 +46,7 @@ from pontoon.core.model import OWNER_DOCKER, Network, NetworkSpec, Owner
 from pontoon.engine.attachments import AttachRequest
 from pontoon.engine.engine import Engine
 from pontoon.errors import InvalidArgument, NotFound, PontoonError, Unavailable, os_error_text
-from pontoon.frontends.docker import protocol
+from pontoon.frontends.docker import firewall, protocol
 from pontoon.frontends.docker.dockerd import Dockerd, DockerdError
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,7 @@ class DockerPlugin:
         for value in await store.values(ENDPOINTS):
             ep = Endpoint(**json.loads(value))
             self.endpoints[ep.endpoint_id] = ep
+        await asyncio.to_thread(firewall.ensure_docker_user)
 
     async def close(self) -> None:
         for task in self.creating.values():
@@ -299,6 +300,7 @@ class DockerPlugin:
             subnets=tuple(dataclasses.replace(s, ip_range=pool.sub_pool) for s in req.spec.subnets),
         )
         await self.engine.check_network(spec)
+        await asyncio.to_thread(firewall.ensure_docker_user)  # dockerd may have started since
         task = asyncio.create_task(self._create_named(req.network_id, spec))
         self.creating[req.network_id] = task
         task.add_done_callback(lambda _: self.creating.pop(req.network_id, None))

@@ -1,0 +1,178 @@
+"""pontoon as Docker's network and IPAM driver, with a real dockerd 20.10 in
+a lab host: `docker network create -d pontoon --ipam-driver pontoon`,
+containers from a busybox-static image, names, published ports seen from
+another namespace, connect/disconnect, and nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from pontoon.client import Client
+from pontoon.lab.engines import EngineHost
+from tests.integration.helpers import HOST_ADDR, add_outside
+
+pytestmark = pytest.mark.integration
+
+SUBNET = "10.77.0.0/24"
+HTTPD = (
+    "sh",
+    "-c",
+    "hostname > /var/www/index.html && httpd -p 81 -h /var/www && exec httpd -f -p 80 -h /var/www",
+)
+UDP_ECHO = (
+    "import socket\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 53))\n"
+    "while True:\n"
+    "    data, peer = s.recvfrom(512); s.sendto(b'pong ' + data, peer)\n"
+)
+UDP_ASK = (
+    "import socket, sys\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.5)\n"
+    "for _ in range(20):\n"
+    "    s.sendto(b'ping', (sys.argv[1], int(sys.argv[2])))\n"
+    "    try:\n"
+    "        print(s.recv(512).decode()); break\n"
+    "    except OSError:\n"
+    "        pass\n"
+)
+
+
+def docker_host(make_engine_host, *daemon_args: str) -> EngineHost:
+    """A lab host with pontoond in plugin mode, then dockerd (pontoond first:
+    dockerd picks its docker0 subnet around pontoon's default bridge)."""
+    engines = make_engine_host(start=False)
+    engines.host.start_daemon(
+        "--docker-plugin", "--docker-host", engines.docker_host, "--log-level", "debug",
+        *daemon_args,
+    )  # fmt: skip
+    engines.start_dockerd()
+    engines.import_image("docker")
+    return engines
+
+
+def create_network(engines: EngineHost, name: str, *args: str) -> None:
+    engines.docker("network", "create", "-d", "pontoon", "--ipam-driver", "pontoon", *args, name)
+    deadline = time.monotonic() + 10  # pontoon makes it once dockerd tells the name
+    while name not in engines.host.cli("network", "ls").stdout:
+        assert time.monotonic() < deadline, f"pontoon never made network {name}"
+        time.sleep(0.1)
+
+
+def run(engines: EngineHost, name: str, network: str, *args: str, cmd=("sleep", "3600")) -> None:
+    engines.docker("run", "-d", "--name", name, "--network", network, *args,
+                   "pontoon/busybox", *cmd)  # fmt: skip
+
+
+def docker_json(engines: EngineHost, *args: str) -> dict:
+    return json.loads(engines.docker(*args).stdout)[0]
+
+
+def docker_attachments(engines: EngineHost) -> list[dict]:
+    return Client(engines.host.host_url).get("/attachments", owner_kind="docker")
+
+
+def ports_of(engines: EngineHost, container: str) -> dict[str, int]:
+    """container port/proto -> host port, as pontoon published them (Docker's
+    `docker port` cannot show a remote driver's ports)."""
+    name = docker_json(engines, "inspect", container)["Name"].lstrip("/")
+    found = {}
+    for att in docker_attachments(engines):
+        if att["Owner"]["Name"] == name:
+            for p in att["Ports"]:
+                found[f"{p['container_port']}/{p['proto']}"] = p["host_port"]
+    return found
+
+
+def fetch(where, url: str, retries: int = 20) -> str:
+    out = where.sh("curl", "-s", "--max-time", "1", "--retry", str(retries), "--retry-delay", "0",
+                   "--retry-connrefused", url, check=False)  # fmt: skip
+    return out.stdout.strip()
+
+
+def test_one_host_bridge_network(make_engine_host, make_host):
+    engines = docker_host(make_engine_host)
+    host = engines.host
+    outside = add_outside(make_host, host)
+    create_network(engines, "web", "--subnet", SUBNET)
+    net = host.cli_json("network", "inspect", "web")[0]
+    assert net["IPAM"]["Config"][0]["Subnet"] == SUBNET
+    docker_net = docker_json(engines, "network", "inspect", "web")
+    assert docker_net["Driver"] == "pontoon" and docker_net["IPAM"]["Driver"] == "pontoon"
+
+    # Fixed address and derived MAC; a given MAC; an alias.
+    run(engines, "c1", "web", "--ip", "10.77.0.10", "--network-alias", "db",
+        "-p", "8080:80", "-p", "127.0.0.1:8081:80", "-P", "--expose", "81", cmd=HTTPD)  # fmt: skip
+    run(engines, "c2", "web", "--mac-address", "02:00:00:00:00:22", "-p", "5353:53/udp")
+    c1 = docker_json(engines, "inspect", "c1")["NetworkSettings"]["Networks"]["web"]
+    assert c1["IPAddress"] == "10.77.0.10" and c1["Gateway"] == "10.77.0.1"
+    assert c1["MacAddress"] == "02:42:0a:4d:00:0a"
+    link = engines.docker("exec", "c2", "ip", "-o", "link", "show", "eth0").stdout
+    assert "02:00:00:00:00:22" in link
+    route = engines.docker("exec", "c1", "ip", "route").stdout
+    assert "default via 10.77.0.1 dev eth0" in route
+
+    # Names: Docker's own resolver answers for this engine's containers.
+    engines.docker("exec", "c2", "ping", "-c1", "-W2", "c1")
+    engines.docker("exec", "c2", "ping", "-c1", "-W2", "db")
+    engines.docker("exec", "c1", "ping", "-c1", "-W2", "c2")
+    # And the containers reach the outside through pontoon's NAT.
+    engines.docker("exec", "c1", "ping", "-c1", "-W2", "198.51.100.2")
+
+    # Published ports, through pontoon (Docker's FORWARD policy is DROP).
+    name = _hostname(engines, "c1")
+    assert fetch(outside, f"http://{HOST_ADDR}:8080/") == name
+    ephemeral = ports_of(engines, "c1")["81/tcp"]  # -P: a host port of pontoon's choice
+    assert fetch(outside, f"http://{HOST_ADDR}:{ephemeral}/") == name
+    assert fetch(host, "http://127.0.0.1:8081/") == name
+    assert fetch(outside, f"http://{HOST_ADDR}:8081/", retries=0) == ""  # loopback only
+    pid = docker_json(engines, "inspect", "c2")["State"]["Pid"]
+    echo = engines.popen("nsenter", f"--net=/proc/{pid}/ns/net", "python3", "-c", UDP_ECHO,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        answer = outside.sh("python3", "-c", UDP_ASK, HOST_ADDR, "5353").stdout.strip()
+        assert answer == "pong ping"
+    finally:
+        echo.kill()
+        echo.wait()
+
+    # connect / disconnect a second network.
+    create_network(engines, "back")
+    engines.docker("network", "connect", "back", "c2")
+    addrs = engines.docker("exec", "c2", "ip", "-o", "-4", "addr").stdout
+    assert "eth1" in addrs
+    engines.docker("network", "disconnect", "back", "c2")
+    assert "eth1" not in engines.docker("exec", "c2", "ip", "-o", "-4", "addr").stdout
+    engines.docker("network", "rm", "back")
+
+    # Bad input: Docker shows pontoon's reason, nothing is left.
+    for ip in ("10.77.0.1", "10.77.0.10"):  # the gateway, an address taken
+        bad = engines.docker("run", "--network", "web", "--ip", ip, "pontoon/busybox", "true",
+                             check=False)  # fmt: skip
+        assert bad.returncode != 0 and f"pontoon: IP address {ip}" in bad.stderr, bad.stderr
+    taken = engines.docker("run", "--network", "web", "-p", "8080:80", "pontoon/busybox",
+                           "true", check=False)  # fmt: skip
+    assert taken.returncode != 0 and "8080" in taken.stderr, taken.stderr
+    overlap = engines.docker("network", "create", "-d", "pontoon", "--ipam-driver", "pontoon",
+                             "--subnet", "10.77.0.0/16", "clash", check=False)  # fmt: skip
+    assert overlap.returncode != 0 and "overlap" in overlap.stderr, overlap.stderr
+    unknown = engines.docker("network", "create", "-d", "pontoon", "--ipam-driver", "pontoon",
+                             "-o", "color=red", "odd", check=False)  # fmt: skip
+    assert unknown.returncode != 0 and "color" in unknown.stderr, unknown.stderr
+    assert len(docker_attachments(engines)) == 2
+
+    # Removal: nothing left in pontoon or the kernel.
+    engines.docker("rm", "-f", "c1", "c2")
+    assert docker_attachments(engines) == []
+    engines.docker("network", "rm", "web")
+    assert "web" not in host.cli("network", "ls").stdout
+    links = host.sh("ip", "-o", "link").stdout
+    assert "vpt" not in links and "veth" not in links and "pt-" not in links, links
+    assert fetch(outside, f"http://{HOST_ADDR}:8080/", retries=0) == ""
+
+
+def _hostname(engines: EngineHost, container: str) -> str:
+    return docker_json(engines, "inspect", container)["Config"]["Hostname"]
