@@ -288,6 +288,7 @@ async def serve(config: DaemonConfig) -> int:
         plugin = DockerPlugin(engine, Dockerd(config.docker_host))
         await plugin.load()
         plugin_runner = await serve_plugin(plugin, config.docker_plugin_dir)
+        await plugin.start()
     (config.exec_root / "pontoond.pid").write_text(f"{os.getpid()}\n")
     metrics_runner = None
     if config.metrics_addr:

@@ -24,9 +24,12 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pontoon.lab.hosts import SimHost, run
+
+if TYPE_CHECKING:
+    from pontoon.lab.engines import EngineHost
 
 STATE_ROOT = Path("/run/pontoon-lab")
 DEFAULT_SUBNET = "10.10.0.0/24"
@@ -47,10 +50,18 @@ class LabHost:
     workdir: str
     daemon_pid: int = 0
     pythonpath: str = ""  # another release's source to run (SimHost.pythonpath)
+    docker: bool = False  # a dockerd beside pontoond, in the host's own mount namespace
 
     def sim(self) -> SimHost:
         host = SimHost(self.netns, Path(self.workdir), self.pythonpath)
+        if self.docker:
+            host.mount_ns = host.workdir / "mnt.ns"
         return host
+
+    def engines(self) -> EngineHost:
+        from pontoon.lab.engines import EngineHost
+
+        return EngineHost(self.sim())
 
     @property
     def socket(self) -> str:
@@ -135,7 +146,10 @@ def up(
     subnet: str = DEFAULT_SUBNET,
     daemon_args: list[str] | None = None,
     pythonpath: str = "",
+    docker: bool = False,
 ) -> LabState:
+    """`docker`: each host also runs a dockerd (its own mount namespace and
+    folders, pontoon as its network and IPAM driver, a busybox-static image)."""
     if not 1 <= hosts <= 50:
         raise LabError("--hosts must be 1-50")
     if (STATE_ROOT / name / "state.json").exists():
@@ -152,7 +166,8 @@ def up(
         _make_switch(state, f"{switch_ip}/{net.prefixlen}")
         _start_etcd(state, str(switch_ip))
         for i in range(1, hosts + 1):
-            _add_host(state, i, f"{addrs[9 + i]}/{net.prefixlen}", str(switch_ip), pythonpath)
+            _add_host(state, i, f"{addrs[9 + i]}/{net.prefixlen}", str(switch_ip), pythonpath,
+                      docker)  # fmt: skip
             state.save()
     except BaseException:
         down(name)
@@ -183,7 +198,9 @@ def _start_etcd(state: LabState, ip: str) -> None:
     state.save()
 
 
-def _add_host(state: LabState, index: int, address: str, gateway: str, pythonpath: str) -> None:
+def _add_host(
+    state: LabState, index: int, address: str, gateway: str, pythonpath: str, docker: bool
+) -> None:
     name = f"h{index}"
     host = LabHost(name, f"ptl-{state.name}-{name}", address.split("/")[0],
                    str(state.directory / name), pythonpath=pythonpath)  # fmt: skip
@@ -197,13 +214,36 @@ def _add_host(state: LabState, index: int, address: str, gateway: str, pythonpat
     sim.sh("ip", "addr", "add", address, "dev", "eth0")
     sim.sh("ip", "link", "set", "eth0", "up")
     sim.sh("ip", "route", "add", "default", "via", gateway)
+    if not docker:
+        _start_daemon(state, host)
+        return
+    from pontoon.lab.engines import EngineHost
+
+    EngineHost(sim).create()
+    host.docker = True
+    state.save()
+    engines = host.engines()
+    # pontoond first: dockerd then picks its docker0 subnet around pontoon's bridge.
     _start_daemon(state, host)
+    engines.start_dockerd(*docker_dns(sim))
+    engines.import_image("docker")
+
+
+def docker_dns(host: SimHost) -> list[str]:
+    """dockerd's --dns: pontoon's names for Docker's resolver, on the default
+    bridge's address (pontoon/frontends/docker/dns.py)."""
+    bridge = host.cli_json("network", "inspect", "bridge")[0]
+    return ["--dns", bridge["IPAM"]["Config"][0]["Gateway"]]
 
 
 def _start_daemon(state: LabState, host: LabHost) -> None:
     sim = host.sim()
     store = f"{state.etcd_url}{CLUSTER_PREFIX}"
-    sim.start_daemon("--cluster-store", store, "--cluster-advertise", "eth0", *state.daemon_args)
+    docker = []
+    if host.docker:
+        docker = ["--docker-plugin", "--docker-host", host.engines().docker_host]
+    sim.start_daemon("--cluster-store", store, "--cluster-advertise", "eth0", *docker,
+                     *state.daemon_args)  # fmt: skip
     assert sim.daemon is not None
     host.daemon_pid = sim.daemon.pid
 
@@ -232,6 +272,8 @@ def down(name: str = "lab") -> None:
         sim = host.sim()
         if host.daemon_pid:
             _kill(host.daemon_pid)
+        if host.docker:
+            host.engines().destroy()
         sim.destroy()
     _kill(state.etcd_pid)
     # Hosts not yet recorded in the state when `up` failed half-way.

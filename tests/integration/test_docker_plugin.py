@@ -12,6 +12,7 @@ import time
 import pytest
 
 from pontoon.client import Client
+from pontoon.lab.cluster import docker_dns
 from pontoon.lab.engines import EngineHost
 from tests.integration.helpers import HOST_ADDR, add_outside
 
@@ -49,7 +50,7 @@ def docker_host(make_engine_host, *daemon_args: str) -> EngineHost:
         "--docker-plugin", "--docker-host", engines.docker_host, "--log-level", "debug",
         *daemon_args,
     )  # fmt: skip
-    engines.start_dockerd()
+    engines.start_dockerd(*docker_dns(engines.host))
     engines.import_image("docker")
     return engines
 
@@ -176,3 +177,71 @@ def test_one_host_bridge_network(make_engine_host, make_host):
 
 def _hostname(engines: EngineHost, container: str) -> str:
     return docker_json(engines, "inspect", container)["Config"]["Hostname"]
+
+
+# -- the seed's overlay, on two hosts with etcd ------------------------------------------------
+
+_subnets = iter(range(150, 170))
+
+
+@pytest.fixture
+def docker_lab():
+    """Two lab hosts on etcd, each with pontoond (plugin mode) and a dockerd."""
+    from pontoon.lab import cluster
+    from tests.conftest import new_lab_name
+
+    state = cluster.up(new_lab_name(), 2, f"10.{next(_subnets)}.0.0/24",
+                       ["--log-level", "debug"], docker=True)  # fmt: skip
+    try:
+        yield {h.name: h.engines() for h in state.hosts}
+    finally:
+        cluster.down(state.name)
+
+
+def wait_until(predicate, timeout: float = 15.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def docker_networks(engines: EngineHost) -> set[str]:
+    return set(engines.docker("network", "ls", "--format", "{{.Name}}").stdout.split())
+
+
+def ip_on(engines: EngineHost, container: str, network: str) -> str:
+    info = docker_json(engines, "inspect", container)
+    return info["NetworkSettings"]["Networks"][network]["IPAddress"]
+
+
+def pings(engines: EngineHost, container: str, target: str) -> bool:
+    proc = engines.docker("exec", container, "ping", "-c1", "-W1", target, check=False)
+    return proc.returncode == 0
+
+
+def test_seed_overlay_on_two_hosts(docker_lab):
+    h1, h2 = docker_lab["h1"], docker_lab["h2"]
+    # net1 made with docker on h1, net2 with pontoon on h2: both appear in both dockerds.
+    h1.docker("network", "create", "-d", "pontoon", "--ipam-driver", "pontoon",
+              "-o", "pontoon.driver=overlay", "--subnet", "10.201.1.0/24", "net1")  # fmt: skip
+    h2.host.cli("network", "create", "-d", "overlay", "--subnet", "10.201.2.0/24", "net2")
+    for engines in (h1, h2):
+        wait_until(lambda e=engines: {"net1", "net2"} <= docker_networks(e), what="networks")
+    run(h1, "c1", "net1")
+    run(h1, "c3", "net2")
+    run(h2, "c2", "net1")
+    run(h2, "c4", "net2")
+    c2, c4 = ip_on(h2, "c2", "net1"), ip_on(h2, "c4", "net2")
+    # Cluster-wide IPAM: no address twice.
+    addresses = {ip_on(h1, "c1", "net1"), c2, ip_on(h1, "c3", "net2"), c4}
+    assert len(addresses) == 4, addresses
+    wait_until(lambda: pings(h1, "c1", c2), what="c1 -> c2 across hosts")
+    assert pings(h1, "c3", c4)
+    assert not pings(h1, "c1", c4)  # net1 does not reach net2
+    # Names across hosts: Docker's resolver asks pontoon's for what it does not know.
+    assert pings(h1, "c1", "c2")
+    assert pings(h2, "c4", "c3")
+    assert not pings(h1, "c1", "c4")
+    # The outside, through Docker's docker_gwbridge (as the seed's overlay).
+    assert pings(h1, "c1", h2.host.sh("ip", "-4", "-o", "addr", "show", "eth0").stdout.split()[3]
+                 .partition("/")[0])  # fmt: skip

@@ -47,6 +47,7 @@ from pontoon.engine.attachments import AttachRequest
 from pontoon.engine.engine import Engine
 from pontoon.errors import InvalidArgument, NotFound, PontoonError, Unavailable, os_error_text
 from pontoon.frontends.docker import firewall, protocol
+from pontoon.frontends.docker.dns import DockerDns
 from pontoon.frontends.docker.dockerd import Dockerd, DockerdError
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ ENDPOINTS = "/docker/endpoints/"
 # Bounds so that no call of Docker's waits forever on us (it has no timeout).
 CALL_TIMEOUT = 60.0
 NAME_WAIT = 10.0
+SYNC_SECONDS = 1.0
 
 
 @dataclasses.dataclass
@@ -94,6 +96,9 @@ class DockerPlugin:
         self.networks: dict[str, DockerNetwork] = {}
         self.creating: dict[str, asyncio.Task[DockerNetwork]] = {}
         self.endpoints: dict[str, Endpoint] = {}
+        self._sync: asyncio.Task[None] | None = None
+        self._told: set[str] = set()  # conflicts already logged
+        self.names = DockerDns(self)
 
     @property
     def holder(self) -> str:
@@ -112,7 +117,19 @@ class DockerPlugin:
             self.endpoints[ep.endpoint_id] = ep
         await asyncio.to_thread(firewall.ensure_docker_user)
 
+    async def start(self) -> None:
+        self._sync = asyncio.create_task(self._sync_loop(), name="docker-sync")
+        try:
+            await self.names.start()
+        except OSError as exc:
+            log.warning("names for Docker's resolver: cannot listen: %s", exc)
+
     async def close(self) -> None:
+        self.names.close()
+        if self._sync is not None:
+            self._sync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sync
         for task in self.creating.values():
             task.cancel()
         if self.dockerd is not None:
@@ -396,7 +413,9 @@ class DockerPlugin:
         )
         result = await self.engine.attach(req)
         att = result.attachments[0]
-        gateway = next(iter(att.gateways), "") if not net.internal else ""
+        # No gateway where the network has no way out (an overlay): Docker then
+        # adds its docker_gwbridge, as the seed's overlay containers had.
+        gateway = next(iter(att.gateways), "") if att.default_route else ""
         return protocol.join_reply(ifname, gateway)
 
     async def _container_name(self, ep: Endpoint) -> str:
@@ -433,6 +452,48 @@ class DockerPlugin:
         self.endpoints.pop(endpoint_id, None)
         await self.engine.store.delete(ENDPOINTS + endpoint_id)
         return {}
+
+    # -- global networks in this host's dockerd ----------------------------------------
+
+    async def _sync_loop(self) -> None:
+        while True:
+            try:
+                await self.sync_global()
+            except DockerdError as exc:
+                log.debug("docker sync: %s", exc)  # dockerd is down or starting
+            except Exception:
+                log.exception("docker sync failed")
+            await asyncio.sleep(SYNC_SECONDS)
+
+    async def sync_global(self) -> None:
+        """Every global network of the cluster appears in this host's dockerd,
+        as the seed's overlays did (pontoon creates it there), and one gone
+        from the cluster goes from dockerd."""
+        if self.dockerd is None:
+            return
+        listed = await self.dockerd.networks(protocol.PLUGIN_NAME)
+        in_dockerd = {n["Id"] for n in listed}
+        names = {n["Name"] for n in listed}
+        mapped = {m.network_id for m in self.networks.values() if m.docker_id in in_dockerd}
+        for net in list(self.engine.state.networks.values()):
+            if net.id in mapped or not self._is_global(net) or net.status != "ready":
+                continue
+            if net.name in names:
+                if net.id not in self._told:
+                    log.warning("dockerd already has a network named %s: %s is not shown "
+                                "there", net.name, net.id[:12])  # fmt: skip
+                    self._told.add(net.id)
+                continue
+            log.info("network %s: creating it in dockerd", net.name)
+            await self.dockerd.create_network(protocol.docker_network_body(net))
+        for known in list(self.networks.values()):
+            gone = known.network_id not in self.engine.state.networks
+            if gone and known.docker_id in in_dockerd:
+                log.info("network %s left the cluster: removing it from dockerd", known.name)
+                await self.dockerd.remove_network(known.docker_id)
+
+    def _is_global(self, net: Network) -> bool:
+        return self.engine.drivers.of(net).capabilities.scope == "global"
 
 
 def _short(data: dict[str, Any]) -> str:

@@ -13,7 +13,7 @@ import dataclasses
 import ipaddress
 from typing import Any
 
-from pontoon.core.model import NetworkSpec, Subnet
+from pontoon.core.model import Network, NetworkSpec, Subnet
 from pontoon.errors import InvalidArgument
 from pontoon.portmap.spec import ANY, PortRequest
 
@@ -155,6 +155,25 @@ def network_create(data: dict[str, Any], placeholder_name: str) -> NetworkCreate
         options={str(k): str(v) for k, v in generic.items()},
     )
     return NetworkCreate(network_id, spec, pool, gateway, existing)
+
+
+def docker_network_body(net: Network) -> dict[str, Any]:
+    """POST /networks/create for a pontoon network pontoon shows in dockerd:
+    both option maps name it, so our IPAM and driver bind to it."""
+    config = []
+    for sub in net.subnets:
+        entry = {"Subnet": sub.subnet, "Gateway": sub.gateway}
+        if sub.ip_range:
+            entry["IPRange"] = sub.ip_range
+        config.append(entry)
+    return {
+        "Name": net.name,
+        "Driver": PLUGIN_NAME,
+        "CheckDuplicate": True,
+        "Internal": net.internal,
+        "IPAM": {"Driver": PLUGIN_NAME, "Config": config, "Options": {NETWORK_OPTION: net.id}},
+        "Options": {NETWORK_OPTION: net.id, DRIVER_OPTION: net.driver},
+    }
 
 
 # -- endpoints ----------------------------------------------------------------------
