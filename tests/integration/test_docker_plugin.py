@@ -6,6 +6,7 @@ another namespace, connect/disconnect, and nothing left behind."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 
@@ -64,7 +65,9 @@ def create_network(engines: EngineHost, name: str, *args: str) -> None:
 
 
 def run(engines: EngineHost, name: str, network: str, *args: str, cmd=("sleep", "3600")) -> None:
-    engines.docker("run", "-d", "--name", name, "--network", network, *args,
+    # A short stop timeout: `sleep` as PID 1 ignores SIGTERM, and dockerd stops
+    # its containers when it stops.
+    engines.docker("run", "-d", "--stop-timeout", "1", "--name", name, "--network", network, *args,
                    "pontoon/busybox", *cmd)  # fmt: skip
 
 
@@ -245,3 +248,62 @@ def test_seed_overlay_on_two_hosts(docker_lab):
     # The outside, through Docker's docker_gwbridge (as the seed's overlay).
     assert pings(h1, "c1", h2.host.sh("ip", "-4", "-o", "addr", "show", "eth0").stdout.split()[3]
                  .partition("/")[0])  # fmt: skip
+
+
+# -- restarts ----------------------------------------------------------------------------------
+
+
+def restart_pontoond(engines: EngineHost, sig: int = signal.SIGTERM) -> None:
+    host = engines.host
+    host.stop_daemon(sig)
+    host.start_daemon("--docker-plugin", "--docker-host", engines.docker_host,
+                      "--log-level", "debug")  # fmt: skip
+
+
+def test_restarts_in_any_order(make_engine_host, make_host):
+    engines = docker_host(make_engine_host)
+    host = engines.host
+    outside = add_outside(make_host, host)
+    create_network(engines, "web", "--subnet", SUBNET)
+    run(engines, "c1", "web", "-p", "8080:80", cmd=HTTPD)
+    run(engines, "c2", "web")
+    name = _hostname(engines, "c1")
+    assert fetch(outside, f"http://{HOST_ADDR}:8080/") == name
+
+    def still_working(new: str) -> None:
+        assert pings(engines, "c2", "c1")
+        assert fetch(outside, f"http://{HOST_ADDR}:8080/") == name
+        run(engines, new, "web")  # the plugin answers again
+        assert pings(engines, new, "c1")
+        engines.docker("rm", "-f", new)
+
+    # pontoond restarts, politely and not, while containers run.
+    ping = engines.popen("/usr/bin/docker", "-H", engines.docker_host, "exec", "c2",
+                         "ping", "-i", "0.2", "-w", "8", "c1",
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    restart_pontoond(engines)
+    restart_pontoond(engines, signal.SIGKILL)
+    out, _ = ping.communicate(timeout=30)
+    assert " 0% packet loss" in out, out
+    still_working("c3")
+
+    # dockerd restarts: its containers stop; started again, they join again.
+    engines.stop_dockerd()
+    engines.start_dockerd(*docker_dns(host))
+    engines.docker("start", "c1", "c2")
+    still_working("c4")
+
+    # dockerd starts while pontoond is down: it recovers once pontoond is up.
+    dns = docker_dns(host)
+    engines.stop_dockerd()
+    host.stop_daemon()
+    engines.start_dockerd(*dns)
+    restart_pontoond(engines)
+    engines.docker("start", "c1", "c2")
+    still_working("c5")
+
+    engines.docker("rm", "-f", "c1", "c2")
+    engines.docker("network", "rm", "web")
+    assert docker_attachments(engines) == []
+    links = host.sh("ip", "-o", "link").stdout
+    assert "vpt" not in links and "veth" not in links and "pt-" not in links, links
