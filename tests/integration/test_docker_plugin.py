@@ -6,6 +6,7 @@ another namespace, connect/disconnect, and nothing left behind."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -307,3 +308,48 @@ def test_restarts_in_any_order(make_engine_host, make_host):
     assert docker_attachments(engines) == []
     links = host.sh("ip", "-o", "link").stdout
     assert "vpt" not in links and "veth" not in links and "pt-" not in links, links
+
+
+# -- docker-compose ----------------------------------------------------------------------------
+
+COMPOSE = """\
+version: "3.7"
+services:
+  web:
+    image: pontoon/busybox
+    command: ["sh", "-c", "hostname > /var/www/index.html && exec httpd -f -p 80 -h /var/www"]
+    ports: ["8090:80"]
+    stop_grace_period: 1s
+  client:
+    image: pontoon/busybox
+    command: ["sleep", "3600"]
+    stop_grace_period: 1s
+networks:
+  default:
+    driver: pontoon
+"""
+
+
+def test_compose_default_network_on_pontoon(make_engine_host, make_host):
+    engines = docker_host(make_engine_host)
+    outside = add_outside(make_host, engines.host)
+    project = engines.dir / "compose"
+    project.mkdir()
+    (project / "docker-compose.yml").write_text(COMPOSE)
+    env = dict(os.environ, DOCKER_HOST=engines.docker_host)
+
+    def compose(*args: str) -> subprocess.CompletedProcess[str]:
+        return engines.exec("docker-compose", "--project-directory", str(project), "-f",
+                            str(project / "docker-compose.yml"), "-p", "demo", *args,
+                            env=env)  # fmt: skip
+
+    compose("up", "-d")
+    net = docker_json(engines, "network", "inspect", "demo_default")
+    assert net["Driver"] == "pontoon"
+    wait_until(lambda: "demo_default" in engines.host.cli("network", "ls").stdout, what="network")
+    assert pings(engines, "demo_client_1", "web")  # the service name, by Docker's resolver
+    web = _hostname(engines, "demo_web_1")
+    assert fetch(outside, f"http://{HOST_ADDR}:8090/") == web
+    compose("down")
+    assert "demo_default" not in engines.host.cli("network", "ls").stdout
+    assert docker_attachments(engines) == []

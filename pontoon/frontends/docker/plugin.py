@@ -78,6 +78,9 @@ class DockerNetwork:
     docker_id: str
     network_id: str  # pontoon's
     name: str
+    # Docker's own IPAM hands out its addresses (no --ipam-driver pontoon, as
+    # docker-compose makes networks): pontoon takes each one as it comes.
+    docker_ipam: bool = False
 
 
 @dataclasses.dataclass
@@ -301,32 +304,35 @@ class DockerPlugin:
     async def create_network(self, data: dict[str, Any]) -> dict[str, Any]:
         req = protocol.network_create(data, placeholder_name="docker-" + _short(data))
         pool = self.pools.get(req.pool)
-        if pool is None:
-            raise InvalidArgument(
-                f"{protocol.PLUGIN_NAME} networks take their addresses from pontoon: "
-                "create the network with --ipam-driver pontoon"
-            )
-        pool.docker_network = req.network_id
-        existing = req.existing or pool.existing
+        existing = req.existing or (pool.existing if pool else "")
         if existing:
             net = self.engine.find_network(existing)
             await self._remember(DockerNetwork(req.network_id, net.id, net.name))
             return {}
-        spec = dataclasses.replace(
-            req.spec,
-            subnets=tuple(dataclasses.replace(s, ip_range=pool.sub_pool) for s in req.spec.subnets),
-        )
+        spec = req.spec
+        if pool is not None:
+            pool.docker_network = req.network_id
+            subnets = tuple(dataclasses.replace(s, ip_range=pool.sub_pool) for s in spec.subnets)
+            spec = dataclasses.replace(spec, subnets=subnets)
         await self.engine.check_network(spec)
+        if pool is None and self.engine.drivers.get(spec.driver).capabilities.scope == "global":
+            raise InvalidArgument(
+                f"{spec.driver} networks hand out addresses cluster-wide: create the network "
+                "with --ipam-driver pontoon"
+            )
         await asyncio.to_thread(firewall.ensure_docker_user)  # dockerd may have started since
-        task = asyncio.create_task(self._create_named(req.network_id, spec))
+        docker_ipam = pool is None
+        task = asyncio.create_task(self._create_named(req.network_id, spec, docker_ipam))
         self.creating[req.network_id] = task
         task.add_done_callback(lambda _: self.creating.pop(req.network_id, None))
         return {}
 
-    async def _create_named(self, docker_id: str, spec: NetworkSpec) -> DockerNetwork:
+    async def _create_named(
+        self, docker_id: str, spec: NetworkSpec, docker_ipam: bool
+    ) -> DockerNetwork:
         name = await self._network_name(docker_id)
         net = await self.engine.create_network(dataclasses.replace(spec, name=name))
-        found = DockerNetwork(docker_id, net.id, net.name)
+        found = DockerNetwork(docker_id, net.id, net.name, docker_ipam)
         await self._remember(found)
         return found
 
@@ -409,7 +415,7 @@ class DockerPlugin:
             gateway=False,
             dns=False,  # Docker's own resolver serves the container
             handover=True,
-            reserved_by=self.holder,
+            reserved_by="" if self._docker_ipam(ep.docker_network) else self.holder,
         )
         result = await self.engine.attach(req)
         att = result.attachments[0]
@@ -417,6 +423,10 @@ class DockerPlugin:
         # adds its docker_gwbridge, as the seed's overlay containers had.
         gateway = next(iter(att.gateways), "") if att.default_route else ""
         return protocol.join_reply(ifname, gateway)
+
+    def _docker_ipam(self, docker_id: str) -> bool:
+        known = self.networks.get(docker_id)
+        return known is not None and known.docker_ipam
 
     async def _container_name(self, ep: Endpoint) -> str:
         if self.dockerd is None:
