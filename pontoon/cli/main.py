@@ -288,9 +288,15 @@ def ps(ctx: click.Context, show_all: bool, fmt: str) -> None:
 @click.argument("name")
 @click.pass_context
 def port(ctx: click.Context, name: str) -> None:
-    """List a container's published ports."""
-    info = client(ctx).get(f"/containers/{ref(name)}/json")
-    ports = info["NetworkSettings"]["Ports"] or {}
+    """List a container's published ports (also a Docker or CNI container's)."""
+    api = client(ctx)
+    try:
+        ports = api.get(f"/containers/{ref(name)}/json")["NetworkSettings"]["Ports"] or {}
+    except ApiError as exc:
+        found = _foreign_ports(api, name) if exc.status == 404 else None
+        if found is None:
+            raise
+        ports = found
 
     def order(item: tuple[str, object]) -> tuple[int, str]:
         port, _, proto = item[0].partition("/")
@@ -299,6 +305,23 @@ def port(ctx: click.Context, name: str) -> None:
     for cport, bindings in sorted(ports.items(), key=order):
         for b in bindings or []:
             click.echo(f"{cport} -> {b['HostIp']}:{b['HostPort']}")
+
+
+def _foreign_ports(api: Client, name: str) -> dict[str, list[dict[str, str]]] | None:
+    """The ports of a container another runtime runs on pontoon's networks
+    (dockerd, a CNI runtime), from its attachments; None if it has none."""
+    atts = [
+        a for a in api.get("/attachments")
+        if a["Owner"]["Kind"] != "pontoon" and name in (a["Owner"]["Name"], a["Owner"]["Id"])
+    ]  # fmt: skip
+    if not atts:
+        return None
+    ports: dict[str, list[dict[str, str]]] = {}
+    for att in atts:
+        for p in att["Ports"]:
+            binding = {"HostIp": p["host_ip"], "HostPort": str(p["host_port"])}
+            ports.setdefault(f"{p['container_port']}/{p['proto']}", []).append(binding)
+    return ports
 
 
 @cli.command()

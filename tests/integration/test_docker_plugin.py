@@ -98,8 +98,9 @@ def fetch(where, url: str, retries: int = 20) -> str:
     return out.stdout.strip()
 
 
-def test_one_host_bridge_network(make_engine_host, make_host):
-    engines = docker_host(make_engine_host)
+@pytest.mark.parametrize("userland_proxy", ["true", "false"])
+def test_one_host_bridge_network(make_engine_host, make_host, userland_proxy):
+    engines = docker_host(make_engine_host, f"--userland-proxy={userland_proxy}")
     host = engines.host
     outside = add_outside(make_host, host)
     create_network(engines, "web", "--subnet", SUBNET)
@@ -132,6 +133,11 @@ def test_one_host_bridge_network(make_engine_host, make_host):
     assert fetch(outside, f"http://{HOST_ADDR}:8080/") == name
     ephemeral = ports_of(engines, "c1")["81/tcp"]  # -P: a host port of pontoon's choice
     assert fetch(outside, f"http://{HOST_ADDR}:{ephemeral}/") == name
+    # `docker port` cannot show a remote driver's ports; `pontoon port` can.
+    shown = host.cli("port", "c1").stdout.splitlines()
+    assert sorted(shown) == sorted(
+        ["80/tcp -> 0.0.0.0:8080", "80/tcp -> 127.0.0.1:8081", f"81/tcp -> 0.0.0.0:{ephemeral}"]
+    ), shown
     assert fetch(host, "http://127.0.0.1:8081/") == name
     assert fetch(outside, f"http://{HOST_ADDR}:8081/", retries=0) == ""  # loopback only
     pid = docker_json(engines, "inspect", "c2")["State"]["Pid"]
