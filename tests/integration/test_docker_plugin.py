@@ -203,7 +203,7 @@ def docker_lab():
     state = cluster.up(new_lab_name(), 2, f"10.{next(_subnets)}.0.0/24",
                        ["--log-level", "debug"], docker=True)  # fmt: skip
     try:
-        yield {h.name: h.engines() for h in state.hosts}
+        yield state, {h.name: h.engines() for h in state.hosts}
     finally:
         cluster.down(state.name)
 
@@ -230,7 +230,10 @@ def pings(engines: EngineHost, container: str, target: str) -> bool:
 
 
 def test_seed_overlay_on_two_hosts(docker_lab):
-    h1, h2 = docker_lab["h1"], docker_lab["h2"]
+    from pontoon.lab import cluster
+
+    state, engines = docker_lab
+    h1, h2 = engines["h1"], engines["h2"]
     # net1 made with docker on h1, net2 with pontoon on h2: both appear in both dockerds.
     h1.docker("network", "create", "-d", "pontoon", "--ipam-driver", "pontoon",
               "-o", "pontoon.driver=overlay", "--subnet", "10.201.1.0/24", "net1")  # fmt: skip
@@ -253,8 +256,31 @@ def test_seed_overlay_on_two_hosts(docker_lab):
     assert pings(h2, "c4", "c3")
     assert not pings(h1, "c1", "c4")
     # The outside, through Docker's docker_gwbridge (as the seed's overlay).
-    assert pings(h1, "c1", h2.host.sh("ip", "-4", "-o", "addr", "show", "eth0").stdout.split()[3]
-                 .partition("/")[0])  # fmt: skip
+    assert pings(h1, "c1", state.host("h2").address)
+
+    # Restarts with traffic flowing: each pontoond (one killed), then h2's dockerd.
+    ping = h1.popen("/usr/bin/docker", "-H", h1.docker_host, "exec", "c1", "ping", "-i", "0.2",
+                    "-w", "8", "c2", stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                    text=True)  # fmt: skip
+    cluster.restart_daemon(state, "h2", sig=signal.SIGKILL)
+    cluster.restart_daemon(state, "h1")
+    out, _ = ping.communicate(timeout=30)
+    assert " 0% packet loss" in out, out
+    run(h2, "c5", "net1")
+    wait_until(lambda: pings(h1, "c1", "c5"), what="a container made after the restarts")
+    h2.stop_dockerd()
+    h2.start_dockerd(*docker_dns(h2.host))
+    h2.docker("start", "c2")
+    wait_until(lambda: pings(h1, "c1", "c2"), what="c2 back after dockerd's restart")
+
+    # Removal: the networks leave both dockerds, nothing is left.
+    for each, names in ((h1, ("c1", "c3")), (h2, ("c2", "c4", "c5"))):
+        each.docker("rm", "-f", *names)
+    h1.docker("network", "rm", "net1")
+    h2.host.cli("network", "rm", "net2")
+    for each in (h1, h2):
+        wait_until(lambda e=each: not {"net1", "net2"} & docker_networks(e), what="removal")
+        assert docker_attachments(each) == []
 
 
 # -- restarts ----------------------------------------------------------------------------------
