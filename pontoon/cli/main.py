@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -437,16 +438,18 @@ def lab() -> None:
 @click.option("--subnet", default="10.10.0.0/24", show_default=True, help="The underlay.")
 @click.option("--name", default="lab", show_default=True)
 @click.option("--userland-proxy", type=click.BOOL, default=True, show_default=True)
-def lab_up(count: int, subnet: str, name: str, userland_proxy: bool) -> None:
+@click.option("--docker", is_flag=True, help="Also a dockerd per host, on pontoon's plugin.")
+def lab_up(count: int, subnet: str, name: str, userland_proxy: bool, docker: bool) -> None:
     """Build N hosts on an underlay bridge, start etcd and one pontoond per host."""
     from pontoon.lab import cluster
 
-    state = _lab_call(
-        cluster.up, name, count, subnet, [f"--userland-proxy={str(userland_proxy).lower()}"]
-    )
+    proxy = f"--userland-proxy={str(userland_proxy).lower()}"
+    state = _lab_call(functools.partial(cluster.up, docker=docker), name, count, subnet, [proxy])
     prefix = "lab://" if name == "lab" else f"lab://{name}/"
     for host in state.hosts:
         click.echo(f"{host.name}  {host.address:<15} pontoon -H {prefix}{host.name}")
+        if host.docker:
+            click.echo(f"    /usr/bin/docker -H {host.engines().docker_host}")
     click.echo(f"etcd {state.etcd_url}")
 
 

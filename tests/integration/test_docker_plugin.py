@@ -21,11 +21,9 @@ from tests.integration.helpers import HOST_ADDR, add_outside
 pytestmark = pytest.mark.integration
 
 SUBNET = "10.77.0.0/24"
-HTTPD = (
-    "sh",
-    "-c",
-    "hostname > /var/www/index.html && httpd -p 81 -h /var/www && exec httpd -f -p 80 -h /var/www",
-)
+# Serves its hostname on ports 80 (in the foreground), 81 and 82.
+HTTPD = ("sh", "-c", "hostname > /var/www/index.html && httpd -p 81 -h /var/www && "
+         "httpd -p 82 -h /var/www && exec httpd -f -p 80 -h /var/www")  # fmt: skip
 UDP_ECHO = (
     "import socket\n"
     "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 53))\n"
@@ -111,7 +109,8 @@ def test_one_host_bridge_network(make_engine_host, make_host, userland_proxy):
 
     # Fixed address and derived MAC; a given MAC; an alias.
     run(engines, "c1", "web", "--ip", "10.77.0.10", "--network-alias", "db",
-        "-p", "8080:80", "-p", "127.0.0.1:8081:80", "-P", "--expose", "81", cmd=HTTPD)  # fmt: skip
+        "-p", "8080:80", "-p", "127.0.0.1:8081:80", "-P", "--expose", "82",
+        "-p", "9000-9001:80-81", cmd=HTTPD)  # fmt: skip
     run(engines, "c2", "web", "--mac-address", "02:00:00:00:00:22", "-p", "5353:53/udp")
     c1 = docker_json(engines, "inspect", "c1")["NetworkSettings"]["Networks"]["web"]
     assert c1["IPAddress"] == "10.77.0.10" and c1["Gateway"] == "10.77.0.1"
@@ -131,12 +130,19 @@ def test_one_host_bridge_network(make_engine_host, make_host, userland_proxy):
     # Published ports, through pontoon (Docker's FORWARD policy is DROP).
     name = _hostname(engines, "c1")
     assert fetch(outside, f"http://{HOST_ADDR}:8080/") == name
-    ephemeral = ports_of(engines, "c1")["81/tcp"]  # -P: a host port of pontoon's choice
+    ephemeral = ports_of(engines, "c1")["82/tcp"]  # -P: a host port of pontoon's choice
     assert fetch(outside, f"http://{HOST_ADDR}:{ephemeral}/") == name
+    assert fetch(outside, f"http://{HOST_ADDR}:9001/") == name  # a range, one to one
     # `docker port` cannot show a remote driver's ports; `pontoon port` can.
     shown = host.cli("port", "c1").stdout.splitlines()
     assert sorted(shown) == sorted(
-        ["80/tcp -> 0.0.0.0:8080", "80/tcp -> 127.0.0.1:8081", f"81/tcp -> 0.0.0.0:{ephemeral}"]
+        [
+            "80/tcp -> 0.0.0.0:8080",
+            "80/tcp -> 127.0.0.1:8081",
+            "80/tcp -> 0.0.0.0:9000",
+            "81/tcp -> 0.0.0.0:9001",
+            f"82/tcp -> 0.0.0.0:{ephemeral}",
+        ]
     ), shown
     assert fetch(host, "http://127.0.0.1:8081/") == name
     assert fetch(outside, f"http://{HOST_ADDR}:8081/", retries=0) == ""  # loopback only
