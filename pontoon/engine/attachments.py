@@ -204,6 +204,22 @@ class Attachments:
             att.ports = []
             await self.state.save_attachment(att)
 
+    async def add_aliases(self, att: Attachment, aliases: list[str]) -> None:
+        """Names the owner learned after the attach (Docker tells a container's
+        aliases only once it runs); peers on other hosts learn them too."""
+        for alias in aliases:
+            model.check_name("alias", alias)
+        new = [a for a in dict.fromkeys(aliases) if a not in att.dns_names]
+        if not new:
+            return
+        att.aliases = list(dict.fromkeys([*att.aliases, *new]))
+        att.dns_names = [*att.dns_names, *new]
+        await self.state.save_attachment(att)
+        net = self.state.networks.get(att.network_id)
+        if net is not None and self.drivers.of(net).capabilities.scope == "global":
+            assert self.cluster is not None
+            await self.cluster.publish(att)
+
     def nameservers(self, owner_key: str) -> list[str]:
         return [LISTEN_ADDR] if owner_key in self.resolver.listeners else []
 

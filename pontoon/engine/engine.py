@@ -151,6 +151,14 @@ class Engine:
                 return
             await self.attachments.unpublish(att)
 
+    async def add_aliases(self, att_ref: str, aliases: list[str]) -> None:
+        async with self.lock:
+            try:
+                att = self.find_attachment(att_ref)
+            except NotFound:
+                return  # detached meanwhile
+            await self.attachments.add_aliases(att, aliases)
+
     def find_attachment(self, ref: str) -> Attachment:
         return find(self.state.attachments.values(), ref, "attachment", lambda a: ("", a.id))
 

@@ -247,7 +247,7 @@ def test_seed_overlay_on_two_hosts(docker_lab):
     for engines in (h1, h2):
         wait_until(lambda e=engines: {"net1", "net2"} <= docker_networks(e), what="networks")
     run(h1, "c1", "net1")
-    run(h1, "c3", "net2")
+    run(h1, "c3", "net2", "--network-alias", "db")
     run(h2, "c2", "net1")
     run(h2, "c4", "net2")
     c2, c4 = ip_on(h2, "c2", "net1"), ip_on(h2, "c4", "net2")
@@ -260,6 +260,7 @@ def test_seed_overlay_on_two_hosts(docker_lab):
     # Names across hosts: Docker's resolver asks pontoon's for what it does not know.
     assert pings(h1, "c1", "c2")
     assert pings(h2, "c4", "c3")
+    wait_until(lambda: pings(h2, "c4", "db"), what="an alias across hosts")
     assert not pings(h1, "c1", "c4")
     # The outside, through Docker's docker_gwbridge (as the seed's overlay).
     assert pings(h1, "c1", state.host("h2").address)
@@ -331,6 +332,15 @@ def test_restarts_in_any_order(make_engine_host, make_host):
     engines.start_dockerd(*docker_dns(host))
     engines.docker("start", "c1", "c2")
     still_working("c4")
+
+    # A container removed while pontoond is down leaves nothing once it is back.
+    run(engines, "c6", "web", "--ip", "10.77.0.66")
+    host.stop_daemon()
+    engines.docker("rm", "-f", "c6")
+    restart_pontoond(engines)
+    assert all("10.77.0.66/24" not in a["Addresses"] for a in docker_attachments(engines))
+    run(engines, "c6", "web", "--ip", "10.77.0.66")  # its address is free again
+    engines.docker("rm", "-f", "c6")
 
     # dockerd starts while pontoond is down: it recovers once pontoond is up.
     dns = docker_dns(host)

@@ -82,6 +82,27 @@ class Dockerd:
                 return str(ep.get("Name", ""))
         return ""
 
+    async def endpoints(self, network_id: str) -> dict[str, str] | None:
+        """Endpoint ID -> the container (or "ep-<id>" before its join is
+        stored) of every endpoint dockerd has on a network; None if the
+        network is gone."""
+        found = await self.network(network_id)
+        if found is None:
+            return None
+        containers = found.get("Containers") or {}
+        return {str(ep.get("EndpointID")): key for key, ep in containers.items()}
+
+    async def aliases(self, container: str, endpoint_id: str) -> list[str]:
+        """A container's aliases on the network of one of its endpoints (it
+        runs: dockerd no longer holds its lock)."""
+        status, data = await self.request("GET", f"/containers/{container}/json")
+        if status != 200 or not isinstance(data, dict):
+            return []
+        for net in ((data.get("NetworkSettings") or {}).get("Networks") or {}).values():
+            if net.get("EndpointID") == endpoint_id:
+                return [str(a) for a in net.get("Aliases") or []]
+        return []
+
     async def networks(self, driver: str) -> list[dict[str, Any]]:
         status, data = await self.request("GET", "/networks")
         if status != 200 or not isinstance(data, list):

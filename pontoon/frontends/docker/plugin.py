@@ -35,6 +35,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,9 @@ ENDPOINTS = "/docker/endpoints/"
 CALL_TIMEOUT = 60.0
 NAME_WAIT = 10.0
 SYNC_SECONDS = 1.0
+COLLECT_EVERY = 10  # sync rounds between looks for endpoints dockerd forgot
+STALE_AFTER = 60.0  # seconds: an endpoint this old that dockerd does not list is gone
+ALIAS_WAIT = 30.0
 
 
 @dataclasses.dataclass
@@ -89,6 +93,7 @@ class Endpoint:
     endpoint_id: str
     address: str  # address/prefix
     mac: str
+    created: float = dataclasses.field(default_factory=time.time)
 
 
 class DockerPlugin:
@@ -102,6 +107,7 @@ class DockerPlugin:
         self._sync: asyncio.Task[None] | None = None
         self._told: set[str] = set()  # conflicts already logged
         self.names = DockerDns(self)
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def holder(self) -> str:
@@ -129,12 +135,14 @@ class DockerPlugin:
 
     async def close(self) -> None:
         self.names.close()
+        for task in list(self._tasks):
+            task.cancel()
         if self._sync is not None:
             self._sync.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sync
-        for task in self.creating.values():
-            task.cancel()
+        for creating in self.creating.values():
+            creating.cancel()
         if self.dockerd is not None:
             await self.dockerd.close()
 
@@ -419,10 +427,38 @@ class DockerPlugin:
         )
         result = await self.engine.attach(req)
         att = result.attachments[0]
+        self._background(self._learn_aliases(ep, att.id))
         # No gateway where the network has no way out (an overlay): Docker then
         # adds its docker_gwbridge, as the seed's overlay containers had.
         gateway = next(iter(att.gateways), "") if att.default_route else ""
         return protocol.join_reply(ifname, gateway)
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _learn_aliases(self, ep: Endpoint, att_id: str) -> None:
+        """--network-alias reaches the driver nowhere: once the container runs,
+        read its aliases from dockerd, so that other hosts resolve them too."""
+        if self.dockerd is None:
+            return
+        deadline = time.monotonic() + ALIAS_WAIT
+        delay = 0.1
+        while time.monotonic() < deadline:
+            try:
+                found = await self.dockerd.endpoints(ep.docker_network)
+                container = (found or {}).get(ep.endpoint_id, "")
+                if found is None or not container:
+                    return  # gone already
+                if not container.startswith("ep-"):
+                    aliases = await self.dockerd.aliases(container, ep.endpoint_id)
+                    await self.engine.add_aliases(att_id, aliases)
+                    return
+            except (DockerdError, PontoonError) as exc:
+                log.debug("endpoint %s: aliases: %s", ep.endpoint_id[:12], exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     def _docker_ipam(self, docker_id: str) -> bool:
         known = self.networks.get(docker_id)
@@ -466,9 +502,13 @@ class DockerPlugin:
     # -- global networks in this host's dockerd ----------------------------------------
 
     async def _sync_loop(self) -> None:
+        rounds = 0
         while True:
+            rounds += 1
             try:
                 await self.sync_global()
+                if rounds % COLLECT_EVERY == 0:
+                    await self.collect_stale()
             except DockerdError as exc:
                 log.debug("docker sync: %s", exc)  # dockerd is down or starting
             except Exception:
@@ -501,6 +541,26 @@ class DockerPlugin:
             if gone and known.docker_id in in_dockerd:
                 log.info("network %s left the cluster: removing it from dockerd", known.name)
                 await self.dockerd.remove_network(known.docker_id)
+
+    async def collect_stale(self) -> None:
+        """Endpoints dockerd no longer has (it removed them while pontoond was
+        down, or gave up calling us): their attachments and addresses go."""
+        if self.dockerd is None:
+            return
+        live: dict[str, set[str]] = {}
+        for docker_id in {ep.docker_network for ep in self.endpoints.values()}:
+            found = await self.dockerd.endpoints(docker_id)
+            live[docker_id] = set(found or {})
+        now = time.time()
+        for ep in list(self.endpoints.values()):
+            if ep.endpoint_id in live[ep.docker_network] or now - ep.created < STALE_AFTER:
+                continue
+            log.info("endpoint %s: gone from dockerd, detaching", ep.endpoint_id[:12])
+            await self.delete_endpoint({"EndpointID": ep.endpoint_id})
+            net = self.networks.get(ep.docker_network)
+            if net is not None and not self._docker_ipam(ep.docker_network):
+                address = addresses.address_of(ep.address)
+                await self.engine.release_reserved(net.network_id, self.holder, address)
 
     def _is_global(self, net: Network) -> bool:
         return self.engine.drivers.of(net).capabilities.scope == "global"
