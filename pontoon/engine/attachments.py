@@ -204,16 +204,20 @@ class Attachments:
             att.ports = []
             await self.state.save_attachment(att)
 
-    async def add_aliases(self, att: Attachment, aliases: list[str]) -> None:
-        """Names the owner learned after the attach (Docker tells a container's
-        aliases only once it runs); peers on other hosts learn them too."""
+    async def learned(self, att: Attachment, aliases: list[str], ifname: str = "") -> None:
+        """What the owner's runtime tells after the attach (Docker: a
+        container's aliases once it runs, and the name it gave a handed-over
+        interface); peers on other hosts learn the aliases too."""
         for alias in aliases:
             model.check_name("alias", alias)
         new = [a for a in dict.fromkeys(aliases) if a not in att.dns_names]
-        if not new:
+        renamed = bool(ifname) and att.handover and ifname != att.ifname
+        if not new and not renamed:
             return
         att.aliases = list(dict.fromkeys([*att.aliases, *new]))
         att.dns_names = [*att.dns_names, *new]
+        if renamed:
+            att.ifname = ifname
         await self.state.save_attachment(att)
         net = self.state.networks.get(att.network_id)
         if net is not None and self.drivers.of(net).capabilities.scope == "global":

@@ -151,13 +151,15 @@ class Engine:
                 return
             await self.attachments.unpublish(att)
 
-    async def add_aliases(self, att_ref: str, aliases: list[str]) -> None:
+    async def learned(self, att_ref: str, aliases: list[str], ifname: str = "") -> None:
+        """Aliases (and a handed-over interface's final name) the owner's
+        runtime tells after the attach."""
         async with self.lock:
             try:
                 att = self.find_attachment(att_ref)
             except NotFound:
                 return  # detached meanwhile
-            await self.attachments.add_aliases(att, aliases)
+            await self.attachments.learned(att, aliases, ifname)
 
     def find_attachment(self, ref: str) -> Attachment:
         return find(self.state.attachments.values(), ref, "attachment", lambda a: ("", a.id))

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from pyroute2.netlink.exceptions import NetlinkError
 
 from pontoon.core import addresses
 from pontoon.core.model import OWNER_DOCKER, Network, NetworkSpec, Owner
@@ -50,6 +51,7 @@ from pontoon.errors import InvalidArgument, NotFound, PontoonError, Unavailable,
 from pontoon.frontends.docker import firewall, protocol
 from pontoon.frontends.docker.dns import DockerDns
 from pontoon.frontends.docker.dockerd import Dockerd, DockerdError
+from pontoon.sandbox import netns
 
 log = logging.getLogger(__name__)
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -440,7 +442,8 @@ class DockerPlugin:
 
     async def _learn_aliases(self, ep: Endpoint, att_id: str) -> None:
         """--network-alias reaches the driver nowhere: once the container runs,
-        read its aliases from dockerd, so that other hosts resolve them too."""
+        read its aliases from dockerd, so that other hosts resolve them too;
+        and the name Docker gave the interface (eth0, eth1, ...)."""
         if self.dockerd is None:
             return
         deadline = time.monotonic() + ALIAS_WAIT
@@ -453,12 +456,22 @@ class DockerPlugin:
                     return  # gone already
                 if not container.startswith("ep-"):
                     aliases = await self.dockerd.aliases(container, ep.endpoint_id)
-                    await self.engine.add_aliases(att_id, aliases)
+                    ifname = await self._moved_ifname(att_id, ep.mac)
+                    await self.engine.learned(att_id, aliases, ifname)
                     return
             except (DockerdError, PontoonError) as exc:
                 log.debug("endpoint %s: aliases: %s", ep.endpoint_id[:12], exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+    async def _moved_ifname(self, att_id: str, mac: str) -> str:
+        att = self.engine.state.attachments.get(att_id)
+        if att is None:
+            return ""
+        try:
+            return await asyncio.to_thread(_link_with_mac, att.netns, mac)
+        except (OSError, NetlinkError):
+            return ""  # the container is gone already
 
     def _docker_ipam(self, docker_id: str) -> bool:
         known = self.networks.get(docker_id)
@@ -564,6 +577,14 @@ class DockerPlugin:
 
     def _is_global(self, net: Network) -> bool:
         return self.engine.drivers.of(net).capabilities.scope == "global"
+
+
+def _link_with_mac(sandbox: str, mac: str) -> str:
+    with netns.iproute(sandbox) as ipr:
+        for link in ipr.link("dump"):
+            if str(link.get("IFLA_ADDRESS", "")).lower() == mac:
+                return str(link.get("IFLA_IFNAME", ""))
+    return ""
 
 
 def _short(data: dict[str, Any]) -> str:
