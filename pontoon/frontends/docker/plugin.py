@@ -75,7 +75,6 @@ class Pool:
     pool: str
     sub_pool: str
     existing: str = ""  # protocol.NETWORK_OPTION
-    gateway: str = ""
     docker_network: str = ""  # set by CreateNetwork
 
 
@@ -246,17 +245,12 @@ class DockerPlugin:
         return {"PoolID": protocol.pool_id(pool, req.sub_pool), "Pool": pool, "Data": {}}
 
     async def _free_subnet(self) -> str:
-        """A subnet no network here uses, from pontoon's pools (bridge ones:
-        Docker asks before it says which driver the network is for)."""
-        taken = set(self.pools)
-        for _ in range(16):
-            spec = NetworkSpec(name="docker-pool-probe")
-            plans = await self.engine.check_network(spec, also_taken=sorted(taken))
-            subnet = str(plans[0].subnet)
-            if subnet not in taken:
-                return subnet
-            taken.add(subnet)
-        raise Unavailable("no free subnet left in pontoon's address pools")
+        """A subnet no network here uses nor another pool promised, from
+        pontoon's pools (the bridge ones: Docker asks before it says which
+        driver the network is for)."""
+        spec = NetworkSpec(name="docker-pool-probe")
+        plans = await self.engine.check_network(spec, also_taken=sorted(self.pools))
+        return str(plans[0].subnet)
 
     async def release_pool(self, data: dict[str, Any]) -> dict[str, Any]:
         pool, _ = protocol.parse_pool_id(str(data.get("PoolID", "")))
@@ -278,10 +272,7 @@ class DockerPlugin:
             sub = net.subnet_for(4)
             assert sub is not None
             return protocol.with_prefix(sub.gateway, pool)
-        gateway = protocol.gateway_for(pool, asked)
-        if pool in self.pools:
-            self.pools[pool].gateway = gateway
-        return protocol.with_prefix(gateway, pool)
+        return protocol.with_prefix(protocol.gateway_for(pool, asked), pool)
 
     async def release_address(self, data: dict[str, Any]) -> dict[str, Any]:
         pool, _ = protocol.parse_pool_id(str(data.get("PoolID", "")))
