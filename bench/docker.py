@@ -68,7 +68,10 @@ def one_run(engines: EngineHost, driver: str, index: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="5 runs (make bench's short run)")
     args = parser.parse_args()
+    if args.quick:
+        args.runs = 5
     tag = uuid.uuid4().hex[:6]
     host = SimHost(f"ptb-docker-{tag}", Path("/tmp/pontoon-bench") / f"docker-{tag}")
     host.create()

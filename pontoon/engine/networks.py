@@ -168,12 +168,26 @@ class Networks:
         if self.state.default_network() is not None:
             return
         iface = ipaddress.ip_interface(bip)
+        subnet = Subnet(str(iface.network), str(iface.ip))
+        if bip == ipam.DEFAULT_BIP:
+            subnet = await self._around_host_routes(subnet)
         spec = NetworkSpec(
             DEFAULT_NETWORK,
-            subnets=(Subnet(str(iface.network), str(iface.ip)),),
+            subnets=(subnet,),
             options={BRIDGE_NAME_OPTION: DEFAULT_BRIDGE},
         )
         await self.create(spec, default=True)
+
+    async def _around_host_routes(self, wanted: Subnet) -> Subnet:
+        """The default bridge's usual subnet, or, when the host already routes
+        it (dockerd's docker0 wants the same 172.17.0.0/16 and may have
+        started first), the first free one of the pools."""
+        routes = await self.kernel.call(self.kernel.host_routes, {DEFAULT_BRIDGE})
+        if ipam.overlapping(ipaddress.ip_network(wanted.subnet), routes) is None:
+            return wanted
+        plan = ipam.plan_subnets([], self.pools, self._taken(), routes)[0]
+        log.info("default bridge: %s is taken on this host, using %s", wanted.subnet, plan.subnet)
+        return plan.record(False)
 
     async def gateway_network(self) -> Network:
         """pontoon_gwbridge, made on first need: the default route and outbound

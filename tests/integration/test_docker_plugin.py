@@ -401,3 +401,22 @@ def test_compose_default_network_on_pontoon(make_engine_host, make_host):
     compose("down")
     assert "demo_default" not in engines.host.cli("network", "ls").stdout
     assert docker_attachments(engines) == []
+
+
+def test_dockerd_first_then_pontoond(make_engine_host):
+    """docker0 and pontoon0 both want 172.17.0.0/16: whichever starts second
+    picks around the first (dockerd does, and so does pontoon)."""
+    engines = make_engine_host(start=False)
+    engines.start_dockerd()
+    engines.import_image("docker")
+    engines.host.start_daemon("--docker-plugin", "--docker-host", engines.docker_host)
+    bridge = engines.host.cli_json("network", "inspect", "bridge")[0]
+    docker0 = docker_json(engines, "network", "inspect", "bridge")
+    ours, theirs = bridge["IPAM"]["Config"][0]["Subnet"], docker0["IPAM"]["Config"][0]["Subnet"]
+    assert ours != theirs, (ours, theirs)
+    create_network(engines, "web", "--subnet", SUBNET)
+    run(engines, "c1", "web")
+    run(engines, "c2", "web")
+    assert pings(engines, "c2", "c1")
+    engines.docker("rm", "-f", "c1", "c2")
+    engines.docker("network", "rm", "web")
