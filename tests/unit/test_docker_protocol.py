@@ -221,3 +221,38 @@ def test_port_requests_refusals() -> None:
         )
     with pytest.raises(InvalidArgument, match="protocol"):
         protocol.port_requests({"com.docker.network.portmap": [{"Proto": 1, "Port": 80}]})
+
+
+def test_docker_network_body_binds_to_the_pontoon_network() -> None:
+    from pontoon.core.model import Network
+
+    net = Network(
+        id="f" * 64,
+        name="net1",
+        driver="overlay",
+        subnets=[Subnet("10.201.1.0/24", "10.201.1.1", "10.201.1.128/25")],
+    )
+    body = protocol.docker_network_body(net)
+    assert body["Name"] == "net1" and body["Driver"] == "pontoon"
+    assert body["IPAM"] == {
+        "Driver": "pontoon",
+        "Config": [
+            {"Subnet": "10.201.1.0/24", "Gateway": "10.201.1.1", "IPRange": "10.201.1.128/25"}
+        ],
+        "Options": {"pontoon.network": "f" * 64},
+    }
+    assert body["Options"] == {"pontoon.network": "f" * 64, "pontoon.driver": "overlay"}
+    # What dockerd then sends back binds to it.
+    pool = protocol.pool_request(
+        {"Pool": "10.201.1.0/24", "SubPool": "10.201.1.128/25", "Options": body["IPAM"]["Options"]}
+    )
+    assert pool.options == {"pontoon.network": "f" * 64}
+    created = protocol.network_create(
+        {
+            **CREATE_NETWORK,
+            "Options": {"com.docker.network.generic": body["Options"]},
+            "IPv4Data": [{"Pool": "10.201.1.0/24", "Gateway": "10.201.1.1/24"}],
+        },
+        "x",
+    )
+    assert created.existing == "f" * 64 and created.spec.driver == "overlay"
