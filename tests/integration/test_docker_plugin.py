@@ -161,6 +161,14 @@ def test_one_host_bridge_network(make_engine_host, make_host, userland_proxy):
     engines.docker("network", "connect", "back", "c2")
     addrs = engines.docker("exec", "c2", "ip", "-o", "-4", "addr").stdout
     assert "eth1" in addrs
+
+    def c2_attachments() -> list[dict]:
+        return [a for a in docker_attachments(engines) if a["Owner"]["Name"] == "c2"]
+
+    # One owner, the container; its interfaces under the names Docker gave them.
+    wait_until(lambda: sorted(a["Interface"] for a in c2_attachments()) == ["eth0", "eth1"],
+               what="interface names")  # fmt: skip
+    assert len({a["Owner"]["Id"] for a in c2_attachments()}) == 1
     engines.docker("network", "disconnect", "back", "c2")
     assert "eth1" not in engines.docker("exec", "c2", "ip", "-o", "-4", "addr").stdout
     engines.docker("network", "rm", "back")

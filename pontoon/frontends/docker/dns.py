@@ -79,7 +79,8 @@ class DockerDns(asyncio.DatagramProtocol):
         return owner
 
     async def _refresh(self) -> None:
-        """docker_gwbridge address -> container -> its first pontoon endpoint."""
+        """docker_gwbridge address -> container -> one of its pontoon
+        endpoints -> the container's owner key."""
         self._refreshed = time.monotonic()
         dockerd = self.plugin.dockerd
         if dockerd is None:
@@ -97,6 +98,7 @@ class DockerDns(asyncio.DatagramProtocol):
         owners = {}
         for container, ep in ((gw or {}).get("Containers") or {}).items():
             address = str(ep.get("IPv4Address", "")).partition("/")[0]
-            if container in by_container and address:
-                owners[address] = f"{OWNER_DOCKER}/{by_container[container]}"
+            att = self.plugin.attachment_of(by_container.get(container, ""))
+            if att is not None and address:
+                owners[address] = att.owner.key
         self._gw_owners = owners

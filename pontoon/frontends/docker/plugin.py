@@ -44,7 +44,7 @@ from aiohttp import web
 from pyroute2.netlink.exceptions import NetlinkError
 
 from pontoon.core import addresses
-from pontoon.core.model import OWNER_DOCKER, Network, NetworkSpec, Owner
+from pontoon.core.model import OWNER_DOCKER, Attachment, Network, NetworkSpec, Owner
 from pontoon.engine.attachments import AttachRequest
 from pontoon.engine.engine import Engine
 from pontoon.errors import InvalidArgument, NotFound, PontoonError, Unavailable, os_error_text
@@ -95,6 +95,7 @@ class Endpoint:
     address: str  # address/prefix
     mac: str
     created: float = dataclasses.field(default_factory=time.time)
+    attachment: str = ""  # pontoon's, once joined
 
 
 class DockerPlugin:
@@ -386,10 +387,13 @@ class DockerPlugin:
         await self._network(req.network_id)
         mac = req.mac or addresses.mac_for(addresses.address_of(req.address))
         ep = Endpoint(req.network_id, req.endpoint_id, req.address, mac)
-        self.endpoints[ep.endpoint_id] = ep
-        await self.engine.store.put(ENDPOINTS + ep.endpoint_id, json.dumps(dataclasses.asdict(ep)))
+        await self._save_endpoint(ep)
         # Docker refuses a MAC back when it gave one.
         return {} if req.mac else {"Interface": {"MacAddress": mac}}
+
+    async def _save_endpoint(self, ep: Endpoint) -> None:
+        self.endpoints[ep.endpoint_id] = ep
+        await self.engine.store.put(ENDPOINTS + ep.endpoint_id, json.dumps(dataclasses.asdict(ep)))
 
     async def endpoint_info(self, data: dict[str, Any]) -> dict[str, Any]:
         ep = self.endpoints.get(str(data.get("EndpointID", "")))
@@ -410,7 +414,9 @@ class DockerPlugin:
             network=net.id,
             netns=sandbox,
             ifname=ifname,
-            owner=Owner(OWNER_DOCKER, endpoint_id, name),
+            # The container (its sandbox), not the endpoint: its attachments on
+            # several networks are one owner, with one DNS view, as pontoon's own.
+            owner=Owner(OWNER_DOCKER, Path(sandbox).name, name),
             ips=[addresses.address_of(ep.address)],
             mac=ep.mac,
             gateway=False,
@@ -420,10 +426,14 @@ class DockerPlugin:
         )
         result = await self.engine.attach(req)
         att = result.attachments[0]
+        ep.attachment = att.id
+        await self._save_endpoint(ep)
         self._background(self._learn_aliases(ep, att.id))
-        # No gateway where the network has no way out (an overlay): Docker then
-        # adds its docker_gwbridge, as the seed's overlay containers had.
-        gateway = next(iter(att.gateways), "") if att.default_route else ""
+        # A gateway wherever the network has a way out, on every endpoint (Docker
+        # picks which one a container's default route takes); none on an overlay:
+        # Docker then adds its docker_gwbridge, as the seed's overlay containers had.
+        way_out = self.engine.drivers.of(net).capabilities.default_route and not net.internal
+        gateway = next(iter(att.gateways), "") if way_out else ""
         return protocol.join_reply(ifname, gateway)
 
     def _background(self, coro: Any) -> None:
@@ -479,7 +489,7 @@ class DockerPlugin:
 
     async def program_external(self, data: dict[str, Any]) -> dict[str, Any]:
         ports = protocol.port_requests(data.get("Options") or {})
-        att = self._attachment(str(data.get("EndpointID", "")))
+        att = self.attachment_of(str(data.get("EndpointID", "")))
         if att is None:
             raise NotFound("the endpoint has not joined a container")
         if ports:
@@ -487,18 +497,34 @@ class DockerPlugin:
         return {}
 
     async def revoke_external(self, data: dict[str, Any]) -> dict[str, Any]:
-        att = self._attachment(str(data.get("EndpointID", "")))
+        att = self.attachment_of(str(data.get("EndpointID", "")))
         if att is not None:
             await self.engine.unpublish_ports(att.id)
         return {}
 
-    def _attachment(self, endpoint_id: str) -> Any:
-        found = self.engine.state.of_owner(Owner(OWNER_DOCKER, endpoint_id).key)
-        return found[0] if found else None
+    def attachment_of(self, endpoint_id: str) -> Attachment | None:
+        """An endpoint's attachment: the one its Join made, else (pontoond died
+        before it noted which) the container's one with its address."""
+        ep = self.endpoints.get(endpoint_id)
+        if ep is None:
+            return None
+        att = self.engine.state.attachments.get(ep.attachment)
+        if att is not None:
+            return att
+        known = self.networks.get(ep.docker_network)
+        address = addresses.address_of(ep.address)
+        for att in self.engine.state.attachments.values():
+            on_network = known is not None and att.network_id == known.network_id
+            if att.owner.kind == OWNER_DOCKER and on_network and address in att.ips:
+                return att
+        return None
 
     async def delete_endpoint(self, data: dict[str, Any]) -> dict[str, Any]:
         endpoint_id = str(data.get("EndpointID", ""))
-        await self.engine.detach_owner(Owner(OWNER_DOCKER, endpoint_id).key)
+        att = self.attachment_of(endpoint_id)
+        if att is not None:
+            with contextlib.suppress(NotFound):  # detached meanwhile
+                await self.engine.detach(att.id)
         self.endpoints.pop(endpoint_id, None)
         await self.engine.store.delete(ENDPOINTS + endpoint_id)
         return {}
