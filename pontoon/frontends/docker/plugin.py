@@ -15,8 +15,11 @@ How Docker's calls map onto the engine:
                                   for Docker to move, with the reserved address
     ProgramExternalConnectivity   Engine.publish_ports (Docker picks which
                                   endpoint of a container publishes)
-    NetworkDriver.DeleteEndpoint  Engine.detach_owner
+    NetworkDriver.DeleteEndpoint  Engine.detach (the endpoint's attachment)
     NetworkDriver.DeleteNetwork   Engine.remove_network
+
+An attachment's owner is the container (kind docker, its sandbox's ID, its
+name), so a container on several networks has one DNS view.
 
 Docker never tells a driver the network's name: CreateNetwork answers once
 the request is checked, and a task then asks dockerd's API for the name (the
@@ -26,6 +29,10 @@ network under it. Calls that need the network wait for that task.
 What must survive a restart of pontoond lives in the local store under
 /docker/: which pontoon network each Docker network is, and the endpoints
 between CreateEndpoint and DeleteEndpoint.
+
+Besides the calls, a sync task shows every global network of the cluster in
+this host's dockerd (and removes those that left), collects endpoints dockerd
+forgot, and dns.py answers the names Docker's resolver forwards.
 """
 
 from __future__ import annotations
@@ -121,10 +128,10 @@ class DockerPlugin:
     async def load(self) -> None:
         store = self.engine.store
         for value in await store.values(NETWORKS):
-            net = DockerNetwork(**json.loads(value))
+            net = _record(DockerNetwork, value)
             self.networks[net.docker_id] = net
         for value in await store.values(ENDPOINTS):
-            ep = Endpoint(**json.loads(value))
+            ep = _record(Endpoint, value)
             self.endpoints[ep.endpoint_id] = ep
         await asyncio.to_thread(firewall.ensure_docker_user)
 
@@ -184,18 +191,22 @@ class DockerPlugin:
     def _serve(self, path: str, handler: Handler) -> WebHandler:
         async def serve(request: web.Request) -> web.Response:
             try:
-                data = await request.json() if request.can_read_body else {}
+                # Docker sends no body, or `null`, to calls without arguments.
+                data = (await request.json() if request.can_read_body else None) or {}
             except ValueError:
-                return web.json_response(protocol.error_reply(path, "invalid JSON"), status=400)
+                data = None
+            if not isinstance(data, dict):
+                reply = protocol.error_reply(path, "the request must be a JSON object")
+                return web.json_response(reply, status=400)
             log.debug("docker %s %s", path, data)
             try:
-                reply = await asyncio.wait_for(handler(data or {}), CALL_TIMEOUT)
+                reply = await asyncio.wait_for(handler(data), CALL_TIMEOUT)
             except PontoonError as exc:
                 reply = protocol.error_reply(path, exc.message)
             except TimeoutError:
                 log.error("docker %s timed out", path)
                 reply = protocol.error_reply(path, f"{path[1:]} timed out; see pontoond's log")
-            except OSError as exc:
+            except (OSError, NetlinkError) as exc:
                 log.exception("docker %s: kernel error", path)
                 reply = protocol.error_reply(path, os_error_text(exc))
             except Exception as exc:
@@ -594,6 +605,12 @@ class DockerPlugin:
 
     def _is_global(self, net: Network) -> bool:
         return self.engine.drivers.of(net).capabilities.scope == "global"
+
+
+def _record(kind: Any, value: str) -> Any:
+    """A record of ours from the store; keys a newer release added are ignored."""
+    data = json.loads(value)
+    return kind(**{f.name: data[f.name] for f in dataclasses.fields(kind) if f.name in data})
 
 
 def _link_with_mac(sandbox: str, mac: str) -> str:
