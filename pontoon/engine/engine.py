@@ -76,6 +76,12 @@ class Engine:
         async with self.lock:
             return await self.networks.create(spec)
 
+    async def gateway_network(self) -> Network:
+        """pontoon_gwbridge, made on first need: for a front end whose runtime
+        plugs the gateway attachment itself (dockerd)."""
+        async with self.lock:
+            return await self.networks.gateway_network()
+
     async def check_network(
         self, spec: NetworkSpec, also_taken: list[str] | None = None
     ) -> list[ipam.SubnetPlan]:

@@ -270,8 +270,13 @@ def test_seed_overlay_on_two_hosts(docker_lab):
     assert pings(h2, "c4", "c3")
     wait_until(lambda: pings(h2, "c4", "db"), what="an alias across hosts")
     assert not pings(h1, "c1", "c4")
-    # The outside, through Docker's docker_gwbridge (as the seed's overlay).
+    # The outside, through pontoon's gateway bridge (docker_gwbridge in the seed),
+    # and published ports of an overlay container, through pontoon's port mapping.
     assert pings(h1, "c1", state.host("h2").address)
+    assert "pontoon_gwbridge" in docker_networks(h1)
+    run(h1, "web1", "net1", "-p", "8088:80", cmd=HTTPD)
+    assert fetch(h2.host, f"http://{state.host('h1').address}:8088/") == _hostname(h1, "web1")
+    assert "8088" in h1.host.cli("port", "web1").stdout
 
     # Restarts with traffic flowing: each pontoond (one killed), then h2's dockerd.
     ping = h1.popen("/usr/bin/docker", "-H", h1.docker_host, "exec", "c1", "ping", "-i", "0.2",
@@ -289,7 +294,7 @@ def test_seed_overlay_on_two_hosts(docker_lab):
     wait_until(lambda: pings(h1, "c1", "c2"), what="c2 back after dockerd's restart")
 
     # Removal: the networks leave both dockerds, nothing is left.
-    for each, names in ((h1, ("c1", "c3")), (h2, ("c2", "c4", "c5"))):
+    for each, names in ((h1, ("c1", "c3", "web1")), (h2, ("c2", "c4", "c5"))):
         each.docker("rm", "-f", *names)
     h1.docker("network", "rm", "net1")
     h2.host.cli("network", "rm", "net2")

@@ -171,6 +171,9 @@ def test_join_reply() -> None:
         "Gateway": "10.90.0.1",
     }
     assert "Gateway" not in protocol.join_reply("vptx", "")
+    # An overlay: no gateway, and no docker_gwbridge either (pontoon plugs its own).
+    overlay = protocol.join_reply("vptx", "", own_gateway=True)
+    assert overlay["DisableGatewayService"] is True and "Gateway" not in overlay
 
 
 def test_port_requests() -> None:

@@ -42,9 +42,13 @@ class Dockerd:
         if self._session is not None:
             await self._session.close()
 
-    async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    async def request(
+        self, method: str, path: str, body: Any = None, timeout: float = CALL_TIMEOUT
+    ) -> tuple[int, Any]:
         try:
-            async with self._client().request(method, f"http://docker{path}", json=body) as resp:
+            async with self._client().request(
+                method, f"http://docker{path}", json=body, timeout=aiohttp.ClientTimeout(timeout)
+            ) as resp:
                 data = await resp.json(content_type=None) if resp.content_length != 0 else None
                 return resp.status, data
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
@@ -115,6 +119,15 @@ class Dockerd:
             message = data.get("message") if isinstance(data, dict) else data
             raise DockerdError(f"creating network {body.get('Name')}: {message}")
         return str((data or {}).get("Id", ""))
+
+    async def connect(self, network_id: str, container: str) -> None:
+        """`docker network connect`; already connected is fine. dockerd may
+        first finish starting the container (it holds its lock meanwhile)."""
+        body = {"Container": container}
+        status, data = await self.request("POST", f"/networks/{network_id}/connect", body, 30.0)
+        message = str(data.get("message", "") if isinstance(data, dict) else data)
+        if status not in (200, 201) and "already exists" not in message:
+            raise DockerdError(f"connecting {container[:12]}: {message}")
 
     async def remove_network(self, network_id: str) -> None:
         status, data = await self.request("DELETE", f"/networks/{network_id}")

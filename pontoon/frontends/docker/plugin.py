@@ -117,6 +117,7 @@ class DockerPlugin:
         self._told: set[str] = set()  # conflicts already logged
         self.names = DockerDns(self)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._gateway_lock = asyncio.Lock()
 
     @property
     def holder(self) -> str:
@@ -439,27 +440,32 @@ class DockerPlugin:
         att = result.attachments[0]
         ep.attachment = att.id
         await self._save_endpoint(ep)
-        self._background(self._learn_aliases(ep, att.id))
-        # A gateway wherever the network has a way out, on every endpoint (Docker
-        # picks which one a container's default route takes); none on an overlay:
-        # Docker then adds its docker_gwbridge, as the seed's overlay containers had.
-        way_out = self.engine.drivers.of(net).capabilities.default_route and not net.internal
+        caps = self.engine.drivers.of(net).capabilities
+        # An overlay has no way out: pontoon's gateway bridge is, as in the seed
+        # (docker_gwbridge there), plugged as a Docker network of its own once
+        # the container runs, so its ports go through pontoon too.
+        own_gateway = caps.needs_gateway_bridge and not net.internal
+        self._background(self._after_start(ep, att.id, own_gateway))
+        # A gateway wherever the network has a way out, on every endpoint:
+        # Docker picks which one a container's default route takes.
+        way_out = caps.default_route and not net.internal
         gateway = next(iter(att.gateways), "") if way_out else ""
-        return protocol.join_reply(ifname, gateway)
+        return protocol.join_reply(ifname, gateway, own_gateway)
 
     def _background(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _learn_aliases(self, ep: Endpoint, att_id: str) -> None:
-        """--network-alias reaches the driver nowhere: once the container runs,
-        read its aliases from dockerd, so that other hosts resolve them too;
-        and the name Docker gave the interface (eth0, eth1, ...)."""
+    async def _after_start(self, ep: Endpoint, att_id: str, own_gateway: bool) -> None:
+        """Once dockerd has joined the container: plug pontoon's gateway bridge
+        into it if its network has no way out; read its aliases
+        (--network-alias reaches the driver nowhere), so that other hosts
+        resolve them too, and the name Docker gave the interface (eth0, ...)."""
         if self.dockerd is None:
             return
         deadline = time.monotonic() + ALIAS_WAIT
-        delay = 0.1
+        delay = 0.02
         while time.monotonic() < deadline:
             try:
                 found = await self.dockerd.endpoints(ep.docker_network)
@@ -467,6 +473,8 @@ class DockerPlugin:
                 if found is None or not container:
                     return  # gone already
                 if not container.startswith("ep-"):
+                    if own_gateway:
+                        await self._connect_gateway(container)
                     aliases = await self.dockerd.aliases(container, ep.endpoint_id)
                     ifname = await self._moved_ifname(att_id, ep.mac)
                     await self.engine.learned(att_id, aliases, ifname)
@@ -474,7 +482,16 @@ class DockerPlugin:
             except (DockerdError, PontoonError) as exc:
                 log.debug("endpoint %s: aliases: %s", ep.endpoint_id[:12], exc)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            delay = min(delay * 2, 1.0)
+
+    async def _connect_gateway(self, container: str) -> None:
+        assert self.dockerd is not None
+        gw = await self.engine.gateway_network()
+        async with self._gateway_lock:
+            docker_id = next(
+                (k for k, m in self.networks.items() if m.network_id == gw.id), ""
+            ) or await self.dockerd.create_network(protocol.docker_network_body(gw))
+        await self.dockerd.connect(docker_id, container)
 
     async def _moved_ifname(self, att_id: str, mac: str) -> str:
         att = self.engine.state.attachments.get(att_id)

@@ -210,10 +210,14 @@ def interface_name(endpoint_id: str) -> str:
     return "vpt" + endpoint_id[:12]
 
 
-def join_reply(src_name: str, gateway: str) -> dict[str, Any]:
+def join_reply(src_name: str, gateway: str, own_gateway: bool = False) -> dict[str, Any]:
+    """`own_gateway`: the way out comes from pontoon (its gateway bridge), so
+    Docker must not add its docker_gwbridge."""
     reply: dict[str, Any] = {"InterfaceName": {"SrcName": src_name, "DstPrefix": DST_PREFIX}}
     if gateway:
         reply["Gateway"] = gateway
+    if own_gateway:
+        reply["DisableGatewayService"] = True
     return reply
 
 
