@@ -9,9 +9,11 @@ address from the host (a busybox httpd on port 80), then `docker rm -f`.
 
     .venv/bin/python bench/docker.py [--runs N]
 
-Goal (issue 12): pontoon's time <= 1.0x Docker's bridge. The two-host parts
-of the issue's benchmark (pontoon overlay vs Docker's Swarm overlay) are not
-measured here yet.
+Goal (issue 12): pontoon's time <= 1.0x Docker's bridge.
+
+`--overlay`: two lab hosts on etcd instead, pontoon's overlay only: the time
+from `docker run -d` on host 2 to the first ping answered from a container on
+host 1. Docker's Swarm overlay, the issue's peer for it, is not measured yet.
 """
 
 from __future__ import annotations
@@ -65,13 +67,51 @@ def one_run(engines: EngineHost, driver: str, index: int) -> float:
     return elapsed
 
 
+def overlay_first_ping(runs: int) -> list[float]:
+    from pontoon.lab import cluster
+
+    state = cluster.up(f"b{uuid.uuid4().hex[:5]}", 2, "10.98.0.0/24", docker=True)
+    try:
+        h1, h2 = (h.engines() for h in state.hosts)
+        h1.docker("network", "create", "-d", "pontoon", "--ipam-driver", "pontoon",
+                  "-o", "pontoon.driver=overlay", "--subnet", "10.125.0.0/24", "ov")  # fmt: skip
+        deadline = time.monotonic() + 15
+        while "ov" not in h2.docker("network", "ls").stdout:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the overlay never reached host 2")
+            time.sleep(0.1)
+        h1.docker("run", "-d", "--name", "pinger", "--network", "ov", "--ip", "10.125.0.2",
+                  IMAGE, "sleep", "3600")  # fmt: skip
+        pid = json.loads(h1.docker("inspect", "pinger").stdout)[0]["State"]["Pid"]
+        times = []
+        for i in range(runs):
+            address = f"10.125.0.{10 + i}"
+            started = time.perf_counter()
+            h2.docker("run", "-d", "--name", f"target{i}", "--network", "ov", "--ip", address,
+                      IMAGE, "sleep", "3600")  # fmt: skip
+            # From a's namespace, every 10 ms, until one reply.
+            h1.exec("nsenter", f"--net=/proc/{pid}/ns/net", "ping", "-n", "-q", "-i", "0.01",
+                    "-c", "1", "-w", "30", address)  # fmt: skip
+            times.append((time.perf_counter() - started) * 1000)
+            h2.docker("rm", "-f", f"target{i}")
+            log(f"overlay run {i + 1}/{runs}")
+        return times
+    finally:
+        cluster.down(state.name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="5 runs (make bench's short run)")
+    parser.add_argument("--overlay", action="store_true", help="two hosts, pontoon's overlay")
     args = parser.parse_args()
     if args.quick:
         args.runs = 5
+    if args.overlay:
+        stats = Stats.of(overlay_first_ping(args.runs)).__dict__
+        print(json.dumps({"docker_run_on_b_to_first_ping_from_a_ms": stats}, indent=2))
+        return
     tag = uuid.uuid4().hex[:6]
     host = SimHost(f"ptb-docker-{tag}", Path("/tmp/pontoon-bench") / f"docker-{tag}")
     host.create()
