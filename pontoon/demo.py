@@ -273,6 +273,10 @@ def main() -> None:
         for mode in ("true", "false"):
             results += portmap_matrix(mode, tag)
         results += overlay_experiment(tag)
+        if Path("/usr/sbin/dockerd").exists():
+            from pontoon.demo_docker import overlay_with_docker
+
+            results += overlay_with_docker(tag)
     finally:
         host.destroy()
         outside.destroy()

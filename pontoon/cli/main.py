@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -328,9 +329,15 @@ def ps(ctx: click.Context, show_all: bool, fmt: str) -> None:
 @click.argument("name")
 @click.pass_context
 def port(ctx: click.Context, name: str) -> None:
-    """List a container's published ports."""
-    info = client(ctx).get(f"/containers/{ref(name)}/json")
-    ports = info["NetworkSettings"]["Ports"] or {}
+    """List a container's published ports (also a Docker or CNI container's)."""
+    api = client(ctx)
+    try:
+        ports = api.get(f"/containers/{ref(name)}/json")["NetworkSettings"]["Ports"] or {}
+    except ApiError as exc:
+        found = _foreign_ports(api, name) if exc.status == 404 else None
+        if found is None:
+            raise
+        ports = found
 
     def order(item: tuple[str, object]) -> tuple[int, str]:
         port, _, proto = item[0].partition("/")
@@ -339,6 +346,23 @@ def port(ctx: click.Context, name: str) -> None:
     for cport, bindings in sorted(ports.items(), key=order):
         for b in bindings or []:
             click.echo(f"{cport} -> {b['HostIp']}:{b['HostPort']}")
+
+
+def _foreign_ports(api: Client, name: str) -> dict[str, list[dict[str, str]]] | None:
+    """The ports of a container another runtime runs on pontoon's networks
+    (dockerd, a CNI runtime), from its attachments; None if it has none."""
+    atts = [
+        a for a in api.get("/attachments")
+        if a["Owner"]["Kind"] != "pontoon" and name in (a["Owner"]["Name"], a["Owner"]["Id"])
+    ]  # fmt: skip
+    if not atts:
+        return None
+    ports: dict[str, list[dict[str, str]]] = {}
+    for att in atts:
+        for p in att["Ports"]:
+            binding = {"HostIp": p["host_ip"], "HostPort": str(p["host_port"])}
+            ports.setdefault(f"{p['container_port']}/{p['proto']}", []).append(binding)
+    return ports
 
 
 @cli.command()
@@ -468,19 +492,27 @@ def lab() -> None:
               "authentication, each host's API also on eth0:2376 over mutual TLS.")  # fmt: skip
 @click.option("--etcd-members", type=click.IntRange(1, 7), default=1, show_default=True,
               help="etcd members in the lab's cluster.")  # fmt: skip
+@click.option("--docker", is_flag=True, help="Also a dockerd per host, on pontoon's plugin.")
 def lab_up(
-    count: int, subnet: str, name: str, userland_proxy: bool, tls: bool, etcd_members: int
+    count: int,
+    subnet: str,
+    name: str,
+    userland_proxy: bool,
+    tls: bool,
+    etcd_members: int,
+    docker: bool,
 ) -> None:
     """Build N hosts on an underlay bridge, start etcd and one pontoond per host."""
-    from functools import partial
-
     from pontoon.lab import cluster
 
-    up = partial(cluster.up, tls=tls, etcd_members=etcd_members)
-    state = _lab_call(up, name, count, subnet, [f"--userland-proxy={str(userland_proxy).lower()}"])
+    up = functools.partial(cluster.up, tls=tls, etcd_members=etcd_members, docker=docker)
+    proxy = f"--userland-proxy={str(userland_proxy).lower()}"
+    state = _lab_call(up, name, count, subnet, [proxy])
     prefix = "lab://" if name == "lab" else f"lab://{name}/"
     for host in state.hosts:
         click.echo(f"{host.name}  {host.address:<15} pontoon -H {prefix}{host.name}")
+        if host.docker:
+            click.echo(f"    /usr/bin/docker -H {host.engines().docker_host}")
     click.echo(f"etcd {state.etcd_url}")
     if tls:
         click.echo(

@@ -228,6 +228,9 @@ class Attachment(Record):
     ports: list[PortMapping] = dataclasses.field(default_factory=list)
     dns_servers: list[str] = dataclasses.field(default_factory=list)  # upstreams for its owner
     pinned: bool = False  # netns is our bind mount of a namespace someone else made
+    # The interface was left unconfigured in the daemon's namespace for the
+    # owner's runtime to move into netns (Docker's remote drivers).
+    handover: bool = False
     status: str = CREATING
     host: str = ""  # the host (daemon) holding it, for global networks
     vtep: str = ""  # that host's VXLAN tunnel endpoint

@@ -32,6 +32,11 @@ class DaemonConfig:
     metrics_addr: str = "127.0.0.1:9323"
     dns: list[str] = dataclasses.field(default_factory=list)  # default upstream resolvers
     log_level: str = "info"
+    # The Docker front end (pontoon/frontends/docker): a plugin socket in
+    # docker_plugin_dir, and dockerd's API for the names Docker never sends.
+    docker_plugin: bool = False
+    docker_plugin_dir: Path = Path("/run/docker/plugins")
+    docker_host: str = "unix:///var/run/docker.sock"
 
     @property
     def db_path(self) -> Path:

@@ -101,6 +101,23 @@ log = logging.getLogger("pontoond")
     help="Seconds before a silent host's endpoints are removed cluster-wide.",
 )
 @click.option(
+    "--docker-plugin",
+    is_flag=True,
+    help="Also serve Docker's network and IPAM plugin protocol (driver `pontoon`).",
+)
+@click.option(
+    "--docker-plugin-dir",
+    default="/run/docker/plugins",
+    show_default=True,
+    help="Where dockerd looks for plugin sockets.",
+)
+@click.option(
+    "--docker-host",
+    default="unix:///var/run/docker.sock",
+    show_default=True,
+    help="dockerd's API socket (the plugin asks it for names).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -129,6 +146,9 @@ def cli(
     metrics_addr: str,
     vxlan_port: int,
     cluster_ttl: int,
+    docker_plugin: bool,
+    docker_plugin_dir: str,
+    docker_host: str,
     log_level: str,
 ) -> None:
     """The pontoon daemon: container networks for this host."""
@@ -168,6 +188,9 @@ def cli(
             metrics_addr=_check_metrics_addr(metrics_addr),
             dns=[str(ipam.parse_address(d, "DNS server")) for d in dns],
             log_level=log_level,
+            docker_plugin=docker_plugin,
+            docker_plugin_dir=Path(docker_plugin_dir).resolve(),
+            docker_host=_check_docker_host(docker_host),
         )
     except (ValueError, PontoonError) as exc:
         raise click.UsageError(str(exc)) from None
@@ -185,7 +208,10 @@ def cli(
         raise click.UsageError("pontoond must run as root")
     raise_fd_limit()
     # Before any thread exists: setns(CLONE_NEWNS) refuses threaded processes.
-    netns.join_host_mount_ns()
+    # A Docker plugin stays in dockerd's mount namespace, where Docker's
+    # sandbox paths and plugin directory are.
+    if not docker_plugin:
+        netns.join_host_mount_ns()
     sys.exit(asyncio.run(serve(config)))
 
 
@@ -213,6 +239,12 @@ def _check_metrics_addr(addr: str) -> str:
     if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError(f"invalid --metrics-addr {addr!r}: use HOST:PORT")
     return addr
+
+
+def _check_docker_host(url: str) -> str:
+    if not url.startswith("unix:///"):
+        raise ValueError(f"invalid --docker-host {url!r}: use unix:///PATH")
+    return url
 
 
 def _check_bip(bip: str) -> str:
@@ -303,6 +335,16 @@ async def serve(config: DaemonConfig) -> int:
     runner = web.AppRunner(Api(config, engine, runtime).app(), access_log=None)
     await runner.setup()
     await listen(runner, config)
+    plugin, plugin_runner = None, None
+    if config.docker_plugin:
+        from pontoon.frontends.docker.dockerd import Dockerd
+        from pontoon.frontends.docker.plugin import DockerPlugin
+        from pontoon.frontends.docker.plugin import serve as serve_plugin
+
+        plugin = DockerPlugin(engine, Dockerd(config.docker_host))
+        await plugin.load()
+        plugin_runner = await serve_plugin(plugin, config.docker_plugin_dir)
+        await plugin.start()
     (config.exec_root / "pontoond.pid").write_text(f"{os.getpid()}\n")
     metrics_runner = None
     if config.metrics_addr:
@@ -321,6 +363,9 @@ async def serve(config: DaemonConfig) -> int:
     if checker is not None:
         checker.cancel()
     await runner.cleanup()
+    if plugin is not None and plugin_runner is not None:
+        await plugin_runner.cleanup()
+        await plugin.close()
     if metrics_runner is not None:
         await metrics_runner.cleanup()
     await runtime.close()

@@ -69,7 +69,10 @@ def add_veth(
 def configure_container_side(sandbox: Path, att: Attachment) -> None:
     """Addresses, link up and (for the default-route network) a default route
     per family; `lo` too, on the socket we have open anyway (sandboxes are
-    made without it)."""
+    made without it). Nothing for an interface handed over: its owner's
+    runtime configures it once it has moved it."""
+    if att.handover:
+        return
     with netns.iproute(sandbox) as ipr:
         ipr.link("set", index=1, state="up")  # lo is always ifindex 1
         idx = ipr.link_lookup(ifname=att.ifname)[0]

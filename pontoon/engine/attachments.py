@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 IFNAME_MAX = 15  # IFNAMSIZ - 1
+# Where a handed-over interface is born: this daemon's own network namespace.
+OWN_NETNS = Path("/proc/self/ns/net")
 
 
 @dataclasses.dataclass
@@ -59,6 +61,12 @@ class AttachRequest:
     gateway: bool = True  # add the gateway bridge when the network has no way out
     dns: bool = True  # serve 127.0.0.11 in the namespace on user-defined networks
     upstreams: list[str] = dataclasses.field(default_factory=list)  # for names not ours
+    # Leave the interface, named `ifname` and unconfigured, in this daemon's
+    # namespace for the owner's runtime to move into `netns` (Docker).
+    handover: bool = False
+    # `ips` were allocated beforehand under this holder (reserve_address):
+    # the attachment takes them over instead of allocating.
+    reserved_by: str = ""
 
 
 @dataclasses.dataclass
@@ -174,12 +182,58 @@ class Attachments:
             raise
         return AttachResult(made, self.nameservers(att.owner.key))
 
+    async def publish(self, att: Attachment, requests: list[PortRequest]) -> None:
+        """Publish ports of an attachment made without them (Docker publishes
+        on the endpoint it gives external connectivity, after the join)."""
+        net = self.state.find_network(att.network_id)
+        self.ports.check(net, requests)
+        await self.unpublish(att)
+        if not requests:
+            return
+        self.ports.reserve(att, requests)
+        try:
+            await self.state.save_attachment(att)
+            await self.ports.publish(att)
+        except BaseException:
+            await self.unpublish(att)
+            raise
+
+    async def unpublish(self, att: Attachment) -> None:
+        if att.ports:
+            await self.ports.unpublish(att)
+            att.ports = []
+            await self.state.save_attachment(att)
+
+    async def learned(self, att: Attachment, aliases: list[str], ifname: str = "") -> None:
+        """What the owner's runtime tells after the attach (Docker: a
+        container's aliases once it runs, and the name it gave a handed-over
+        interface); peers on other hosts learn the aliases too."""
+        for alias in aliases:
+            model.check_name("alias", alias)
+        new = [a for a in dict.fromkeys(aliases) if a not in att.dns_names]
+        renamed = bool(ifname) and att.handover and ifname != att.ifname
+        if not new and not renamed:
+            return
+        att.aliases = list(dict.fromkeys([*att.aliases, *new]))
+        att.dns_names = [*att.dns_names, *new]
+        if renamed:
+            att.ifname = ifname
+        await self.state.save_attachment(att)
+        net = self.state.networks.get(att.network_id)
+        if net is not None and self.drivers.of(net).capabilities.scope == "global":
+            assert self.cluster is not None
+            await self.cluster.publish(att)
+
     def nameservers(self, owner_key: str) -> list[str]:
         return [LISTEN_ADDR] if owner_key in self.resolver.listeners else []
 
     async def _namespace(self, req: AttachRequest) -> tuple[Path, bool]:
         """The namespace file the attachment keeps: the one given when it is
-        ours (under netns_dir), else a pin of it made here."""
+        ours (under netns_dir), else a pin of it made here. A handed-over
+        interface needs none: its runtime moves it, into a namespace that
+        may not exist yet (Docker's runc makes it after the join)."""
+        if req.handover:
+            return Path(str(req.netns)), False
         if isinstance(req.netns, str):
             given = Path(req.netns)
             if given.parent == self.netns_dir and netns.is_mounted(given):
@@ -218,18 +272,19 @@ class Attachments:
             ),
             dns_servers=list(req.upstreams),
             pinned=pinned,
+            handover=req.handover,
         )  # fmt: skip
         if req.ports:
             self.ports.reserve(att, req.ports)  # before any rule exists: a taken port fails here
         try:
-            await self._allocate(att, net, req.ips)
+            await self._allocate(att, net, req.ips, req.reserved_by)
             att.mac = req.mac or addresses.mac_for(addresses.primary_address(att.addresses))
             await self.state.save_attachment(
                 att
             )  # before the kernel: a crash leaves a findable record
             if not self._others_on(net, att):
                 await self._first_endpoint(net, driver)
-            await self.kernel.call(driver.join, net, att, path)
+            await self.kernel.call(driver.join, net, att, OWN_NETNS if att.handover else path)
             att.status = model.READY
             await self.state.save_attachment(att)
             if driver.capabilities.scope == "global":
@@ -243,15 +298,39 @@ class Attachments:
     def _others_on(self, net: Network, att: Attachment) -> bool:
         return any(a.id != att.id for a in self.state.on_network(net.id))
 
-    async def _allocate(self, att: Attachment, net: Network, wanted: list[str]) -> None:
+    async def _allocate(
+        self, att: Attachment, net: Network, wanted: list[str], reserved_by: str = ""
+    ) -> None:
         asked: dict[int, str] = {ipam.parse_address(ip).version: ip for ip in wanted}
+        allocator = await self._open_allocator(net)
+        for sub in net.subnets:
+            family = sub.family
+            if reserved_by and family in asked:
+                if not await allocator.hand_over(net.id, asked[family], reserved_by, att.id):
+                    raise Conflict(f"IP address {asked[family]} is not reserved for this endpoint")
+                addr = asked[family]
+            else:
+                addr = str(await allocator.allocate(net.id, att.id, family, asked.get(family, "")))
+            att.addresses.append(f"{addr}/{addresses.prefixlen_of(sub.subnet)}")
+
+    async def _open_allocator(self, net: Network) -> ipam.Ipam:
         allocator = self._allocator(net)
         if not allocator.loaded(net.id):
             await allocator.open(net.id, [ipam.SubnetPlan.of(s) for s in net.subnets])
-        for sub in net.subnets:
-            family = sub.family
-            addr = await allocator.allocate(net.id, att.id, family, asked.get(family, ""))
-            att.addresses.append(f"{addr}/{addresses.prefixlen_of(sub.subnet)}")
+        return allocator
+
+    async def reserve(self, net: Network, holder: str, family: int, ip: str = "") -> str:
+        """An address of the network held for a later attach (address/prefix)."""
+        sub = net.subnet_for(family)
+        if sub is None:
+            raise InvalidArgument(f"network {net.name} has no IPv{family} subnet")
+        allocator = await self._open_allocator(net)
+        addr = await allocator.allocate(net.id, holder, family, ip)
+        return f"{addr}/{addresses.prefixlen_of(sub.subnet)}"
+
+    async def release_reserved(self, net: Network, holder: str, ip: str) -> None:
+        allocator = await self._open_allocator(net)
+        await allocator.release_held(net.id, ip, holder)
 
     def _allocator(self, net: Network) -> ipam.Ipam:
         if self.drivers.of(net).capabilities.allocator == CLUSTER_ALLOCATOR:
@@ -340,6 +419,10 @@ class Attachments:
         """Re-create an attachment's devices if they vanished while we were down."""
         net = self.state.networks.get(att.network_id)
         if net is None or not netns.is_mounted(Path(att.netns)):
+            return
+        if att.handover:
+            # Its runtime moved and configured the interface: only it can plug
+            # it again. A lost host side took the container side with it.
             return
         driver = self.drivers.of(net)
         await self.kernel.call(driver.first_endpoint, net, [])  # idempotent

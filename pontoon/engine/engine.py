@@ -27,6 +27,7 @@ from pontoon.engine.networks import Networks
 from pontoon.engine.ports import Ports
 from pontoon.engine.state import State, find
 from pontoon.errors import NotFound
+from pontoon.portmap.spec import PortRequest
 from pontoon.store import Store
 
 if TYPE_CHECKING:
@@ -75,6 +76,20 @@ class Engine:
         async with self.lock:
             return await self.networks.create(spec)
 
+    async def gateway_network(self) -> Network:
+        """pontoon_gwbridge, made on first need: for a front end whose runtime
+        plugs the gateway attachment itself (dockerd)."""
+        async with self.lock:
+            return await self.networks.gateway_network()
+
+    async def check_network(
+        self, spec: NetworkSpec, also_taken: list[str] | None = None
+    ) -> list[ipam.SubnetPlan]:
+        """What create_network would refuse, with nothing made; the subnets it
+        would take (avoiding `also_taken` too)."""
+        async with self.lock:
+            return await self.networks.check(spec, also_taken or [])
+
     async def remove_network(self, ref: str) -> None:
         async with self.lock:
             await self.networks.remove(self.state.find_network(ref))
@@ -108,6 +123,49 @@ class Engine:
                 except NotFound:
                     return
             await self.attachments.detach_owner(owner_key, network_id, ifname)
+
+    async def reserve_address(self, network: str, holder: str, family: int, ip: str = "") -> str:
+        """Allocate an address (`ip`, or any free one) for a later attach with
+        `reserved_by=holder`: for front ends whose protocol asks for addresses
+        before the endpoint exists (Docker's IPAM driver)."""
+        async with self.lock:
+            net = self.state.find_network(network)
+            return await self.attachments.reserve(net, holder, family, ip)
+
+    async def release_reserved(self, network: str, holder: str, ip: str) -> None:
+        """Release an address `holder` still holds; one an attachment took
+        over (and releases itself) is left alone."""
+        async with self.lock:
+            try:
+                net = self.state.find_network(network)
+            except NotFound:
+                return
+            await self.attachments.release_reserved(net, holder, ip)
+
+    async def publish_ports(self, att_ref: str, requests: list[PortRequest]) -> Attachment:
+        """Publish exactly these ports on an existing attachment."""
+        async with self.lock:
+            att = self.find_attachment(att_ref)
+            await self.attachments.publish(att, requests)
+            return att
+
+    async def unpublish_ports(self, att_ref: str) -> None:
+        async with self.lock:
+            try:
+                att = self.find_attachment(att_ref)
+            except NotFound:
+                return
+            await self.attachments.unpublish(att)
+
+    async def learned(self, att_ref: str, aliases: list[str], ifname: str = "") -> None:
+        """Aliases (and a handed-over interface's final name) the owner's
+        runtime tells after the attach."""
+        async with self.lock:
+            try:
+                att = self.find_attachment(att_ref)
+            except NotFound:
+                return  # detached meanwhile
+            await self.attachments.learned(att, aliases, ifname)
 
     def find_attachment(self, ref: str) -> Attachment:
         return find(self.state.attachments.values(), ref, "attachment", lambda a: ("", a.id))

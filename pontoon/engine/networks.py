@@ -93,6 +93,24 @@ class Networks:
             return net
         return await self._create_local(driver, spec, mtu, default, icc, gateway_bridge)
 
+    async def check(self, spec: NetworkSpec, also_taken: list[str]) -> list[ipam.SubnetPlan]:
+        """Refuse what create() would refuse (name, driver, options, subnets
+        clashing here), making nothing, and say which subnets it would take:
+        for front ends that must answer before they can create (Docker tells
+        a network's name only afterwards). `also_taken`: subnets promised."""
+        driver = self.validate(spec)
+        await self.kernel.call(driver.validate, spec)
+        ours = {n.bridge for n in self.state.networks.values() if n.bridge}
+        routes = driver.routes_to_avoid(await self.kernel.call(self.kernel.host_routes, ours))
+        taken = self._taken() + [ipaddress.ip_network(s) for s in also_taken]
+        return ipam.plan_subnets(
+            spec.subnets,
+            driver.address_pools(self.pools),
+            taken,
+            routes,
+            ipam.requested_families(spec),
+        )
+
     def _taken(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [
             ipaddress.ip_network(s.subnet) for n in self.state.networks.values() for s in n.subnets
@@ -166,7 +184,11 @@ class Networks:
             subnets.append(Subnet(fixed_cidr_v6))
         existing = self.state.default_network()
         if existing is not None:
-            if _same_addressing(existing, subnets, ipv6):
+            moved = bip == ipam.DEFAULT_BIP and existing.subnet_for(4) is not None
+            # A default bridge moved off the usual subnet (dockerd's docker0
+            # had it) stays where it is: only the IPv6 flags are compared.
+            asked = subnets[1:] if moved else subnets
+            if _same_addressing(existing, asked, ipv6):
                 return
             if self.state.on_network(existing.id):
                 log.warning("the bridge network keeps its subnets (%s): it is in use; restart "
@@ -174,6 +196,8 @@ class Networks:
                             _subnets(existing))  # fmt: skip
                 return
             await self.destroy(existing)
+        if bip == ipam.DEFAULT_BIP:
+            subnets[0] = await self._around_host_routes(subnets[0])
         spec = NetworkSpec(
             DEFAULT_NETWORK,
             subnets=tuple(subnets),
@@ -181,6 +205,17 @@ class Networks:
             ipv6=ipv6,
         )
         await self.create(spec, default=True)
+
+    async def _around_host_routes(self, wanted: Subnet) -> Subnet:
+        """The default bridge's usual subnet, or, when the host already routes
+        it (dockerd's docker0 wants the same 172.17.0.0/16 and may have
+        started first), the first free one of the pools."""
+        routes = await self.kernel.call(self.kernel.host_routes, {DEFAULT_BRIDGE})
+        if ipam.overlapping(ipaddress.ip_network(wanted.subnet), routes) is None:
+            return wanted
+        plan = ipam.plan_subnets([], self.pools, self._taken(), routes)[0]
+        log.info("default bridge: %s is taken on this host, using %s", wanted.subnet, plan.subnet)
+        return plan.record(False)
 
     async def gateway_network(self) -> Network:
         """pontoon_gwbridge, made on first need: the default route and outbound

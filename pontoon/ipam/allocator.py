@@ -18,7 +18,7 @@ from pontoon.core.addresses import IPAddress, IPNetwork
 from pontoon.core.model import NetworkSpec, Subnet
 from pontoon.errors import Conflict, InvalidArgument, Unavailable
 from pontoon.ipam.pools import Pool, check_subnet, choose_subnet, parse_address, parse_network
-from pontoon.store import Delete, Store
+from pontoon.store import Compare, Delete, Put, Store
 
 
 @dataclasses.dataclass
@@ -210,6 +210,25 @@ class Ipam:
         value = parse_address(str(addr))
         if space := self.spaces.get(network_id, {}).get(value.version):
             space.used.discard(int(value))
+
+    async def hand_over(self, network_id: str, addr: str, holder: str, owner: str) -> bool:
+        """Give an address allocated under `holder` to `owner`, if `holder`
+        still has it (a front end whose protocol allocates before it attaches)."""
+        kv = await self.store.get(key(network_id, addr))
+        if kv is None or kv.value != holder:
+            return False
+        return await self.store.txn([Compare(kv.key, kv.mod_revision)], [Put(kv.key, owner)])
+
+    async def release_held(self, network_id: str, addr: str, holder: str) -> None:
+        """Release an address only while `holder` has it: a late release never
+        takes an address someone else was given since."""
+        kv = await self.store.get(key(network_id, addr))
+        if kv is None or kv.value != holder:
+            return
+        if await self.store.txn([Compare(kv.key, kv.mod_revision)], [Delete(kv.key)]):
+            value = parse_address(addr)
+            if space := self.spaces.get(network_id, {}).get(value.version):
+                space.used.discard(int(value))
 
     async def release_all(self, network_id: str) -> None:
         kvs, _ = await self.store.list_prefix(key(network_id))

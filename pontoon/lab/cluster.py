@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from pontoon.lab.hosts import SimHost, run
 
 if TYPE_CHECKING:
+    from pontoon.lab.engines import EngineHost
     from pontoon.lab.etcd import EtcdServer
     from pontoon.tls import TlsFiles
 
@@ -60,10 +61,18 @@ class LabHost:
     workdir: str
     daemon_pid: int = 0
     pythonpath: str = ""  # another release's source to run (SimHost.pythonpath)
+    docker: bool = False  # a dockerd beside pontoond, in the host's own mount namespace
 
     def sim(self) -> SimHost:
         host = SimHost(self.netns, Path(self.workdir), self.pythonpath)
+        if self.docker:
+            host.mount_ns = host.workdir / "mnt.ns"
         return host
+
+    def engines(self) -> EngineHost:
+        from pontoon.lab.engines import EngineHost
+
+        return EngineHost(self.sim())
 
     @property
     def socket(self) -> str:
@@ -159,7 +168,10 @@ def up(
     *,
     tls: bool = False,
     etcd_members: int = 1,
+    docker: bool = False,
 ) -> LabState:
+    """`docker`: each host also runs a dockerd (its own mount namespace and
+    folders, pontoon as its network and IPAM driver, a busybox-static image)."""
     if not 1 <= hosts <= 50:
         raise LabError("--hosts must be 1-50")
     if not 1 <= etcd_members <= MAX_ETCD_MEMBERS:
@@ -181,7 +193,8 @@ def up(
             _make_certs(state, [str(a) for a in addrs[9 + 1 : 9 + hosts + 1]])
         _start_etcd(state)
         for i in range(1, hosts + 1):
-            _add_host(state, i, f"{addrs[9 + i]}/{net.prefixlen}", str(switch_ip), pythonpath)
+            _add_host(state, i, f"{addrs[9 + i]}/{net.prefixlen}", str(switch_ip), pythonpath,
+                      docker)  # fmt: skip
             state.save()
     except BaseException:
         down(name)
@@ -271,7 +284,9 @@ def _start_etcd(state: LabState) -> None:
     state.save()
 
 
-def _add_host(state: LabState, index: int, address: str, gateway: str, pythonpath: str) -> None:
+def _add_host(
+    state: LabState, index: int, address: str, gateway: str, pythonpath: str, docker: bool
+) -> None:
     name = f"h{index}"
     host = LabHost(name, f"ptl-{state.name}-{name}", address.split("/")[0],
                    str(state.directory / name), pythonpath=pythonpath)  # fmt: skip
@@ -285,13 +300,35 @@ def _add_host(state: LabState, index: int, address: str, gateway: str, pythonpat
     sim.sh("ip", "addr", "add", address, "dev", "eth0")
     sim.sh("ip", "link", "set", "eth0", "up")
     sim.sh("ip", "route", "add", "default", "via", gateway)
+    if not docker:
+        _start_daemon(state, host)
+        return
+    from pontoon.lab.engines import EngineHost
+
+    EngineHost(sim).create()
+    host.docker = True
+    state.save()
+    engines = host.engines()
+    # pontoond first: dockerd then picks its docker0 subnet around pontoon's bridge.
     _start_daemon(state, host)
+    engines.start_dockerd(*docker_dns(sim))
+    engines.import_image("docker")
+
+
+def docker_dns(host: SimHost) -> list[str]:
+    """dockerd's --dns: pontoon's names for Docker's resolver, on the default
+    bridge's address (pontoon/frontends/docker/dns.py)."""
+    bridge = host.cli_json("network", "inspect", "bridge")[0]
+    return ["--dns", bridge["IPAM"]["Config"][0]["Gateway"]]
 
 
 def _start_daemon(state: LabState, host: LabHost) -> None:
     sim = host.sim()
     store = f"{state.etcd_url}{CLUSTER_PREFIX}"
-    sim.start_daemon("--cluster-store", store, "--cluster-advertise", "eth0",
+    docker = []
+    if host.docker:
+        docker = ["--docker-plugin", "--docker-host", host.engines().docker_host]
+    sim.start_daemon("--cluster-store", store, "--cluster-advertise", "eth0", *docker,
                      *_tls_args(state, host), *state.daemon_args)  # fmt: skip
     assert sim.daemon is not None
     host.daemon_pid = sim.daemon.pid
@@ -336,6 +373,8 @@ def down(name: str = "lab") -> None:
         sim = host.sim()
         if host.daemon_pid:
             _kill(host.daemon_pid)
+        if host.docker:
+            host.engines().destroy()
         sim.destroy()
     for pid in state.etcd_pids or [state.etcd_pid]:
         _kill(pid)

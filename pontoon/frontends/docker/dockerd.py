@@ -1,0 +1,136 @@
+"""What the plugin asks dockerd itself, over its API socket (`--docker-host`).
+
+Docker never tells a driver a network's or a container's name; its API does,
+once the object is stored. Every call is bounded: a plugin call waiting on
+dockerd must never hang (Docker's own calls to us have no timeout), so a
+name that cannot be had in time is simply not known.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import aiohttp
+
+log = logging.getLogger(__name__)
+
+CALL_TIMEOUT = 3.0
+
+
+class DockerdError(Exception):
+    pass
+
+
+class Dockerd:
+    def __init__(self, url: str) -> None:
+        if not url.startswith("unix://"):
+            raise ValueError(f"unsupported --docker-host {url!r}: use unix:///PATH")
+        self.socket = url.removeprefix("unix://")
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.UnixConnector(path=self.socket),
+                timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def request(
+        self, method: str, path: str, body: Any = None, timeout: float = CALL_TIMEOUT
+    ) -> tuple[int, Any]:
+        try:
+            async with self._client().request(
+                method, f"http://docker{path}", json=body, timeout=aiohttp.ClientTimeout(timeout)
+            ) as resp:
+                data = await resp.json(content_type=None) if resp.content_length != 0 else None
+                return resp.status, data
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            raise DockerdError(f"dockerd at {self.socket}: {exc or type(exc).__name__}") from None
+
+    async def network(self, network_id: str) -> dict[str, Any] | None:
+        status, data = await self.request("GET", f"/networks/{network_id}")
+        if status == 404:
+            return None
+        if status != 200 or not isinstance(data, dict):
+            raise DockerdError(f"GET /networks/{network_id[:12]}: {status} {data}")
+        return data
+
+    async def network_name(self, network_id: str, wait: float) -> str:
+        """The name of a network dockerd is creating: it is stored, and so
+        shown by the API, only once our CreateNetwork answered."""
+        deadline = asyncio.get_running_loop().time() + wait
+        delay = 0.02
+        while True:
+            found = await self.network(network_id)
+            if found is not None:
+                return str(found["Name"])
+            if asyncio.get_running_loop().time() + delay > deadline:
+                raise DockerdError(f"network {network_id[:12]} did not appear in dockerd")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    async def endpoint_name(self, network_id: str, endpoint_id: str) -> str:
+        """The container name behind an endpoint: dockerd stores the endpoint
+        once our CreateEndpoint answered, so Join can ask. (Not the container
+        itself: dockerd holds its lock while it joins it.)"""
+        found = await self.network(network_id)
+        for ep in ((found or {}).get("Containers") or {}).values():
+            if ep.get("EndpointID") == endpoint_id:
+                return str(ep.get("Name", ""))
+        return ""
+
+    async def endpoints(self, network_id: str) -> dict[str, str] | None:
+        """Endpoint ID -> the container (or "ep-<id>" before its join is
+        stored) of every endpoint dockerd has on a network; None if the
+        network is gone."""
+        found = await self.network(network_id)
+        if found is None:
+            return None
+        containers = found.get("Containers") or {}
+        return {str(ep.get("EndpointID")): key for key, ep in containers.items()}
+
+    async def aliases(self, container: str, endpoint_id: str) -> list[str]:
+        """A container's aliases on the network of one of its endpoints (it
+        runs: dockerd no longer holds its lock)."""
+        status, data = await self.request("GET", f"/containers/{container}/json")
+        if status != 200 or not isinstance(data, dict):
+            return []
+        for net in ((data.get("NetworkSettings") or {}).get("Networks") or {}).values():
+            if net.get("EndpointID") == endpoint_id:
+                return [str(a) for a in net.get("Aliases") or []]
+        return []
+
+    async def networks(self, driver: str) -> list[dict[str, Any]]:
+        status, data = await self.request("GET", "/networks")
+        if status != 200 or not isinstance(data, list):
+            raise DockerdError(f"GET /networks: {status} {data}")
+        return [n for n in data if n.get("Driver") == driver]
+
+    async def create_network(self, body: dict[str, Any]) -> str:
+        status, data = await self.request("POST", "/networks/create", body)
+        if status not in (200, 201):
+            message = data.get("message") if isinstance(data, dict) else data
+            raise DockerdError(f"creating network {body.get('Name')}: {message}")
+        return str((data or {}).get("Id", ""))
+
+    async def connect(self, network_id: str, container: str) -> None:
+        """`docker network connect`; already connected is fine. dockerd may
+        first finish starting the container (it holds its lock meanwhile)."""
+        body = {"Container": container}
+        status, data = await self.request("POST", f"/networks/{network_id}/connect", body, 30.0)
+        message = str(data.get("message", "") if isinstance(data, dict) else data)
+        if status not in (200, 201) and "already exists" not in message:
+            raise DockerdError(f"connecting {container[:12]}: {message}")
+
+    async def remove_network(self, network_id: str) -> None:
+        status, data = await self.request("DELETE", f"/networks/{network_id}")
+        if status not in (200, 204, 404):
+            message = data.get("message") if isinstance(data, dict) else data
+            raise DockerdError(f"removing network {network_id[:12]}: {message}")

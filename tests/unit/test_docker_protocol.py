@@ -1,0 +1,261 @@
+"""Docker's plugin payloads (shapes from moby/libnetwork docs/remote.md and
+docs/ipam.md, values as dockerd 20.10 sends them) into pontoon's terms."""
+
+from __future__ import annotations
+
+import pytest
+
+from pontoon.core.model import Subnet
+from pontoon.errors import InvalidArgument
+from pontoon.frontends.docker import protocol
+from pontoon.portmap.spec import PortRequest
+
+NID = "3f7c1d9e2b4a" + "0" * 52
+EID = "a1b2c3d4e5f6" + "1" * 52
+
+CREATE_NETWORK = {
+    "NetworkID": NID,
+    "Options": {
+        "com.docker.network.enable_ipv6": False,
+        "com.docker.network.generic": {"pontoon.driver": "overlay", "mtu": "1400"},
+    },
+    "IPv4Data": [
+        {
+            "AddressSpace": "pontoon",
+            "Pool": "10.90.0.0/24",
+            "Gateway": "10.90.0.1/24",
+            "AuxAddresses": None,
+        }
+    ],
+    "IPv6Data": [],
+}
+
+CREATE_ENDPOINT = {
+    "NetworkID": NID,
+    "EndpointID": EID,
+    "Interface": {"Address": "10.90.0.2/24", "AddressIPv6": "", "MacAddress": ""},
+    "Options": {
+        "com.docker.network.endpoint.exposedports": [{"Proto": 6, "Port": 80}],
+        "com.docker.network.portmap": [
+            {"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080}
+        ],
+    },
+}
+
+
+def test_activate_lists_both_drivers() -> None:
+    assert protocol.IMPLEMENTS == ["NetworkDriver", "IpamDriver"]
+
+
+@pytest.mark.parametrize(
+    ("path", "key"),
+    [("/NetworkDriver.CreateNetwork", "Err"), ("/IpamDriver.RequestPool", "Error")],
+)
+def test_errors_use_each_driver_kind_field(path: str, key: str) -> None:
+    assert protocol.error_reply(path, "subnet taken") == {key: "pontoon: subnet taken"}
+
+
+def test_pool_id_round_trip() -> None:
+    assert protocol.parse_pool_id(protocol.pool_id("10.1.0.0/16")) == ("10.1.0.0/16", "")
+    pid = protocol.pool_id("10.1.0.0/16", "10.1.5.0/24")
+    assert protocol.parse_pool_id(pid) == ("10.1.0.0/16", "10.1.5.0/24")
+    with pytest.raises(InvalidArgument):
+        protocol.parse_pool_id("default/10.1.0.0/16")
+
+
+def test_pool_request() -> None:
+    req = protocol.pool_request(
+        {
+            "AddressSpace": "pontoon",
+            "Pool": "10.1.0.0/16",
+            "SubPool": "10.1.5.0/24",
+            "Options": {},
+            "V6": False,
+        }
+    )
+    assert (req.pool, req.sub_pool) == ("10.1.0.0/16", "10.1.5.0/24")
+    assert protocol.pool_request({"AddressSpace": "pontoon", "V6": False}).pool == ""
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({"V6": True}, "IPv6"),
+        ({"Pool": "fd00::/64"}, "IPv6"),
+        ({"SubPool": "10.0.0.0/25"}, "--ip-range needs --subnet"),
+        ({"Pool": "10.0.0.0/24", "SubPool": "10.0.1.0/25"}, "not inside"),
+        ({"Pool": "10.0.0.0/33"}, "invalid subnet"),
+        ({"Pool": "10.0.0.0/24", "Options": {"color": "red"}}, "unknown IPAM option 'color'"),
+    ],
+)
+def test_pool_request_refusals(payload: dict, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        protocol.pool_request(payload)
+
+
+def test_gateway_requests() -> None:
+    gw = {
+        "PoolID": "pontoon:10.1.0.0/24",
+        "Address": "",
+        "Options": {"RequestAddressType": "com.docker.network.gateway"},
+    }
+    assert protocol.is_gateway_request(gw)
+    assert not protocol.is_gateway_request({"PoolID": "x", "Address": "", "Options": None})
+    assert protocol.gateway_for("10.1.0.0/24", "") == "10.1.0.1"
+    assert protocol.gateway_for("10.1.0.0/24", "10.1.0.254") == "10.1.0.254"
+    with pytest.raises(InvalidArgument, match="not a usable address"):
+        protocol.gateway_for("10.1.0.0/24", "10.1.0.255")
+    assert protocol.with_prefix("10.1.0.1", "10.1.0.0/24") == "10.1.0.1/24"
+
+
+def test_network_create() -> None:
+    req = protocol.network_create(CREATE_NETWORK, "docker-3f7c1d9e2b4a")
+    assert req.network_id == NID
+    assert req.spec.driver == "overlay"
+    assert req.spec.options == {"mtu": "1400"}
+    assert req.spec.subnets == (Subnet("10.90.0.0/24", "10.90.0.1"),)
+    assert not req.spec.internal
+    assert req.existing == ""
+
+
+def test_network_create_internal_and_existing() -> None:
+    data = {
+        **CREATE_NETWORK,
+        "Options": {
+            "com.docker.network.internal": True,
+            "com.docker.network.generic": {"pontoon.network": "abc123"},
+        },
+    }
+    req = protocol.network_create(data, "x")
+    assert req.spec.internal and req.spec.driver == "bridge"
+    assert req.existing == "abc123" and req.spec.options == {}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"IPv6Data": [{"Pool": "fd00::/64"}]}, "IPv6"),
+        ({"IPv4Data": []}, "exactly one"),
+        (
+            {"IPv4Data": [{"Pool": "10.0.0.0/24", "AuxAddresses": {"a": "10.0.0.5"}}]},
+            "auxiliary",
+        ),
+    ],
+)
+def test_network_create_refusals(change: dict, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        protocol.network_create({**CREATE_NETWORK, **change}, "x")
+
+
+def test_endpoint_create() -> None:
+    req = protocol.endpoint_create(CREATE_ENDPOINT)
+    assert (req.network_id, req.endpoint_id) == (NID, EID)
+    assert req.address == "10.90.0.2/24" and req.mac == ""
+    given = {
+        **CREATE_ENDPOINT,
+        "Interface": {"Address": "10.90.0.2/24", "MacAddress": "02:42:0A:5A:00:09"},
+    }
+    assert protocol.endpoint_create(given).mac == "02:42:0a:5a:00:09"
+    with pytest.raises(InvalidArgument, match="--ipam-driver pontoon"):
+        protocol.endpoint_create({**CREATE_ENDPOINT, "Interface": {}})
+
+
+def test_interface_name_fits_ifnamsiz() -> None:
+    name = protocol.interface_name(EID)
+    assert len(name) <= 15 and name == "vpta1b2c3d4e5f6"
+
+
+def test_join_reply() -> None:
+    assert protocol.join_reply("vptx", "10.90.0.1") == {
+        "InterfaceName": {"SrcName": "vptx", "DstPrefix": "eth"},
+        "Gateway": "10.90.0.1",
+    }
+    assert "Gateway" not in protocol.join_reply("vptx", "")
+    # An overlay: no gateway, and no docker_gwbridge either (pontoon plugs its own).
+    overlay = protocol.join_reply("vptx", "", own_gateway=True)
+    assert overlay["DisableGatewayService"] is True and "Gateway" not in overlay
+
+
+def test_port_requests() -> None:
+    options = {
+        "com.docker.network.portmap": [
+            # -p 8080:80
+            {"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080},
+            # -P: host port 0
+            {"Proto": 6, "IP": "", "Port": 443, "HostIP": "", "HostPort": 0, "HostPortEnd": 0},
+            # -p 127.0.0.1:5353:53/udp
+            {
+                "Proto": 17,
+                "IP": "",
+                "Port": 53,
+                "HostIP": "127.0.0.1",
+                "HostPort": 5353,
+                "HostPortEnd": 5353,
+            },
+            # its IPv6 twin is left to Docker's silence: the host firewall is IPv4
+            {
+                "Proto": 6,
+                "IP": "",
+                "Port": 80,
+                "HostIP": "::",
+                "HostPort": 8080,
+                "HostPortEnd": 8080,
+            },
+            # a duplicate
+            {"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080},
+        ]
+    }
+    assert protocol.port_requests(options) == [
+        PortRequest("0.0.0.0", 8080, 80, "tcp"),
+        PortRequest("0.0.0.0", 0, 443, "tcp"),
+        PortRequest("127.0.0.1", 5353, 53, "udp"),
+    ]
+    assert protocol.port_requests({}) == []
+
+
+def test_port_requests_refusals() -> None:
+    with pytest.raises(InvalidArgument, match="range"):
+        protocol.port_requests(
+            {
+                "com.docker.network.portmap": [
+                    {"Proto": 6, "Port": 80, "HostPort": 8000, "HostPortEnd": 8010}
+                ]
+            }
+        )
+    with pytest.raises(InvalidArgument, match="protocol"):
+        protocol.port_requests({"com.docker.network.portmap": [{"Proto": 1, "Port": 80}]})
+
+
+def test_docker_network_body_binds_to_the_pontoon_network() -> None:
+    from pontoon.core.model import Network
+
+    net = Network(
+        id="f" * 64,
+        name="net1",
+        driver="overlay",
+        subnets=[Subnet("10.201.1.0/24", "10.201.1.1", "10.201.1.128/25")],
+    )
+    body = protocol.docker_network_body(net)
+    assert body["Name"] == "net1" and body["Driver"] == "pontoon"
+    assert body["IPAM"] == {
+        "Driver": "pontoon",
+        "Config": [
+            {"Subnet": "10.201.1.0/24", "Gateway": "10.201.1.1", "IPRange": "10.201.1.128/25"}
+        ],
+        "Options": {"pontoon.network": "f" * 64},
+    }
+    assert body["Options"] == {"pontoon.network": "f" * 64, "pontoon.driver": "overlay"}
+    # What dockerd then sends back binds to it.
+    pool = protocol.pool_request(
+        {"Pool": "10.201.1.0/24", "SubPool": "10.201.1.128/25", "Options": body["IPAM"]["Options"]}
+    )
+    assert pool.options == {"pontoon.network": "f" * 64}
+    created = protocol.network_create(
+        {
+            **CREATE_NETWORK,
+            "Options": {"com.docker.network.generic": body["Options"]},
+            "IPv4Data": [{"Pool": "10.201.1.0/24", "Gateway": "10.201.1.1/24"}],
+        },
+        "x",
+    )
+    assert created.existing == "f" * 64 and created.spec.driver == "overlay"
