@@ -161,8 +161,11 @@ class Runtime:
         process.check_executable(command[0], env)
         port_reqs = portspec.parse_all(ports)
         for item in env:
-            if not item.partition("=")[0] or "=" not in item or "\0" in item:
+            key, equals, _ = item.partition("=")
+            if not key or not equals or "\0" in item:
                 raise InvalidArgument(f"invalid environment variable {item!r}: use KEY=VALUE")
+            if key in process.RESERVED_ENV:
+                raise InvalidArgument(f"environment variable {key} is reserved for pontoon")
         for server in dns:
             ipam.parse_address(server, "DNS server")
         hostname = model.check_hostname(hostname) if hostname else cid[:12]

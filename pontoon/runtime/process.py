@@ -57,11 +57,15 @@ mount --bind "$1" /etc/hosts && mount --bind "$2" /etc/resolv.conf &&
 mount --bind "$3" /etc/hostname && hostname "$4" && mount -t proc proc /proc || exit 125
 umount -l "$5" 2>/dev/null
 shift 5
-unset PONTOON_INIT PONTOON_KEEPER
+PATH=$PONTOON_PATH
+export PATH
+unset PONTOON_INIT PONTOON_KEEPER PONTOON_PATH
 exec "$@"
 """
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# The shim's own variables: a container's environment may not set them.
+RESERVED_ENV = frozenset({"PONTOON_INIT", "PONTOON_KEEPER", "PONTOON_PATH"})
 
 
 def spawn(
@@ -75,15 +79,19 @@ def spawn(
     stdout: Path,
     stderr: Path,
 ) -> subprocess.Popen[bytes]:
-    environ = {
-        "PATH": DEFAULT_PATH,
-        "HOSTNAME": hostname,
-        "PONTOON_KEEPER": KEEPER,
-        "PONTOON_INIT": INIT,
-    }
+    environ = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname}
     for item in env:
         key, _, value = item.partition("=")
         environ[key] = value
+    # The shim finds nsenter, unshare and mount on the host's PATH whatever
+    # the container asked for; the container's PATH is restored for its
+    # command only, and the shim's own scripts are never the caller's.
+    environ |= {
+        "PONTOON_PATH": environ["PATH"],
+        "PATH": DEFAULT_PATH,
+        "PONTOON_KEEPER": KEEPER,
+        "PONTOON_INIT": INIT,
+    }
     args = [
         "/bin/sh",
         "-c",

@@ -47,6 +47,18 @@ def test_run_passes_output_and_exit_status(make_host):
     assert (proc.returncode, proc.stdout, proc.stderr) == (7, "out\n", "err\n")
 
 
+def test_container_path_is_the_commands_not_the_shims(make_host):
+    """A container's PATH reaches its command only: the shim still finds the
+    host's nsenter, unshare and mount (a PATH without them used to break the
+    start), and none of the shim's own variables reach the command."""
+    host = make_host()
+    proc = host.cli(
+        "run", "--rm", "--name", "p", "-e", "PATH=/nowhere", "--",
+        "/bin/sh", "-c", 'echo "$PATH"; /usr/bin/env | /bin/grep -c "^PONTOON_" || true',
+    )  # fmt: skip
+    assert proc.stdout.split() == ["/nowhere", "0"]
+
+
 def test_exec_status_and_namespaces(make_host):
     host = make_host()
     host.cli("run", "-d", "--name", "c1", "--hostname", "box1", "--", "sleep", "infinity")

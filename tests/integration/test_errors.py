@@ -42,6 +42,7 @@ BAD_COMMANDS = [
     ("run", "-d", "--name", "x", "--hostname", "-bad-", "--", "true"),
     ("run", "-d", "--name", "x", "--dns", "not-an-ip", "--", "true"),
     ("run", "-d", "--name", "x", "-e", "=novar", "--", "true"),
+    ("run", "-d", "--name", "x", "-e", "PONTOON_INIT=exec sh", "--", "true"),  # the shim's own
     ("run", "-d", "--name", "x", "--net", "web", "--net", "web", "--", "true"),
     ("run", "-d", "--name", "x", "--", "/nonexistent/program"),
     ("exec", "nope", "true"),
