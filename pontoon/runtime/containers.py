@@ -239,7 +239,7 @@ class Runtime:
         c.shim_pid = proc.pid
         c.shim_start = process.start_time(proc.pid) or 0
         c.pid = await asyncio.to_thread(process.find_init, proc.pid)
-        if not c.pid:
+        if not c.pid and not await asyncio.to_thread(self._ran_and_exited, proc, cdir):
             err = last_line(cdir / "stderr.log")
             raise PontoonError(f"container failed to start{': ' + err if err else ''}")
         c.pid_start = process.start_time(c.pid) or 0
@@ -247,6 +247,18 @@ class Runtime:
         c.started_at = model.now()
         await self.save(c)
         self.watch_exit(c)
+
+    @staticmethod
+    def _ran_and_exited(shim: subprocess.Popen[bytes], cdir: Path) -> bool:
+        """A command that ends at once (`true`) may be gone before its PID 1
+        is seen: it started if the shim recorded a status other than the
+        set-up's failure (125); the exit watcher then finishes it."""
+        try:
+            shim.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return False
+        code = process.read_exit_code(cdir / "exit")
+        return code is not None and code != process.SETUP_FAILED
 
     def _free_ifname(self, c: Container) -> str:
         used = {a.ifname for a in self.attachments(c)}

@@ -64,6 +64,7 @@ exec "$@"
 """
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SETUP_FAILED = 125  # INIT's status when the container's /etc or /proc cannot be set up
 # The shim's own variables: a container's environment may not set them.
 RESERVED_ENV = frozenset({"PONTOON_INIT", "PONTOON_KEEPER", "PONTOON_PATH"})
 

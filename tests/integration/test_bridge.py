@@ -47,6 +47,17 @@ def test_run_passes_output_and_exit_status(make_host):
     assert (proc.returncode, proc.stdout, proc.stderr) == (7, "out\n", "err\n")
 
 
+def test_commands_that_end_at_once_start_and_exit(make_host):
+    """`true` may be gone before its PID 1 is seen: still a run that
+    started and ended with its status, never "failed to start"."""
+    host = make_host()
+    for i in range(15):
+        assert host.cli("run", "--rm", "--name", f"t{i}", "--", "true").returncode == 0
+    proc = host.cli("run", "--name", "f", "--", "false", check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert host.cli_json("inspect", "f")[0]["State"]["ExitCode"] == 1
+
+
 def test_container_path_is_the_commands_not_the_shims(make_host):
     """A container's PATH reaches its command only: the shim still finds the
     host's nsenter, unshare and mount (a PATH without them used to break the
