@@ -380,3 +380,53 @@ def test_pontoon_after_another_plugin_passes_its_prev_result_through(make_host, 
     assert result["ips"][0] == prev["ips"][0] and result["ips"][1]["interface"] == 1
     assert result["dns"]["nameservers"] == ["127.0.0.11", "192.0.2.53"]
     assert cni(host, "DEL", plugin_conf(host), "ctr5", ns) == (0, None)
+
+
+# -- ownership: ps, network inspect, topology, trace -------------------------------------------
+
+
+def test_cni_attachments_show_with_their_owner_and_trace_from_and_to_them(make_host, foreign_ns):
+    host = web_host(make_host)
+    host.cli("run", "-d", "--name", "c1", "--net", "web", "--", "sleep", "infinity")
+    pod, other = foreign_ns(host, "own1"), foreign_ns(host, "own2")
+    long_id = "0123456789abcdef0123"
+    rc, first = cni(host, "ADD", plugin_conf(host), long_id, pod, args="K8S_POD_NAME=pod1")
+    assert rc == 0, first
+    rc, second = cni(host, "ADD", plugin_conf(host), "ctr-b", other)
+    assert rc == 0, second
+    pod_ip, other_ip = (r["ips"][0]["address"].split("/")[0] for r in (first, second))
+
+    listed = {e["Name"]: e for e in host.cli_json("ps", "--format", "json")}
+    assert sorted(listed) == ["c1", "ctr-b", "pod1"]
+    assert listed["pod1"]["Owner"] == {"Kind": "cni", "Id": long_id, "Name": "pod1"}
+    assert (listed["pod1"]["Networks"], listed["pod1"]["IPs"]) == (["web"], [pod_ip])
+    assert "Owner" not in listed["c1"]
+    assert [e["Name"] for e in host.cli_json("ps", "--owner", "cni", "--format", "json")] == [
+        "pod1", "ctr-b"]  # fmt: skip
+    assert [e["Name"] for e in host.cli_json("ps", "--owner", "pontoon", "--format", "json")] == [
+        "c1"]  # fmt: skip
+    table = host.cli("ps").stdout
+    assert "OWNER" in table and "0123456789ab" in table and "cni" in table
+
+    members = host.cli_json("network", "inspect", "web")[0]["Containers"]
+    assert members[long_id]["Owner"] == {"Kind": "cni", "Id": long_id, "Name": "pod1"}
+    assert members[long_id]["IPv4Address"] == first["ips"][0]["address"]
+
+    topo = host.cli_json("topology", "--format", "json")["host"]
+    (web,) = [n for n in topo["networks"] if n["name"] == "web"]
+    owners = {ep["container"]: (ep["owner"], ep["owner_id"]) for ep in web["endpoints"]}
+    assert owners["pod1"] == ("cni", long_id) and owners["c1"][0] == "pontoon"
+    assert "pod1:eth0" in host.cli("topology").stdout
+    assert "(cni 0123456789ab)" in host.cli("topology").stdout
+
+    def trace(*args: str) -> dict[str, Any]:
+        return json.loads(host.cli("trace", "--json", *args).stdout)
+
+    attachment_id = host.cli_json("ps", "--owner", "cni", "--format", "json")[1]["Attachments"][0]
+    for source, target in [("pod1", "c1"), ("c1", long_id), (long_id[:12], other_ip),
+                           ("c1", attachment_id), (attachment_id, "pod1")]:  # fmt: skip
+        assert trace("--from", source, "--to", target)["verdict"] == "delivered", (source, target)
+
+    for ns, cid in ((pod, long_id), (other, "ctr-b")):
+        assert cni(host, "DEL", plugin_conf(host), cid, ns) == (0, None)
+    assert host.cli_json("ps", "--owner", "cni", "--format", "json") == []
