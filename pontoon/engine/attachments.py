@@ -68,9 +68,13 @@ class AttachResult:
 
     attachments: list[Attachment]
     nameservers: list[str]
+    # Host-side devices in the host's namespace (the drivers' `host_interface`),
+    # listed after the sandbox ones without `sandbox`, as CNI results do.
+    host_interfaces: list[str] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        interfaces, ips, routes = [], [], []
+        interfaces: list[dict[str, str]] = []
+        ips, routes = [], []
         for index, att in enumerate(self.attachments):
             interfaces.append({"name": att.ifname, "mac": att.mac, "sandbox": att.netns})
             gateways = {addresses.family_of(g): g for g in att.gateways}
@@ -82,6 +86,7 @@ class AttachResult:
                 ips.append(entry)
                 if att.default_route and family in gateways:
                     routes.append({"dst": addresses.default_route(family), "gw": gateways[family]})
+        interfaces += [{"name": name} for name in self.host_interfaces]
         return {
             "Id": self.attachments[0].id,
             "interfaces": interfaces,
@@ -172,7 +177,15 @@ class Attachments:
             for each in reversed(made):
                 await self.detach(each)
             raise
-        return AttachResult(made, self.nameservers(att.owner.key))
+        return self.result(made)
+
+    def result(self, made: list[Attachment]) -> AttachResult:
+        hosts = []
+        for att in made:
+            net = self.state.networks.get(att.network_id)
+            if net is not None and (name := self.drivers.of(net).host_interface(net, att)):
+                hosts.append(name)
+        return AttachResult(made, self.nameservers(made[0].owner.key), hosts)
 
     def nameservers(self, owner_key: str) -> list[str]:
         return [LISTEN_ADDR] if owner_key in self.resolver.listeners else []

@@ -163,8 +163,10 @@ def test_add_check_del_in_each_result_version(make_host, foreign_ns, version):
     rc, result = cni(host, "ADD", conf, "ctr1", ns)
     assert rc == 0, result
     assert result["cniVersion"] == version
+    veth = inspect(host, "web")["Containers"]["ctr1"]["HostInterface"]
     assert result["interfaces"] == [
-        {"name": "eth0", "mac": result["interfaces"][0]["mac"], "sandbox": str(ns)}
+        {"name": "eth0", "mac": result["interfaces"][0]["mac"], "sandbox": str(ns)},
+        {"name": veth},  # the host end, for `bandwidth`
     ]
     (ip,) = result["ips"]
     assert ip["address"].startswith("10.60.0.") and ip["gateway"] == "10.60.0.1"
@@ -365,6 +367,38 @@ def test_chained_with_debians_tuning_portmap_and_firewall(make_host, foreign_ns,
     assert list(conf_dir.iterdir()) == []
 
 
+def test_chained_with_debians_bandwidth_which_shapes_the_host_veth(make_host, foreign_ns):
+    host = web_host(make_host)
+    bin_dir = Path(host.exec_root) / "cni-bin"
+    bin_dir.mkdir()
+    (bin_dir / "pontoon").symlink_to(PLUGIN)
+    (bin_dir / "bandwidth").symlink_to(DEBIAN_PLUGINS / "bandwidth")
+    conflist = {"cniVersion": "1.0.0", "name": "web", "plugins": [
+        {"type": "pontoon", "network": "web", "host": host.host_url},
+        {"type": "bandwidth", "capabilities": {"bandwidth": True}},
+    ]}  # fmt: skip
+    limits = {"bandwidth": {"ingressRate": 8_000_000, "ingressBurst": 80_000,
+                            "egressRate": 4_000_000, "egressBurst": 40_000}}  # fmt: skip
+    clean = snapshot(host)
+    ns = foreign_ns(host, "shaped")
+
+    result = run_conflist(host, conflist, "ADD", "shaped", ns, bin_dir, limits)
+    veth = inspect(host, "web")["Containers"]["shaped"]["HostInterface"]
+    assert {"name": veth} in result["interfaces"]
+    qdiscs = host.sh("tc", "qdisc", "show", "dev", veth).stdout
+    assert "tbf" in qdiscs and "ingress" in qdiscs, qdiscs
+    ifbs = host.sh("ip", "-o", "link", "show", "type", "ifb").stdout
+    assert ifbs.strip(), "bandwidth made no ifb for egress"
+    assert in_ns(ns, "ping", "-c1", "-W2", "10.60.0.1", check=False).returncode == 0
+    run_conflist(host, conflist, "CHECK", "shaped", ns, bin_dir, limits, cached=result)
+
+    run_conflist(host, conflist, "DEL", "shaped", ns, bin_dir, limits, cached=result)
+    run_conflist(host, conflist, "DEL", "shaped", ns, bin_dir, limits, cached=result)
+    assert host.sh("ip", "-o", "link", "show", "type", "ifb").stdout == ""
+    assert host.sh("ip", "link", "show", veth, check=False).returncode != 0
+    assert snapshot(host) == clean
+
+
 def test_pontoon_after_another_plugin_passes_its_prev_result_through(make_host, foreign_ns):
     host = web_host(make_host)
     ns = foreign_ns(host, "second")
@@ -376,7 +410,8 @@ def test_pontoon_after_another_plugin_passes_its_prev_result_through(make_host, 
     }
     rc, result = cni(host, "ADD", {**plugin_conf(host), "prevResult": prev}, "ctr5", ns)
     assert rc == 0, result
-    assert [i["name"] for i in result["interfaces"]] == ["lo0", "eth0"]
+    assert [i["name"] for i in result["interfaces"]][:2] == ["lo0", "eth0"]
+    assert "sandbox" not in result["interfaces"][2]  # the host's veth end
     assert result["ips"][0] == prev["ips"][0] and result["ips"][1]["interface"] == 1
     assert result["dns"]["nameservers"] == ["127.0.0.11", "192.0.2.53"]
     assert cni(host, "DEL", plugin_conf(host), "ctr5", ns) == (0, None)
