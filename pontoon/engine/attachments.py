@@ -149,8 +149,10 @@ class Attachments:
         self.ports.check(net, req.ports)
         for att in self.state.of_owner(req.owner.key):
             if att.network_id == net.id:
+                # Docker's rule, and what keeps names and routes unambiguous.
                 raise Conflict(
-                    f"{req.owner.name or req.owner.id} is already attached to {net.name}"
+                    f"{req.owner.name or req.owner.id} is already attached to {net.name} "
+                    f"as {att.ifname}: one interface per network"
                 )
             if att.ifname == req.ifname:
                 raise Conflict(f"interface {req.ifname} already exists for {req.owner.key}")

@@ -248,6 +248,30 @@ def test_name_resolution_ping_and_a_published_port(make_host, foreign_ns, server
     assert snapshot(host) == clean
 
 
+def test_a_second_interface_on_the_same_network_is_refused_and_its_del_harmless(
+    make_host, foreign_ns
+):
+    """Multus may ADD one container twice with different ifnames; on one
+    pontoon network that would give the container's name two addresses and
+    two default routes, so the second ADD is refused (as Docker refuses a
+    second connect), and the runtime's clean-up DEL leaves the first alone."""
+    host = web_host(make_host)
+    ns = foreign_ns(host, "twice")
+    conf = plugin_conf(host)
+    rc, first = cni(host, "ADD", conf, "multi", ns)
+    assert rc == 0, first
+    clean = snapshot(host)
+    rc, err = cni(host, "ADD", conf, "multi", ns, ifname="net1")
+    assert rc == 1 and err["code"] == 999
+    assert err["msg"].endswith("already attached to web as eth0: one interface per network")
+    assert snapshot(host) == clean
+    assert cni(host, "DEL", conf, "multi", ns, ifname="net1") == (0, None)
+    assert snapshot(host) == clean
+    assert in_ns(ns, "ping", "-c1", "-W2", "10.60.0.1", check=False).returncode == 0
+    assert cni(host, "CHECK", {**conf, "prevResult": first}, "multi", ns) == (0, None)
+    assert cni(host, "DEL", conf, "multi", ns) == (0, None)
+
+
 def test_del_succeeds_when_namespace_or_network_is_gone(make_host, foreign_ns):
     host = web_host(make_host)
     host.cli("network", "create", "--subnet", "10.61.0.0/24", "back")
