@@ -10,12 +10,14 @@ import itertools
 import os
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pontoon.lab import SimHost
+from pontoon.lab.engines import CGROUP_ROOT, EngineHost
 
 RUN = uuid.uuid4().hex[:3]
 PREFIX = f"ptt-{RUN}"
@@ -44,6 +46,7 @@ def _root_state() -> dict[str, set[str]]:
             m.split()[1] for m in mounts.splitlines() if f"{WORKDIR}/{PREFIX}" in m.split()[1]
         },
         "processes": set(procs.splitlines()),
+        "cgroups": {str(p) for p in CGROUP_ROOT.glob(f"*/pontoon-lab-{PREFIX}*")},
     }
 
 
@@ -100,7 +103,7 @@ def _print_logs(host: SimHost) -> None:
 
 
 @pytest.fixture
-def make_host(request: pytest.FixtureRequest) -> Iterator[callable]:
+def make_host(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
     """Factory: make_host(start=True, *daemon_args) -> SimHost, all destroyed at teardown."""
     made: list[SimHost] = []
 
@@ -121,6 +124,33 @@ def make_host(request: pytest.FixtureRequest) -> Iterator[callable]:
         host.destroy()
 
 
+@pytest.fixture
+def make_engine_host(
+    request: pytest.FixtureRequest, make_host: Callable[..., SimHost]
+) -> Iterator[Callable[..., EngineHost]]:
+    """Factory: make_engine_host(*daemon_args, start=True) -> EngineHost, a
+    host with its own mount namespace for container engines (its pontoond
+    runs in both namespaces); engines and containers destroyed at teardown,
+    before the host itself."""
+    made: list[EngineHost] = []
+
+    def factory(*daemon_args: str, start: bool = True) -> EngineHost:
+        engines = EngineHost(make_host(start=False)).create()
+        made.append(engines)
+        if start:
+            engines.host.start_daemon(*daemon_args)
+        return engines
+
+    yield factory
+    if getattr(request.node, "_pontoon_failed", False):
+        for engines in made:
+            for log in ("dockerd.log", "containerd.log"):
+                if (engines.dir / log).exists():
+                    print(f"--- {engines.host.name}: {log}\n{engines.log_tail(log)}")
+    for engines in reversed(made):
+        engines.destroy()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.geteuid() == 0:
         return
@@ -131,7 +161,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
-def foreign_ns() -> Iterator[callable]:
+def foreign_ns() -> Iterator[Callable[..., Any]]:
     """foreign_ns(host, name): a network namespace made with unshare(1), as a
     container runtime would, pinned at a file of the host's work directory;
     unmounted and removed at teardown."""

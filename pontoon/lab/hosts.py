@@ -55,6 +55,9 @@ class SimHost:
         self.socket = workdir / "pontoon.sock"
         self.log = workdir / "pontoond.log"
         self.daemon: subprocess.Popen[bytes] | None = None
+        # A mount namespace of the host's own (an EngineHost's), entered
+        # together with the network namespace when set.
+        self.mount_ns: Path | None = None
 
     @property
     def netns(self) -> Path:
@@ -82,10 +85,7 @@ class SimHost:
             "-H", self.host_url,
             *extra,
         ]  # fmt: skip
-        if via == "nsenter":
-            prefix = ["nsenter", f"--net={self.netns}", "--"]
-        else:
-            prefix = ["ip", "netns", "exec", self.name]
+        prefix = self.nsenter() if via == "nsenter" else ["ip", "netns", "exec", self.name]
         with open(self.log, "ab") as log:
             self.daemon = subprocess.Popen(
                 prefix + args, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
@@ -181,12 +181,15 @@ class SimHost:
         self, *args: str, check: bool = True, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
         """Run a command in the host's network namespace."""
-        return run("nsenter", f"--net={self.netns}", "--", *args, check=check, timeout=timeout)
+        return run(*self.nsenter(), *args, check=check, timeout=timeout)
 
     def popen(self, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            ["nsenter", f"--net={self.netns}", "--", *args], text=True, **kwargs
-        )
+        return subprocess.Popen([*self.nsenter(), *args], text=True, **kwargs)
+
+    def nsenter(self) -> list[str]:
+        """The command prefix that enters the host's namespaces."""
+        mount = [f"--mount={self.mount_ns}"] if self.mount_ns else []
+        return ["nsenter", *mount, f"--net={self.netns}", "--"]
 
 
 def pids_in_netns(inodes: set[int | None]) -> list[int]:
