@@ -39,6 +39,8 @@ KNOWN_ARGS = {
 CONTAINER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 MAC_RE = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
 SHORT_ID = 12
+HEX_ID = re.compile(r"[0-9a-f]{13,}")
+LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 
 
 class CniError(Exception):
@@ -192,7 +194,14 @@ def parse_args(text: str) -> dict[str, str]:
 
 
 def short_id(container_id: str) -> str:
-    return container_id[:SHORT_ID]
+    """The name peers resolve when the runtime gives none: Podman's and
+    Docker's hex IDs by the 12-character short form their users see; any
+    other ID whole (`ctr run --cni` sends NAMESPACE-ID, whose first 12
+    characters every container of the namespace shares) while it makes a
+    DNS label."""
+    if HEX_ID.fullmatch(container_id) or not LABEL.fullmatch(container_id):
+        return container_id[:SHORT_ID]
+    return container_id
 
 
 def attach_request(conf: Config, inv: Invocation) -> dict[str, Any]:
