@@ -79,7 +79,11 @@ def test_podman_run_inspect_names_aliases_and_a_published_port(make_host, make_e
     assert owner["Owner"]["Id"] == web_id and owner["Name"] == "web1"
     assert owner["IPs"] == [address]
 
-    run_detached(engines, "client1")
+    # --ip and --mac-address arrive as IP= and MAC= in CNI_ARGS.
+    run_detached(engines, "client1", "--ip", "10.72.0.50", "--mac-address", "02:00:00:00:72:50")
+    client = json.loads(engines.podman("inspect", "client1").stdout)[0]
+    assert client["NetworkSettings"]["Networks"]["pnet"]["IPAddress"] == "10.72.0.50"
+    assert client["NetworkSettings"]["Networks"]["pnet"]["MacAddress"] == "02:00:00:00:72:50"
     for name in ("web1", "db", web_id[:12]):
         proc = shell(engines, "client1", f"ping -c1 -W2 {name}")
         assert proc.returncode == 0 and f"({address})" in proc.stdout, (name, proc.stdout)
