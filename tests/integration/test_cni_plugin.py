@@ -483,7 +483,8 @@ def test_cni_attachments_show_with_their_owner_and_trace_from_and_to_them(make_h
 
     attachment_id = host.cli_json("ps", "--owner", "cni", "--format", "json")[1]["Attachments"][0]
     for source, target in [("pod1", "c1"), ("c1", long_id), (long_id[:12], other_ip),
-                           ("c1", attachment_id), (attachment_id, "pod1")]:  # fmt: skip
+                           ("c1", attachment_id), (attachment_id, "pod1"),
+                           (pod_ip, "c1")]:  # fmt: skip
         assert trace("--from", source, "--to", target)["verdict"] == "delivered", (source, target)
 
     for ns, cid in ((pod, long_id), (other, "ctr-b")):
