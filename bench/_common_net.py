@@ -41,6 +41,8 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 
+from pontoon.lab.leaks import State, changes, machine_state  # noqa: E402
+
 PREFIX = "ptb2-"
 WORK = Path("/tmp/ptb2-bench")
 TOOL = Path(__file__).resolve()
@@ -89,28 +91,9 @@ def raise_nofile(target: int = 1 << 16) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def root_snapshot() -> dict[str, set[str]]:
-    """What we must leave as we found it in the machine's own namespace."""
-    links = {
-        ln.split(":")[1].strip().split("@")[0] for ln in run(["ip", "-o", "link"]).splitlines()
-    }
-    netns = {ln.split()[0] for ln in run(["ip", "netns", "list"]).splitlines() if ln.strip()}
-    return {
-        "links": links,
-        "nft tables": set(run(["nft", "list", "tables"]).splitlines()),
-        "ptb2- namespaces": {n for n in netns if n.startswith(PREFIX)},
-    }
-
-
-def snapshot_changes(before: dict[str, set[str]], after: dict[str, set[str]]) -> list[str]:
-    changes = []
-    for kind, old in before.items():
-        added, removed = after[kind] - old, old - after[kind]
-        if added:
-            changes.append(f"{kind} added: {sorted(added)}")
-        if removed:
-            changes.append(f"{kind} removed: {sorted(removed)}")
-    return changes
+def root_snapshot() -> State:
+    """What we must leave as we found it."""
+    return machine_state((PREFIX, "ptl-"), (str(WORK),))
 
 
 def _sigterm(*_: object) -> None:
@@ -160,7 +143,7 @@ class Session:
         for name in reversed(self.labs):
             self.lab_down(name)
         self._sweep_work()
-        self.leaks = snapshot_changes(self.before, root_snapshot())
+        self.leaks = changes(self.before, root_snapshot())
         for leak in self.leaks:
             log(f"WARNING: the root namespace changed: {leak}")
 

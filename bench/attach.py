@@ -55,7 +55,6 @@ from common import (  # noqa: E402
     root_state,
     rss_kb,
     source_revision,
-    state_changes,
     stop_process,
     unmount_all_under,
 )
@@ -63,6 +62,7 @@ from common import (  # noqa: E402
 import pontoon  # noqa: E402
 from pontoon.client import Client  # noqa: E402
 from pontoon.lab import SimHost  # noqa: E402
+from pontoon.lab.leaks import changes  # noqa: E402
 
 WORKER = HERE / "_attach_worker.py"
 CNI_BRIDGE = Path("/usr/lib/cni/bridge")
@@ -469,7 +469,7 @@ def report(
         lines += ["", f"(quick run: the large size is {max(sizes)}, not 500)"]
     lines += ["", "## Clean-up check (root namespace)", ""]
     lines += [f"- CHANGED: {c}" for c in leaks] or [
-        "- links, nft tables, ptb- namespaces: as before"
+        "- links, nft tables, namespaces, mounts, processes, cgroups: as before"
     ]
     return "\n".join(lines)
 
@@ -514,7 +514,8 @@ def main() -> int:
         log("bench/attach.py needs root (it creates network namespaces)")
         return 2
     on_signals_clean_up()
-    before = root_state()
+    workroot = Path(tempfile.mkdtemp(prefix=PREFIX + "attach-"))
+    before = root_state(workroot)
     info = machine_info()
     info["pontoon"] = source_revision(Path(pontoon.__file__).resolve().parent)
     info["netavark"] = dpkg_version("netavark")
@@ -523,14 +524,13 @@ def main() -> int:
     info["method"] = (
         f"pontoon API alone, then the other three side by side, {CHUNK} cycles per turn"
     )
-    workroot = Path(tempfile.mkdtemp(prefix=PREFIX + "attach-"))
     try:
         runs = run_all(args.tools, workroot, args.sizes, args.iterations, args.warmup)
     finally:
         unmount_all_under(workroot)
         shutil.rmtree(workroot, ignore_errors=True)
     info["loadavg after"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    leaks = state_changes(before, root_state())
+    leaks = changes(before, root_state(workroot))
     print(report(runs, args.sizes, info, leaks))
     if args.json:
         write_json(args.json, runs, info)

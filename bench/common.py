@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from pontoon.lab.leaks import State, machine_state
+
 PREFIX = "ptb-"
 S = TypeVar("S")
 H = TypeVar("H")
@@ -148,31 +150,10 @@ def inside_bench_host(netns_path: Path) -> bool:
     return ours is not None and ours == netns_inode(str(netns_path))
 
 
-def _lines(*cmd: str) -> list[str]:
-    proc = subprocess.run(list(cmd), capture_output=True, text=True, check=False)
-    return proc.stdout.splitlines()
-
-
-def root_state() -> dict[str, set[str]]:
-    """What the benchmark must leave as it found it in the root namespace."""
-    links = {line.split(":")[1].strip().split("@")[0] for line in _lines("ip", "-o", "link")}
-    netns = {line.split()[0] for line in _lines("ip", "netns", "list") if line.strip()}
-    return {
-        "links": links,
-        "nft tables": set(_lines("nft", "list", "tables")),
-        "ptb- namespaces": {n for n in netns if n.startswith(PREFIX)},
-    }
-
-
-def state_changes(before: dict[str, set[str]], after: dict[str, set[str]]) -> list[str]:
-    changes = []
-    for kind in before:
-        added, removed = after[kind] - before[kind], before[kind] - after[kind]
-        if added:
-            changes.append(f"{kind} added: {sorted(added)}")
-        if removed:
-            changes.append(f"{kind} removed: {sorted(removed)}")
-    return changes
+def root_state(workroot: Path) -> State:
+    """What the benchmark must leave as it found it (its own mounts and
+    processes are the ones under `workroot`)."""
+    return machine_state((PREFIX,), (str(workroot),))
 
 
 def mounts_under(directory: Path) -> list[str]:

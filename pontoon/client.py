@@ -7,12 +7,14 @@ import http.client
 import json
 import os
 import socket
+import ssl
 import struct
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from pontoon.errors import os_error_text
+from pontoon.tls import TlsFiles, client_context, parse_tcp_host, ssl_error_text
 
 DEFAULT_HOST = "unix:///run/pontoon/pontoon.sock"
 
@@ -37,6 +39,20 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+class TlsHTTPConnection(http.client.HTTPSConnection):
+    """HTTPS whose connect and handshake are bounded, and whose reads are not
+    (as the unix socket's): `logs -f` may wait for output for hours."""
+
+    CONNECT_TIMEOUT = 10.0
+
+    def __init__(self, host: str, port: int, context: ssl.SSLContext) -> None:
+        super().__init__(host, port, context=context, timeout=self.CONNECT_TIMEOUT)
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock.settimeout(None)
+
+
 def socket_path(host: str | None) -> str:
     url = host or os.environ.get("PONTOON_HOST") or DEFAULT_HOST
     if url.startswith("lab://"):
@@ -50,7 +66,7 @@ def socket_path(host: str | None) -> str:
         return url.removeprefix("unix://")
     if url.startswith("/"):
         return url
-    raise ApiError(0, f"unsupported host {url!r}: use unix:///PATH")
+    raise ApiError(0, f"unsupported host {url!r}: use unix:///PATH or tcp://ADDR:PORT")
 
 
 def ref(value: str) -> str:
@@ -58,11 +74,35 @@ def ref(value: str) -> str:
 
 
 class Client:
-    def __init__(self, host: str | None = None) -> None:
-        self.path = socket_path(host)
+    """`host`: unix:///PATH, lab://HOST, or tcp://ADDR:PORT with `tls` (mutual
+    TLS only: the client never speaks plaintext HTTP over TCP)."""
+
+    def __init__(self, host: str | None = None, tls: TlsFiles | None = None) -> None:
+        url = host or os.environ.get("PONTOON_HOST") or DEFAULT_HOST
+        self.tcp: tuple[str, int] | None = None
+        self.context: ssl.SSLContext | None = None
+        if url.startswith("tcp://"):
+            if tls is None:
+                raise ApiError(0, f"{url} needs --tlsverify: pontoond's remote API is mutual "
+                               "TLS only (--tlscacert, --tlscert, --tlskey)")  # fmt: skip
+            try:
+                self.tcp = parse_tcp_host(url)
+                self.context = client_context(tls)
+            except ValueError as exc:
+                raise ApiError(0, str(exc)) from None
+            self.path = url
+        else:
+            self.path = socket_path(url)
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.tcp is None:
+            return UnixHTTPConnection(self.path)
+        host, port = self.tcp
+        assert self.context is not None
+        return TlsHTTPConnection(host, port, self.context)
 
     def _open(self, method: str, url: str, payload: Any = None) -> http.client.HTTPResponse:
-        conn = UnixHTTPConnection(self.path)
+        conn = self._connection()
         data = None if payload is None else json.dumps(payload).encode()
         headers = {"Content-Type": "application/json"} if data is not None else {}
         try:
@@ -72,6 +112,17 @@ class Client:
             raise ApiError(
                 0, f"cannot reach pontoond at {self.path}: is the daemon running?"
             ) from None
+        except ssl.SSLError as exc:
+            reason = ssl_error_text(exc)
+            raise ApiError(0, f"TLS with pontoond at {self.path} failed: {reason}") from None
+        except (http.client.RemoteDisconnected, ConnectionResetError) as exc:
+            if self.tcp is None:
+                reason = os_error_text(exc)
+                raise ApiError(0, f"cannot talk to pontoond at {self.path}: {reason}") from None
+            # TLS 1.3: the daemon checks our certificate after our side of the
+            # handshake is done, and a refusal reaches us as a closed connection.
+            raise ApiError(0, f"pontoond at {self.path} refused our TLS certificate (expired, "
+                           "or not signed by the daemon's CA?)") from None  # fmt: skip
         except OSError as exc:
             reason = os_error_text(exc)
             raise ApiError(0, f"cannot talk to pontoond at {self.path}: {reason}") from None

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from pontoon.lab import SimHost
-from pontoon.lab.engines import CGROUP_ROOT, EngineHost
+from pontoon.lab.engines import EngineHost
+from pontoon.lab.leaks import State, changes, machine_state
 
 RUN = uuid.uuid4().hex[:3]
 PREFIX = f"ptt-{RUN}"
@@ -26,28 +27,8 @@ WORKDIR = Path("/tmp/pontoon-tests")
 _labs = itertools.count()
 
 
-def _root_state() -> dict[str, set[str]]:
-    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
-    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    mounts = Path("/proc/self/mounts").read_text()
-    procs = subprocess.run(
-        ["pgrep", "-a", "-f", f"{WORKDIR}/{PREFIX}|/run/pontoon-lab/t{RUN}"],
-        capture_output=True,
-        text=True,
-    ).stdout
-    return {
-        "links": {line.split(":")[1].strip().split("@")[0] for line in links.splitlines()},
-        "nft tables": set(tables.splitlines()),
-        "named netns": {
-            n.split()[0] for n in netns.splitlines() if n.startswith((PREFIX, LAB_PREFIX))
-        },
-        "mounts": {
-            m.split()[1] for m in mounts.splitlines() if f"{WORKDIR}/{PREFIX}" in m.split()[1]
-        },
-        "processes": set(procs.splitlines()),
-        "cgroups": {str(p) for p in CGROUP_ROOT.glob(f"*/pontoon-lab-{PREFIX}*")},
-    }
+def _root_state() -> State:
+    return machine_state((PREFIX, LAB_PREFIX), (f"{WORKDIR}/{PREFIX}", f"/run/pontoon-lab/t{RUN}"))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -66,12 +47,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     ran = getattr(session.config, "_pontoon_integration", False)
     if before is None or os.geteuid() != 0 or not ran:
         return
-    after = _root_state()
-    leaks = {k: sorted(after[k] - before[k]) for k in after if after[k] - before[k]}
+    leaks = changes(before, _root_state())
     if leaks:
-        print("\nLEAK CHECK FAILED: tests left behind:")
-        for kind, items in leaks.items():
-            print(f"  {kind}: {items}")
+        print("\nLEAK CHECK FAILED: the tests changed the machine:")
+        for line in leaks:
+            print(f"  {line}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 

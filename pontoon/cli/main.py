@@ -18,7 +18,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
 def client(ctx: click.Context) -> Client:
-    return Client(ctx.obj.get("host"))
+    return Client(ctx.obj.get("host"), ctx.obj.get("tls"))
 
 
 def emit_json(data: Any) -> None:
@@ -41,12 +41,30 @@ def table(headers: list[str], rows: list[list[str]]) -> None:
 
 
 @click.group(context_settings=CONTEXT)
-@click.option("-H", "--host", envvar="PONTOON_HOST", help="Daemon socket (unix:///PATH).")
+@click.option(
+    "-H", "--host", envvar="PONTOON_HOST",
+    help="Daemon: unix:///PATH, lab://HOST, or tcp://ADDR:PORT with --tlsverify.",
+)  # fmt: skip
+@click.option("--tlsverify", is_flag=True, help="Mutual TLS to a tcp:// daemon "
+              "(also: PONTOON_TLS_VERIFY=1).")  # fmt: skip
+@click.option("--tlscacert", help="CA that signs the daemon.  [default: $PONTOON_CERT_PATH/"
+              "ca.pem, ~/.pontoon/ca.pem]")  # fmt: skip
+@click.option("--tlscert", help="Client certificate.  [default: …/cert.pem]")
+@click.option("--tlskey", help="Client key.  [default: …/key.pem]")
 @click.version_option(package_name="pontoon")
 @click.pass_context
-def cli(ctx: click.Context, host: str | None) -> None:
+def cli(
+    ctx: click.Context,
+    host: str | None,
+    tlsverify: bool,
+    tlscacert: str | None,
+    tlscert: str | None,
+    tlskey: str | None,
+) -> None:
     """pontoon: container networks for Linux."""
-    ctx.obj = {"host": host}
+    from pontoon.tls import tls_files
+
+    ctx.obj = {"host": host, "tls": tls_files(tlsverify, tlscacert, tlscert, tlskey)}
 
 
 # ---------------------------------------------------------------- networks
@@ -249,7 +267,12 @@ def _copy_logs(c: Client, cid: str, follow: bool) -> None:
 @click.pass_context
 def exec_(ctx: click.Context, name: str, command: tuple[str, ...]) -> None:
     """Run COMMAND inside a running container; its exit status passes through."""
-    info = client(ctx).get(f"/containers/{ref(name)}/json")
+    c = client(ctx)
+    if c.tcp is not None:
+        # nsenter works on this machine's PIDs: a remote daemon's would name
+        # another process here.
+        raise click.ClickException("exec needs the daemon's own machine: use its unix socket")
+    info = c.get(f"/containers/{ref(name)}/json")
     pid = info["State"]["Pid"]
     if not info["State"]["Running"] or not pid:
         raise click.ClickException(f"container {name} is not running")
@@ -411,17 +434,28 @@ def lab() -> None:
 @click.option("--subnet", default="10.10.0.0/24", show_default=True, help="The underlay.")
 @click.option("--name", default="lab", show_default=True)
 @click.option("--userland-proxy", type=click.BOOL, default=True, show_default=True)
-def lab_up(count: int, subnet: str, name: str, userland_proxy: bool) -> None:
+@click.option("--tls", is_flag=True, help="A CA and certificates: etcd with client-certificate "
+              "authentication, each host's API also on eth0:2376 over mutual TLS.")  # fmt: skip
+@click.option("--etcd-members", type=click.IntRange(1, 7), default=1, show_default=True,
+              help="etcd members in the lab's cluster.")  # fmt: skip
+def lab_up(
+    count: int, subnet: str, name: str, userland_proxy: bool, tls: bool, etcd_members: int
+) -> None:
     """Build N hosts on an underlay bridge, start etcd and one pontoond per host."""
+    from functools import partial
+
     from pontoon.lab import cluster
 
-    state = _lab_call(
-        cluster.up, name, count, subnet, [f"--userland-proxy={str(userland_proxy).lower()}"]
-    )
+    up = partial(cluster.up, tls=tls, etcd_members=etcd_members)
+    state = _lab_call(up, name, count, subnet, [f"--userland-proxy={str(userland_proxy).lower()}"])
     prefix = "lab://" if name == "lab" else f"lab://{name}/"
     for host in state.hosts:
         click.echo(f"{host.name}  {host.address:<15} pontoon -H {prefix}{host.name}")
     click.echo(f"etcd {state.etcd_url}")
+    if tls:
+        click.echo(
+            f"certificates {state.certs} (the admin's: PONTOON_CERT_PATH={state.certs}/client)"
+        )
 
 
 @lab.command("down")
@@ -445,7 +479,12 @@ def lab_status(name: str, fmt: str) -> None:
         emit_json(info)
         return
     click.echo(f"lab {info['lab']}: underlay {info['subnet']}, etcd {info['etcd']['url']} "
-               f"({'healthy' if info['etcd']['healthy'] else 'DOWN'})")  # fmt: skip
+               f"({'healthy' if info['etcd']['healthy'] else 'DOWN'})"
+               f"{', TLS' if info['tls'] else ''}")  # fmt: skip
+    if len(info["etcd"]["members"]) > 1:
+        click.echo("etcd members: " + ", ".join(
+            f"{m['name']} {'leader' if m['leader'] else 'up' if m['running'] else 'DOWN'}"
+            for m in info["etcd"]["members"]))  # fmt: skip
     table(
         ["HOST", "ADDRESS", "DAEMON", "NETNS", "USE"],
         [[h["host"], h["address"], h["daemon"], h["netns"], f"-H {h['ref']}"]

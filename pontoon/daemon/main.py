@@ -15,12 +15,15 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pontoon import ipam
-from pontoon.daemon.config import DaemonConfig, parse_host
-from pontoon.errors import PontoonError
+from pontoon.daemon.config import DaemonConfig, parse_hosts
+from pontoon.errors import PontoonError, os_error_text
 from pontoon.firewall import Tunnel
 from pontoon.sandbox import netns
+from pontoon.tls import CERT_PATH_ENV, TlsFiles, server_context, tls_files
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from pontoon.engine.engine import Engine
     from pontoon.engine.kernel import Kernel
 
@@ -33,12 +36,25 @@ log = logging.getLogger("pontoond")
 @click.option(
     "-H",
     "--host",
-    "host",
-    default="unix:///run/pontoon/pontoon.sock",
+    "hosts",
+    multiple=True,
+    default=["unix:///run/pontoon/pontoon.sock"],
     show_default=True,
-    help="API socket (unix:///PATH).",
+    help="API socket unix:///PATH, or tcp://ADDR:PORT with --tlsverify (repeatable).",
 )
+@click.option("--tlsverify", is_flag=True, help="Serve TCP with mutual TLS (clients need a "
+              "certificate signed by --tlscacert).")  # fmt: skip
+@click.option("--tlscacert", default=None, help="CA that signs clients.  [default: "
+              "$PONTOON_CERT_PATH/ca.pem, ~/.pontoon/ca.pem]")  # fmt: skip
+@click.option("--tlscert", default=None, help="The daemon's certificate (cert.pem).")
+@click.option("--tlskey", default=None, help="The daemon's key (key.pem).")
 @click.option("--cluster-store", default="", help="etcd://HOST:PORT[,HOST:PORT...][/PREFIX]")
+@click.option(
+    "--cluster-store-opt",
+    "cluster_store_opts",
+    multiple=True,
+    help="TLS to etcd: kv.cacertfile=FILE, kv.certfile=FILE, kv.keyfile=FILE (repeatable).",
+)
 @click.option("--cluster-advertise", default="", help="Interface or IP other hosts reach us at.")
 @click.option("--userland-proxy", type=click.BOOL, default=True, show_default=True)
 @click.option(
@@ -91,8 +107,13 @@ log = logging.getLogger("pontoond")
 def cli(
     root: str,
     exec_root: str,
-    host: str,
+    hosts: tuple[str, ...],
+    tlsverify: bool,
+    tlscacert: str | None,
+    tlscert: str | None,
+    tlskey: str | None,
     cluster_store: str,
+    cluster_store_opts: tuple[str, ...],
     cluster_advertise: str,
     userland_proxy: bool,
     userland_proxy_workers: int | None,
@@ -113,13 +134,23 @@ def cli(
     # pyroute2 logs every netlink message at debug level: far too much for ours.
     logging.getLogger("pyroute2").setLevel(logging.WARNING)
     logging.getLogger("asyncio").setLevel(logging.WARNING)
+    # gRPC's C core prints its own lines on stderr (each refused TLS record,
+    # each reconnect); the store reports what matters in our log.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR" if log_level == "debug" else "NONE")
     try:
+        # $PONTOON_TLS_VERIFY is the CLI's; the daemon serves TLS only when told.
+        env = {k: v for k, v in os.environ.items() if k == CERT_PATH_ENV}
+        tls = _check_tls(tls_files(tlsverify, tlscacert, tlscert, tlskey, env))
+        socket, tcp_hosts = parse_hosts(list(hosts), tls)
         config = DaemonConfig(
             root=Path(root).resolve(),
             exec_root=Path(exec_root).resolve(),
-            socket=parse_host(host).resolve(),
+            socket=socket.resolve() if socket else None,
+            tcp_hosts=tcp_hosts,
+            tls=tls,
             cluster_store=cluster_store,
             cluster_advertise=cluster_advertise,
+            cluster_store_opts=list(cluster_store_opts),
             userland_proxy=userland_proxy,
             userland_proxy_workers=userland_proxy_workers,
             firewall_backend=firewall_backend,
@@ -135,12 +166,15 @@ def cli(
     except (ValueError, PontoonError) as exc:
         raise click.UsageError(str(exc)) from None
     if cluster_store:
-        from pontoon.store.etcd import parse_url
+        from pontoon.store.etcd import parse_store_opts, parse_url
 
         try:
             parse_url(cluster_store)
+            parse_store_opts(cluster_store_opts)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
+    elif cluster_store_opts:
+        raise click.UsageError("--cluster-store-opt needs --cluster-store")
     if os.geteuid() != 0:
         raise click.UsageError("pontoond must run as root")
     raise_fd_limit()
@@ -157,6 +191,13 @@ def raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _check_tls(files: TlsFiles | None) -> TlsFiles | None:
+    """Load the files once now: a bad one is a flag error, not a failed start."""
+    if files is not None:
+        server_context(files)
+    return files
 
 
 def _check_metrics_addr(addr: str) -> str:
@@ -207,6 +248,8 @@ async def serve(config: DaemonConfig) -> int:
     from pontoon.store.timed import TimedStore
 
     lock_fd = take_lock(config.root)
+    if config.cluster_store_opts:
+        await check_store_tls(config)
     config.exec_root.mkdir(parents=True, exist_ok=True)
     netns.ensure_own_mount(config.netns_dir)
     store = TimedStore(SQLiteStore(config.db_path), "local")
@@ -242,18 +285,14 @@ async def serve(config: DaemonConfig) -> int:
 
     runner = web.AppRunner(Api(config, engine, runtime).app(), access_log=None)
     await runner.setup()
-    config.socket.parent.mkdir(parents=True, exist_ok=True)
-    config.socket.unlink(missing_ok=True)
-    site = web.UnixSite(runner, str(config.socket))
-    await site.start()
-    os.chmod(config.socket, 0o660)
+    await listen(runner, config)
     (config.exec_root / "pontoond.pid").write_text(f"{os.getpid()}\n")
     metrics_runner = None
     if config.metrics_addr:
         from pontoon.daemon import metrics
 
         metrics_runner = await metrics.start(metrics.Sources(engine, runtime), config.metrics_addr)
-    log.info("pontoond ready on %s (root %s)", config.socket, config.root)
+    log.info("pontoond ready on %s (root %s)", listeners(config), config.root)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -271,9 +310,38 @@ async def serve(config: DaemonConfig) -> int:
     await engine.close()
     await store.close()
     kernel.close()
-    config.socket.unlink(missing_ok=True)
+    if config.socket is not None:
+        config.socket.unlink(missing_ok=True)
     os.close(lock_fd)
     return 0
+
+
+async def listen(runner: web.AppRunner, config: DaemonConfig) -> None:
+    """The unix socket (0660), and each TCP address with mutual TLS only."""
+    from aiohttp import web
+
+    if config.socket is not None:
+        config.socket.parent.mkdir(parents=True, exist_ok=True)
+        config.socket.unlink(missing_ok=True)
+        await web.UnixSite(runner, str(config.socket)).start()
+        os.chmod(config.socket, 0o660)
+    if not config.tcp_hosts:
+        return
+    assert config.tls is not None  # parse_hosts refuses TCP without it
+    context = server_context(config.tls)
+    for host, port in config.tcp_hosts:
+        try:
+            await web.TCPSite(runner, host, port, ssl_context=context).start()
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot listen on tcp://{host}:{port}: {os_error_text(exc)}"
+            ) from None
+
+
+def listeners(config: DaemonConfig) -> str:
+    urls = [f"unix://{config.socket}"] if config.socket is not None else []
+    urls += [f"tcp://{h}:{p} (mutual TLS)" for h, p in config.tcp_hosts]
+    return ", ".join(urls)
 
 
 async def check_firewall(kernel: Kernel, interval: float) -> None:
@@ -292,7 +360,7 @@ async def join_cluster(config: DaemonConfig, engine: Engine) -> None:
     """Global networks: our VTEP, the etcd store and the cluster agent."""
     from pontoon.cluster.agent import ClusterAgent
     from pontoon.drivers.overlay import prepare_underlay
-    from pontoon.store.etcd import EtcdStore
+    from pontoon.store.etcd import EtcdStore, parse_store_opts
     from pontoon.store.timed import TimedStore
 
     try:
@@ -306,12 +374,29 @@ async def join_cluster(config: DaemonConfig, engine: Engine) -> None:
         raise click.ClickException(str(exc)) from None
     # Applied by the start-up sync, which follows.
     engine.kernel.firewall.tunnel = Tunnel(vtep, config.vxlan_port)
-    store = TimedStore(EtcdStore.from_url(config.cluster_store), "cluster")
+    tls = parse_store_opts(config.cluster_store_opts)
+    store = TimedStore(EtcdStore.from_url(config.cluster_store, tls=tls), "cluster")
     agent = ClusterAgent(store, host_id(config.root), vtep, config.cluster_ttl)
     agent.listener = engine
     engine.join_cluster(agent, vtep, config.vxlan_port, mtu)
     log.info("cluster store %s, VTEP %s, VXLAN port %d", config.cluster_store, vtep,
              config.vxlan_port)  # fmt: skip
+
+
+async def check_store_tls(config: DaemonConfig) -> None:
+    """Before anything is made: a certificate etcd refuses (missing, expired,
+    another CA's) stops the daemon with the reason, within the store's time
+    budget, instead of a daemon retrying forever."""
+    from pontoon.store.etcd import EtcdStore, parse_store_opts
+
+    tls = parse_store_opts(config.cluster_store_opts)
+    store = EtcdStore.from_url(config.cluster_store, tls=tls)
+    try:
+        await store.check_access()
+    except PontoonError as exc:
+        raise click.ClickException(exc.message) from None
+    finally:
+        await store.close()
 
 
 def host_id(root: Path) -> str:
@@ -340,4 +425,13 @@ def dump_tasks() -> None:
 
 
 def main() -> None:
-    cli(standalone_mode=True)
+    try:
+        cli.main(prog_name="pontoond", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        # One line, as the CLI's: a script or a unit file's log shows why.
+        print(f"Error: {exc.format_message()}", file=sys.stderr)
+        sys.exit(exc.exit_code)

@@ -1,10 +1,18 @@
 """`pontoon lab`: a cluster of simulated hosts on this machine (SPEC §9).
 
     switch netns  ptl-<lab>-sw   bridge br0 10.10.0.1/24, etcd on 10.10.0.1:2379
+                                 (--etcd-members N: also 10.10.0.2, .3 … on br0,
+                                 one etcd member each, all in one cluster)
         │ veth
     host netns    ptl-<lab>-h1   eth0 10.10.0.11/24, pontoond (--cluster-store etcd://…)
     host netns    ptl-<lab>-h2   eth0 10.10.0.12/24, pontoond
     …
+
+`--tls` makes a CA and a certificate per etcd member, per host and for an
+admin client under /run/pontoon-lab/<lab>/certs/ (Docker's ca.pem, cert.pem,
+key.pem per folder); etcd then takes only clients and peers with one of them,
+every pontoond talks to etcd with its host's certificate and serves its API
+on eth0:2376 over mutual TLS as well as on its unix socket.
 
 The switch namespace is the underlay (and the "outside" the hosts route to);
 nothing is created in the machine's own network namespace. State lives in
@@ -21,18 +29,23 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pontoon.lab.hosts import SimHost, run
+
+if TYPE_CHECKING:
+    from pontoon.lab.etcd import EtcdServer
+    from pontoon.tls import TlsFiles
 
 STATE_ROOT = Path("/run/pontoon-lab")
 DEFAULT_SUBNET = "10.10.0.0/24"
 ETCD_PORT = 2379
 ETCD_PEER_PORT = 2380
+API_TLS_PORT = 2376
 CLUSTER_PREFIX = "/pontoon"
+MAX_ETCD_MEMBERS = 7  # the switch's addresses .1-.7; hosts start at .11
 
 
 class LabError(RuntimeError):
@@ -67,10 +80,18 @@ class LabState:
     etcd_client_url: str = ""  # what etcdctl takes: http://HOST:PORT
     hosts: list[LabHost] = dataclasses.field(default_factory=list)
     daemon_args: list[str] = dataclasses.field(default_factory=list)  # extra pontoond flags
+    etcd_members: int = 1
+    etcd_pids: list[int] = dataclasses.field(default_factory=list)
+    tls: bool = False
 
     @property
     def directory(self) -> Path:
         return STATE_ROOT / self.name
+
+    @property
+    def certs(self) -> Path:
+        """With --tls: ca/, etcd<N>/, h<N>/ and client/ (the admin's)."""
+        return self.directory / "certs"
 
     def save(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -135,9 +156,14 @@ def up(
     subnet: str = DEFAULT_SUBNET,
     daemon_args: list[str] | None = None,
     pythonpath: str = "",
+    *,
+    tls: bool = False,
+    etcd_members: int = 1,
 ) -> LabState:
     if not 1 <= hosts <= 50:
         raise LabError("--hosts must be 1-50")
+    if not 1 <= etcd_members <= MAX_ETCD_MEMBERS:
+        raise LabError(f"--etcd-members must be 1-{MAX_ETCD_MEMBERS}")
     if (STATE_ROOT / name / "state.json").exists():
         raise LabError(f"lab {name!r} is already up: `pontoon lab down` first")
     if not name.isalnum() or len(name) > 6:
@@ -146,11 +172,14 @@ def up(
     addrs = list(net.hosts())
     switch_ip = addrs[0]
     state = LabState(name=name, subnet=str(net), switch=f"ptl-{name}-sw",
-                     daemon_args=list(daemon_args or []))  # fmt: skip
+                     daemon_args=list(daemon_args or []), etcd_members=etcd_members,
+                     tls=tls)  # fmt: skip
     state.save()
     try:
         _make_switch(state, f"{switch_ip}/{net.prefixlen}")
-        _start_etcd(state, str(switch_ip))
+        if tls:
+            _make_certs(state, [str(a) for a in addrs[9 + 1 : 9 + hosts + 1]])
+        _start_etcd(state)
         for i in range(1, hosts + 1):
             _add_host(state, i, f"{addrs[9 + i]}/{net.prefixlen}", str(switch_ip), pythonpath)
             state.save()
@@ -169,17 +198,76 @@ def _make_switch(state: LabState, address: str) -> None:
     run(*sw, "link", "set", "br0", "up")
 
 
-def _start_etcd(state: LabState, ip: str) -> None:
+def member_addresses(state: LabState) -> list[str]:
+    """The switch's addresses, one per etcd member: .1, .2, …"""
+    hosts = iter(ipaddress.IPv4Network(state.subnet).hosts())
+    return [str(next(hosts)) for _ in range(state.etcd_members)]
+
+
+def etcd_servers(state: LabState) -> list[EtcdServer]:
+    """The lab's etcd members (running or not), as `up` made them: one alone
+    is its own cluster as before; several list each other as peers."""
     from pontoon.lab.etcd import EtcdServer
 
-    etcd = EtcdServer(
-        state.directory / "etcd", ip, ETCD_PORT, ETCD_PEER_PORT,
-        netns_path=f"/run/netns/{state.switch}",
-    )  # fmt: skip
-    etcd.start()
-    state.etcd_pid = etcd.pid or 0
-    state.etcd_url = etcd.url
-    state.etcd_client_url = etcd.client_url
+    ips = member_addresses(state)
+    netns_path = f"/run/netns/{state.switch}"
+    if len(ips) == 1:
+        tls = _files(state, "etcd1") if state.tls else None
+        return [EtcdServer(state.directory / "etcd", ips[0], ETCD_PORT, ETCD_PEER_PORT,
+                           netns_path=netns_path, tls=tls)]  # fmt: skip
+    scheme = "https" if state.tls else "http"
+    initial = ",".join(f"etcd{i}={scheme}://{ip}:{ETCD_PEER_PORT}" for i, ip in enumerate(ips, 1))
+    servers = []
+    for i, ip in enumerate(ips, 1):
+        tls = _files(state, f"etcd{i}") if state.tls else None
+        servers.append(
+            EtcdServer(state.directory / f"etcd{i}", ip, ETCD_PORT, ETCD_PEER_PORT,
+                       netns_path=netns_path, name=f"etcd{i}", tls=tls, peer_host=ip,
+                       initial_cluster=initial, cluster_token=f"pontoon-lab-{state.name}")
+        )  # fmt: skip
+    return servers
+
+
+def _files(state: LabState, folder: str) -> TlsFiles:
+    from pontoon.lab.pki import CA_FILE, CERT_FILE, KEY_FILE
+    from pontoon.tls import TlsFiles
+
+    certs = state.certs / folder
+    return TlsFiles(certs / CA_FILE, certs / CERT_FILE, certs / KEY_FILE)
+
+
+def _make_certs(state: LabState, host_ips: list[str]) -> None:
+    """One CA; a certificate per etcd member (its address), per host (its
+    underlay address: etcd client and API server) and the admin's."""
+    from pontoon.lab.pki import Authority
+
+    ca = Authority.create(state.certs / "ca", f"pontoon lab {state.name} CA")
+    members = member_addresses(state)
+    for i in range(1, len(members) + 1):
+        # Every member's addresses: they share the switch's namespace, so a
+        # peer connection leaves from br0's first address, whichever member
+        # makes it, and etcd checks the address against the certificate.
+        ca.issue(state.certs / f"etcd{i}", f"etcd{i}", ips=[*members, "127.0.0.1"])
+    for i, ip in enumerate(host_ips, 1):
+        ca.issue(state.certs / f"h{i}", f"h{i}", ips=[ip, "127.0.0.1"])
+    ca.issue(state.certs / "client", "admin", server=False)
+
+
+def _start_etcd(state: LabState) -> None:
+    ips = member_addresses(state)
+    for ip in ips[1:]:  # the first is br0's own address
+        run("ip", "-n", state.switch, "addr", "add", f"{ip}/32", "dev", "br0")
+    servers = etcd_servers(state)
+    for server in servers:
+        server.start(wait=len(servers) == 1)
+        state.etcd_pids.append(server.pid or 0)
+        state.save()  # so that `down` stops what has started, should the next fail
+    for server in servers:
+        server.wait_healthy(20.0)
+    state.etcd_pid = state.etcd_pids[0]
+    hosts = ",".join(s.url.removeprefix("etcd://") for s in servers)
+    state.etcd_url = f"etcd://{hosts}"
+    state.etcd_client_url = servers[0].client_url
     state.save()
 
 
@@ -203,9 +291,25 @@ def _add_host(state: LabState, index: int, address: str, gateway: str, pythonpat
 def _start_daemon(state: LabState, host: LabHost) -> None:
     sim = host.sim()
     store = f"{state.etcd_url}{CLUSTER_PREFIX}"
-    sim.start_daemon("--cluster-store", store, "--cluster-advertise", "eth0", *state.daemon_args)
+    sim.start_daemon("--cluster-store", store, "--cluster-advertise", "eth0",
+                     *_tls_args(state, host), *state.daemon_args)  # fmt: skip
     assert sim.daemon is not None
     host.daemon_pid = sim.daemon.pid
+
+
+def _tls_args(state: LabState, host: LabHost) -> list[str]:
+    """With --tls: etcd with the host's certificate, and the API on eth0 over
+    mutual TLS beside the unix socket."""
+    if not state.tls:
+        return []
+    f = _files(state, host.name)
+    return [
+        "--cluster-store-opt", f"kv.cacertfile={f.ca}",
+        "--cluster-store-opt", f"kv.certfile={f.cert}",
+        "--cluster-store-opt", f"kv.keyfile={f.key}",
+        "-H", f"tcp://{host.address}:{API_TLS_PORT}",
+        "--tlsverify", "--tlscacert", str(f.ca), "--tlscert", str(f.cert), "--tlskey", str(f.key),
+    ]  # fmt: skip
 
 
 def restart_daemon(
@@ -233,7 +337,8 @@ def down(name: str = "lab") -> None:
         if host.daemon_pid:
             _kill(host.daemon_pid)
         sim.destroy()
-    _kill(state.etcd_pid)
+    for pid in state.etcd_pids or [state.etcd_pid]:
+        _kill(pid)
     # Hosts not yet recorded in the state when `up` failed half-way.
     for ns in run("ip", "netns", "list", check=False).stdout.split("\n"):
         ns = ns.split(" ")[0]
@@ -284,13 +389,24 @@ def status(name: str = "lab") -> dict[str, Any]:
             {"host": host.name, "netns": host.netns, "address": host.address,
              "daemon": "running" if alive else "down", "socket": host.socket, "ref": ref}
         )  # fmt: skip
-    etcd_ok = _alive(state.etcd_pid) and _etcd_healthy(state.switch, state.etcd_client_url)
+    members = []
+    for server in etcd_servers(state):
+        info = server.status() if server.is_running() else None
+        members.append(
+            {"name": server.name, "url": server.client_url, "running": info is not None,
+             "leader": bool(info and info["member"] == info["leader"])}
+        )  # fmt: skip
     return {
         "lab": state.name,
         "subnet": state.subnet,
         "cluster_store": state.etcd_url + CLUSTER_PREFIX,
         "switch": state.switch,
-        "etcd": {"url": state.etcd_url, "healthy": etcd_ok},
+        "tls": state.tls,
+        "etcd": {
+            "url": state.etcd_url,
+            "healthy": any(m["running"] for m in members),
+            "members": members,
+        },
         "hosts": hosts,
     }
 
@@ -308,16 +424,3 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return "Z"
-
-
-def _etcd_healthy(switch: str, url: str) -> bool:
-    if not url:
-        return False
-    env = dict(os.environ, ETCDCTL_API="3")
-    # etcd listens inside the switch namespace: ask from there.
-    proc = subprocess.run(
-        ["nsenter", f"--net=/run/netns/{switch}", "--",
-         "etcdctl", f"--endpoints={url}", "--dial-timeout=2s", "endpoint", "health"],
-        capture_output=True, text=True, env=env, check=False,
-    )  # fmt: skip
-    return proc.returncode == 0

@@ -10,6 +10,7 @@ while /proc says it is still that etcd, never a recycled PID.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -17,6 +18,8 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Any
+
+from pontoon.tls import TlsFiles
 
 ETCD_BIN = "/usr/bin/etcd"
 ETCDCTL_BIN = "/usr/bin/etcdctl"
@@ -35,10 +38,14 @@ def _hostport(host: str, port: int) -> str:
 
 
 class EtcdServer:
-    """One etcd member forming its own cluster.
+    """One etcd member: alone, its own cluster (the default), or one of the
+    members `initial_cluster` names ("NAME=PEER_URL,…", this one included).
 
-    Clients reach it on `client_url_host:client_port`; the peer port is only
-    bound on 127.0.0.1 (of the same namespace), as nothing joins this member.
+    Clients reach it on `client_url_host:client_port`; its peers on
+    `peer_host:peer_port` (127.0.0.1 of the same namespace when alone, as
+    nothing joins it). With `tls` (this member's certificate, key and the CA
+    that signs every member and client) both ends are HTTPS and etcd takes
+    only clients and peers showing a certificate of that CA.
     Logs go to `log_path` (default: next to the data directory)."""
 
     def __init__(
@@ -51,6 +58,10 @@ class EtcdServer:
         *,
         name: str = "pontoon",
         log_path: Path | None = None,
+        tls: TlsFiles | None = None,
+        peer_host: str = "127.0.0.1",
+        initial_cluster: str = "",
+        cluster_token: str = "",
     ) -> None:
         # Absolute: the PID check matches it against etcd's command line.
         self.data_dir = Path(data_dir).absolute()
@@ -59,6 +70,10 @@ class EtcdServer:
         self.peer_port = peer_port
         self.netns_path = Path(netns_path) if netns_path else None
         self.name = name
+        self.tls = tls
+        self.peer_host = peer_host
+        self._initial_cluster = initial_cluster
+        self.cluster_token = cluster_token or f"pontoon-{name}"
         self.log_path = log_path or self.data_dir.with_name(self.data_dir.name + ".log")
         self.pid_file = self.data_dir.with_name(self.data_dir.name + ".pid")
         self._proc: subprocess.Popen[bytes] | None = None
@@ -66,8 +81,12 @@ class EtcdServer:
     # addresses ----------------------------------------------------------------
 
     @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
     def client_url(self) -> str:
-        return f"http://{_hostport(self.host, self.client_port)}"
+        return f"{self.scheme}://{_hostport(self.host, self.client_port)}"
 
     @property
     def url(self) -> str:
@@ -75,8 +94,12 @@ class EtcdServer:
         return f"etcd://{_hostport(self.host, self.client_port)}"
 
     @property
+    def initial_cluster(self) -> str:
+        return self._initial_cluster or f"{self.name}={self.peer_url}"
+
+    @property
     def peer_url(self) -> str:
-        return f"http://127.0.0.1:{self.peer_port}"
+        return f"{self.scheme}://{_hostport(self.peer_host, self.peer_port)}"
 
     # processes ---------------------------------------------------------------
 
@@ -95,13 +118,25 @@ class EtcdServer:
                 "--advertise-client-urls", self.client_url,
                 "--listen-peer-urls", self.peer_url,
                 "--initial-advertise-peer-urls", self.peer_url,
-                "--initial-cluster", f"{self.name}={self.peer_url}",
+                "--initial-cluster", self.initial_cluster,
                 "--initial-cluster-state", "new",
-                "--initial-cluster-token", f"pontoon-{self.name}",
+                "--initial-cluster-token", self.cluster_token,
                 "--logger", "zap",
                 "--log-level", "warn",
+                *self._tls_flags(),
             ]
         )  # fmt: skip
+
+    def _tls_flags(self) -> list[str]:
+        """Clients and peers alike must show a certificate our CA signed."""
+        if self.tls is None:
+            return []
+        ca, cert, key = str(self.tls.ca), str(self.tls.cert), str(self.tls.key)
+        return [
+            "--client-cert-auth", "--trusted-ca-file", ca, "--cert-file", cert, "--key-file", key,
+            "--peer-client-cert-auth", "--peer-trusted-ca-file", ca,
+            "--peer-cert-file", cert, "--peer-key-file", key,
+        ]  # fmt: skip
 
     @property
     def pid(self) -> int | None:
@@ -124,9 +159,11 @@ class EtcdServer:
     def is_running(self) -> bool:
         return self.pid is not None
 
-    def start(self, timeout: float = 10.0) -> EtcdServer:
+    def start(self, timeout: float = 10.0, wait: bool = True) -> EtcdServer:
         """Start etcd and return once it serves requests; on failure it is
-        stopped again and RuntimeError carries the end of its log."""
+        stopped again and RuntimeError carries the end of its log. A member
+        of several starts with `wait=False`: it has no quorum until the
+        others run (then `wait_healthy`)."""
         if self.is_running():
             raise RuntimeError(f"etcd for {self.data_dir} already runs (pid {self.pid})")
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -142,6 +179,8 @@ class EtcdServer:
                 start_new_session=True,
             )
         self.pid_file.write_text(f"{self._proc.pid}\n")
+        if not wait:
+            return self
         try:
             self.wait_healthy(timeout)
         except BaseException:
@@ -175,12 +214,36 @@ class EtcdServer:
             f"--endpoints={self.client_url}",
             "--dial-timeout=1s",
             "--command-timeout=2s",
+            *self._etcdctl_tls(),
             *args,
         ]
         env = {**os.environ, "ETCDCTL_API": "3"}
         return subprocess.run(
             self._in_netns(argv), capture_output=True, text=True, env=env, timeout=timeout
         )
+
+    def _etcdctl_tls(self) -> list[str]:
+        """etcdctl shows the member's own certificate (it serves as a client's)."""
+        if self.tls is None:
+            return []
+        return [f"--cacert={self.tls.ca}", f"--cert={self.tls.cert}", f"--key={self.tls.key}"]
+
+    def status(self) -> dict[str, Any] | None:
+        """`etcdctl endpoint status` of this member: its ID, the leader's, the
+        raft term; None when it does not answer."""
+        try:
+            proc = self.etcdctl("endpoint", "status", "-w", "json", timeout=5)
+        except subprocess.TimeoutExpired:
+            return None
+        if proc.returncode != 0:
+            return None
+        try:
+            entry = json.loads(proc.stdout)[0]["Status"]
+        except (ValueError, LookupError, TypeError):
+            return None
+        # etcd's JSON leaves out zeros: no "leader" while there is none.
+        return {"member": entry["header"]["member_id"], "leader": entry.get("leader", 0),
+                "term": entry.get("raftTerm", 0)}  # fmt: skip
 
     def log_tail(self, lines: int = 20) -> str:
         with contextlib.suppress(OSError):

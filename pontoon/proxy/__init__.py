@@ -13,7 +13,7 @@ daemon reserved (already bound) over a control socket.
     wire.py        the control protocol's framing (batches over several packets)
     wakeup.py      EPOLLEXCLUSIVE for listening sockets shared by the workers
     tcp.py         TCP: splice through pipes, no thread per connection
-    udp.py         UDP: per-client flows, replies sourced with IP_PKTINFO
+    udp.py         UDP: per-client flows, replies sourced with IP(V6)_PKTINFO
     mapping.py     what TCP and UDP mappings share
 """
 

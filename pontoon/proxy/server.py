@@ -346,8 +346,6 @@ def _adopt_socket(fd: int, proto: str, mapping_id: str) -> socket.socket:
             raise RequestError(f"{mapping_id}: the socket is not a {proto} socket")
         if sock.getsockname()[1] == 0:
             raise RequestError(f"{mapping_id}: the socket is not bound to a port")
-        if proto == "udp" and sock.family != socket.AF_INET:
-            raise RequestError(f"{mapping_id}: UDP mappings need an IPv4 socket (IP_PKTINFO)")
         if proto == "tcp":
             sock.listen(LISTEN_BACKLOG)
     except BaseException:

@@ -1,13 +1,17 @@
 """UDP forwarding: one connected backend socket per client flow.
 
 Design:
-- The handed-over socket gets IP_PKTINFO, so every datagram tells which
-  local address the client sent it to. A flow is keyed on (client IP, client
+- The handed-over socket gets IP_PKTINFO (IPv4) or IPV6_RECVPKTINFO (IPv6;
+  a dual-stack `::` socket gets both, as its IPv4 clients arrive through the
+  IPv4 path), so every datagram tells which local address the client sent
+  it to. A flow is keyed on (client IP, client
   port, that local address) and owns a UDP socket connected to the backend:
   the backend sees one stable peer per client, and its replies come back on
   that socket already demultiplexed.
 - Replies go out of the published socket with sendmsg() and an IP_PKTINFO
-  ancillary message naming that local address as the source. On a multi-homed
+  or IPV6_PKTINFO ancillary message naming that local address as the source
+  (IPV6_PKTINFO with an IPv4-mapped address for an IPv4 client of a
+  dual-stack socket: the kernel turns it into IPv4's). On a multi-homed
   host (or a socket bound to 0.0.0.0) the client thus hears back from the
   address it talked to; without it the kernel would pick a source by route
   and a connected client would drop the reply.
@@ -31,7 +35,8 @@ log = logging.getLogger("pontoon.proxy.udp")
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # not exported by Python 3.11
 PKTINFO = struct.Struct("=i4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
-ANCILLARY_SPACE = socket.CMSG_SPACE(PKTINFO.size)
+PKTINFO6 = struct.Struct("=16si")  # struct in6_pktinfo: addr, ifindex
+ANCILLARY_SPACE = socket.CMSG_SPACE(PKTINFO.size) + socket.CMSG_SPACE(PKTINFO6.size)
 BATCH = 64  # datagrams per wake-up
 DEFAULT_MAX_FLOWS = 4096
 
@@ -39,17 +44,40 @@ _buf = bytearray(65536)
 _view = memoryview(_buf)
 
 FlowKey = tuple[str, int, str]
+Cmsg = tuple[int, int, bytes]
 
 
-def local_address(ancdata: list[tuple[int, int, bytes]]) -> str | None:
-    """The local address a datagram was sent to, from its IP_PKTINFO."""
+def enable_packet_info(sock: socket.socket) -> None:
+    """Ask the kernel to tell, per datagram, the local address it was sent to."""
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+        if sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY):
+            return
+    sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+
+
+def local_address(ancdata: list[Cmsg], family: socket.AddressFamily) -> str | None:
+    """The local address a datagram was sent to, from its packet info, in the
+    receiving socket's family (IPv4-mapped on a dual-stack socket)."""
     for level, kind, data in ancdata:
         if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= PKTINFO.size:
             # ipi_spec_dst: the destination for unicast, the interface's
             # address for broadcast; the right source for a reply either way.
             _, spec_dst, _ = PKTINFO.unpack_from(data)
-            return socket.inet_ntoa(spec_dst)
+            address = socket.inet_ntoa(spec_dst)
+            return f"::ffff:{address}" if family == socket.AF_INET6 else address
+        v6 = level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO
+        if v6 and len(data) >= PKTINFO6.size:
+            return socket.inet_ntop(socket.AF_INET6, PKTINFO6.unpack_from(data)[0])
     return None
+
+
+def source_message(local: str) -> Cmsg:
+    """The ancillary message that makes a reply leave from `local`."""
+    if ":" in local:
+        addr = socket.inet_pton(socket.AF_INET6, local)
+        return (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, PKTINFO6.pack(addr, 0))
+    return (socket.IPPROTO_IP, IP_PKTINFO, PKTINFO.pack(0, socket.inet_aton(local), bytes(4)))
 
 
 class UdpMapping(Mapping):
@@ -73,9 +101,7 @@ class UdpMapping(Mapping):
         self._listening = False
 
     def start(self) -> None:
-        if self.sock.family != socket.AF_INET:
-            raise ValueError("UDP mappings need an IPv4 socket (IP_PKTINFO)")
-        self.sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        enable_packet_info(self.sock)
         self.sock.setblocking(False)
         self.loop.add_reader(self.sock.fileno(), self._on_datagram)
         self._listening = True
@@ -94,7 +120,7 @@ class UdpMapping(Mapping):
             except OSError as exc:  # e.g. a queued ICMP error
                 log.debug("%s: receive: %s", self.id, exc)
                 continue
-            local = local_address(ancdata) or self._bound_ip
+            local = local_address(ancdata, self.sock.family) or self._bound_ip
             flow = self._flow((client[0], client[1], local), client)
             if flow is not None:
                 flow.to_backend(_view[:n])
@@ -185,8 +211,7 @@ class UdpFlow:
         self.key = key
         self.client = client
         self.last = mapping.loop.time()
-        info = PKTINFO.pack(0, socket.inet_aton(key[2]), bytes(4))
-        self.pktinfo = (socket.IPPROTO_IP, IP_PKTINFO, info)
+        self.pktinfo = source_message(key[2])
         self.sock = socket.socket(mapping.backend.family, socket.SOCK_DGRAM)
         try:
             self.sock.setblocking(False)

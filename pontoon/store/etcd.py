@@ -14,6 +14,13 @@ Shape of the problem this module solves:
 * Keys live under a prefix (`/pontoon` by default) so that one etcd can hold
   other data, or several pontoon clusters, side by side.
 
+With TLS (Docker's `--cluster-store-opt kv.cacertfile=… kv.certfile=…
+kv.keyfile=…`) every member is dialled over gRPC with TLS, showing our client
+certificate; aetcd 1.0.0 dials only plaintext (martyanov/aetcd#37), so
+`_TlsClient` opens the same stubs on a TLS channel. A certificate etcd refuses
+fails every call at once, as a connection error: `check_access` tells that
+case apart at start-up so the daemon stops with the reason, not retrying.
+
 Writes retried on another member after a timeout may already have been applied
 by the first one (etcd cannot tell us); a retried `create` then answers False
 for a key it made itself. The values pontoon writes name their owner, so a
@@ -29,11 +36,12 @@ import ipaddress
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aetcd
 import grpc
-from aetcd import rpc
+from aetcd import rpc, watcher
 from aetcd.utils import prefix_range_end
 
 from pontoon.errors import NotFound, PontoonError, Unavailable
@@ -160,6 +168,126 @@ def _parse_prefix(url: str, path: str) -> str:
     return "/" + "/".join(parts) if parts else DEFAULT_PREFIX
 
 
+# ------------------------------------------------------------------ TLS
+
+
+STORE_OPTS = ("kv.cacertfile", "kv.certfile", "kv.keyfile")
+# What a TLS failure becomes in our errors (see _tls_reason).
+REFUSED_US = "etcd refused our client certificate"
+NOT_SIGNED = "etcd's certificate is not signed by kv.cacertfile"
+HANDSHAKE = "TLS handshake with etcd failed"
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreTls:
+    """TLS to etcd: the CA that signs the members, and our client certificate
+    and key (PEM bytes, read once at start-up; None: no client certificate)."""
+
+    ca: bytes
+    cert: bytes | None = None
+    key: bytes | None = None
+    cert_path: str = ""
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(self.ca, self.key, self.cert)
+
+
+def parse_store_opts(opts: Sequence[str]) -> StoreTls | None:
+    """Docker's `--cluster-store-opt KEY=VALUE` flags -> TLS settings.
+
+    kv.cacertfile alone: the members are verified, we show no certificate
+    (an etcd with --client-cert-auth then refuses us); kv.certfile and
+    kv.keyfile go together. Files are read now, so a missing one is a flag
+    error naming it."""
+    values: dict[str, str] = {}
+    for opt in opts:
+        key, sep, value = opt.partition("=")
+        if key not in STORE_OPTS:
+            raise ValueError(
+                f"unsupported --cluster-store-opt {key!r}: pontoon knows {', '.join(STORE_OPTS)}"
+            )
+        if not sep or not value:
+            raise ValueError(f"--cluster-store-opt {key} needs a file: {key}=FILE")
+        values[key] = value
+    if not values:
+        return None
+    if "kv.cacertfile" not in values:
+        raise ValueError("--cluster-store-opt kv.certfile/kv.keyfile need kv.cacertfile too")
+    if ("kv.certfile" in values) != ("kv.keyfile" in values):
+        raise ValueError("--cluster-store-opt kv.certfile and kv.keyfile go together")
+    cert = values.get("kv.certfile")
+    if cert is not None:
+        check_certificate_dates(cert, _read(values, "kv.certfile"))
+    return StoreTls(
+        _read(values, "kv.cacertfile"),
+        _read(values, "kv.certfile") if cert else None,
+        _read(values, "kv.keyfile") if cert else None,
+        cert or "",
+    )
+
+
+def _read(values: dict[str, str], key: str) -> bytes:
+    path = Path(values[key])
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"--cluster-store-opt {key}={path}: {exc.strerror}") from None
+    if b"-----BEGIN " not in data:
+        raise ValueError(f"--cluster-store-opt {key}={path}: not a PEM file")
+    return data
+
+
+def check_certificate_dates(path: str, pem: bytes) -> None:
+    """An expired (or not yet valid) client certificate is our mistake to
+    name, before etcd refuses it without saying why."""
+    import datetime
+
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError as exc:
+        raise ValueError(f"--cluster-store-opt kv.certfile={path}: {exc}") from None
+    now = datetime.datetime.now(datetime.UTC)
+    if cert.not_valid_after_utc < now:
+        raise ValueError(
+            f"--cluster-store-opt kv.certfile={path}: the certificate expired on "
+            f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+        )
+    if cert.not_valid_before_utc > now:
+        raise ValueError(
+            f"--cluster-store-opt kv.certfile={path}: the certificate is not valid before "
+            f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+        )
+
+
+class _TlsClient(aetcd.Client):
+    """aetcd's client on a TLS channel: aetcd.Client.connect's stubs, made on
+    `grpc.aio.secure_channel` (no await in between: no concurrent connect
+    can see half of them). No username/password: the certificate is the
+    identity."""
+
+    def __init__(self, host: str, port: int, tls: StoreTls, **kwargs: Any) -> None:
+        super().__init__(host, port, **kwargs)
+        self._credentials = tls.credentials()
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        target = f"{self._host}:{self._port}"
+        self.channel = grpc.aio.secure_channel(
+            target, self._credentials, options=list(self._options.items())
+        )
+        self.kvstub = rpc.KVStub(self.channel)
+        self.clusterstub = rpc.ClusterStub(self.channel)
+        self.leasestub = rpc.LeaseStub(self.channel)
+        self.maintenancestub = rpc.MaintenanceStub(self.channel)
+        self._watcher = watcher.Watcher(
+            rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata
+        )
+        self._connected.set()
+
+
 def format_endpoint(endpoint: Endpoint) -> str:
     host, port = endpoint
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -181,6 +309,7 @@ class EtcdStore(Store):
         *,
         timeout: float = DEFAULT_TIMEOUT,
         probe_interval: float = 5.0,
+        tls: StoreTls | None = None,
     ) -> None:
         if not endpoints:
             raise ValueError("EtcdStore needs at least one endpoint")
@@ -190,6 +319,7 @@ class EtcdStore(Store):
         self.prefix = prefix
         self.timeout = timeout
         self.probe_interval = probe_interval
+        self.tls = tls
         self._index = 0
         self._client: aetcd.Client | None = None
         self._closed = False
@@ -230,7 +360,14 @@ class EtcdStore(Store):
             raise Unavailable("cluster store unreachable: the client is closed")
         if self._client is None:
             host, port = self.endpoints[self._index]
-            self._client = aetcd.Client(host, port, timeout=self.timeout, options=CHANNEL_OPTIONS)
+            if self.tls is None:
+                self._client = aetcd.Client(
+                    host, port, timeout=self.timeout, options=CHANNEL_OPTIONS
+                )
+            else:
+                self._client = _TlsClient(
+                    host, port, self.tls, timeout=self.timeout, options=CHANNEL_OPTIONS
+                )
         return self._client, self._index
 
     def _drop(self, client: aetcd.Client, index: int) -> None:
@@ -277,6 +414,25 @@ class EtcdStore(Store):
                 failures.append(f"{format_endpoint(self.endpoints[index])}: {_reason(exc, budget)}")
                 self._drop(client, index)
         raise Unavailable(f"cluster store unreachable: {what}: {'; '.join(failures)}")
+
+    async def check_access(self) -> None:
+        """One read, within the time budget, for start-up: raises
+        PontoonError when TLS failed (etcd refused our certificate, or we its),
+        which no retry mends. Any other trouble (etcd down) is left to the
+        callers' retries, as without TLS."""
+        try:
+            await self.get("/")
+        except Unavailable as exc:
+            where = ", ".join(format_endpoint(e) for e in self.endpoints)
+            if REFUSED_US in exc.message:
+                cert = self.tls.cert_path if self.tls and self.tls.cert_path else "none given"
+                raise PontoonError(
+                    f"etcd at {where} refused our client certificate ({cert}): missing, "
+                    "expired, or not signed by a CA it trusts"
+                ) from None
+            if NOT_SIGNED in exc.message or HANDSHAKE in exc.message:
+                reason = exc.message.split(": ", 3)[-1]  # past "…unreachable: get /: HOST:"
+                raise PontoonError(f"TLS to etcd at {where} failed: {reason}") from None
 
     async def close(self) -> None:
         self._closed = True
@@ -516,7 +672,22 @@ def _reason(exc: BaseException, budget: float) -> str:
     text = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
     if "Connection refused" in text:
         return "connection refused"
-    return text or type(exc).__name__
+    return _tls_reason(text) or text or type(exc).__name__
+
+
+def _tls_reason(text: str) -> str | None:
+    """gRPC's words for a TLS failure, in ours. etcd refusing our certificate
+    reaches us after the handshake, as an alert we cannot decrypt
+    (TSI_DATA_CORRUPTED); our refusing etcd's is a failed handshake."""
+    if "TSI_DATA_CORRUPTED" in text:
+        return f"{REFUSED_US} (missing, expired, or not signed by a CA it trusts)"
+    _, found, rest = text.partition("CERTIFICATE_VERIFY_FAILED")
+    if found:
+        detail = rest.strip(": ").removesuffix(": OK")
+        return NOT_SIGNED + (f" ({detail})" if detail else "")
+    if "handshake failed" in text.lower() or "TSI_" in text:
+        return f"{HANDSHAKE}: {text}"
+    return None
 
 
 def _translate(exc: Exception, what: str) -> Exception:

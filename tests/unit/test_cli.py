@@ -56,9 +56,9 @@ def test_pontoon_host_environment_variable_picks_the_socket(tmp_path, capsys, mo
     assert str(sock) in one_error_line(capsys)
 
 
-def test_tcp_host_is_refused(capsys):
+def test_tcp_host_without_tls_is_refused(capsys):
     assert run_cli("-H", "tcp://127.0.0.1:2375", "ps") == 1
-    assert "unsupported host" in one_error_line(capsys)
+    assert "needs --tlsverify" in one_error_line(capsys)
 
 
 def test_unknown_command_is_one_error_line_and_exit_1(capsys):

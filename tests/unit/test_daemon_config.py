@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pontoon.daemon.config import DaemonConfig, parse_host
+from pontoon.daemon.config import DaemonConfig, parse_host, parse_hosts
 
 
 def test_parse_host_unix_url():
@@ -17,7 +17,7 @@ def test_parse_host_bare_absolute_path():
     assert parse_host("/tmp/p.sock") == Path("/tmp/p.sock")
 
 
-@pytest.mark.parametrize("url", ["tcp://0.0.0.0:2375", "http://localhost", "fd://", "p.sock"])
+@pytest.mark.parametrize("url", ["http://localhost", "fd://", "p.sock"])
 def test_parse_host_rejects_anything_but_unix_sockets(url):
     with pytest.raises(ValueError, match="use unix:///PATH"):
         parse_host(url)
@@ -26,6 +26,11 @@ def test_parse_host_rejects_anything_but_unix_sockets(url):
 def test_parse_host_error_explains_tcp_needs_tls():
     with pytest.raises(ValueError, match="mutual TLS"):
         parse_host("tcp://0.0.0.0:2375")
+
+
+def test_tcp_host_needs_tlsverify():
+    with pytest.raises(ValueError, match="without --tlsverify"):
+        parse_hosts(["tcp://0.0.0.0:2375"], None)
 
 
 def test_parse_host_empty_unix_path_is_not_the_current_directory():

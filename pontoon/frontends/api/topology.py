@@ -20,7 +20,7 @@ async def topology(engine: Engine, runtime: Runtime, config: DaemonConfig) -> di
     host = {
         "id": engine.cluster.host_id if engine.cluster is not None else "",
         "vtep": engine.drivers.ctx.vtep,
-        "socket": str(config.socket),
+        "socket": str(config.socket or ""),
         # Who serves a published port depends on it (see cli/topology.py).
         "userland_proxy": config.userland_proxy,
         "links": await engine.kernel.call(host_links, engine.kernel.ipr),
