@@ -296,7 +296,7 @@ def ps(ctx: click.Context, show_all: bool, owner_kind: str | None, fmt: str) -> 
     if owner_kind in (None, owners.PONTOON):
         entries += c.get("/containers/json", **({"all": "1"} if show_all else {}))
     if owner_kind != owners.PONTOON:
-        entries += owners.other_owners(c.get("/attachments"), owner_kind or "")
+        entries += owners.other_owners(owners.attachments(c), owner_kind or "")
     if fmt == "json":
         emit_json(entries)
         return

@@ -6,7 +6,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from pontoon.client import ApiError, Client
+
 PONTOON = "pontoon"
+
+
+def attachments(client: Client) -> list[dict[str, Any]]:
+    """Every attachment; none from a daemon older than /attachments (a
+    release-1 daemon during an upgrade), whose only owners are containers."""
+    try:
+        return list(client.get("/attachments"))
+    except ApiError as exc:
+        if exc.status == 404:
+            return []
+        raise
 
 
 def other_owners(attachments: list[dict[str, Any]], kind: str = "") -> list[dict[str, Any]]:
