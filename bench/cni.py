@@ -51,11 +51,11 @@ from common import (  # noqa: E402
     on_signals_clean_up,
     root_state,
     source_revision,
-    state_changes,
 )
 
 import pontoon  # noqa: E402
 from pontoon.lab import SimHost  # noqa: E402
+from pontoon.lab.leaks import changes  # noqa: E402
 
 WORKER = HERE / "_cni_worker.py"
 PONTOON, CHAIN, NETAVARK = "pontoon-cni", "CNI chain", "netavark"
@@ -186,7 +186,8 @@ def main() -> int:
         return 2
     on_signals_clean_up()
     raise_nofile()  # pontoond holds sockets per attachment (resolver, reserved port)
-    before = root_state()
+    workroot = Path(tempfile.mkdtemp(prefix=PREFIX + "cni-"))
+    before = root_state(workroot)
     info = machine_info()
     info["pontoon"] = source_revision(Path(pontoon.__file__).resolve().parent)
     info["netavark"] = dpkg_version("netavark")
@@ -194,14 +195,13 @@ def main() -> int:
     info["sizes / cycles"] = f"{args.sizes} / {args.iterations} per tool (+{args.warmup} warm-up)"
     info["method"] = f"the three side by side, {ROUND} cycles per turn, first turn rotating"
     info["loadavg before"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    workroot = Path(tempfile.mkdtemp(prefix=PREFIX + "cni-"))
     try:
         runs = run_all(workroot, args.sizes, args.iterations, args.warmup)
     finally:
         attach.unmount_all_under(workroot)
         shutil.rmtree(workroot, ignore_errors=True)
     info["loadavg after"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    leaks = state_changes(before, root_state())
+    leaks = changes(before, root_state(workroot))
     print(report(runs, args.sizes, info, leaks))
     if args.json:
         data: dict[str, Any] = {"machine": info, "tools": {
