@@ -82,6 +82,7 @@ bench: install $(DOCKER_PROXY)
 	$(BIN)/python bench/portmap.py $(BENCH_ARGS)
 	$(BIN)/python bench/dns.py $(BENCH_ARGS)
 	$(BIN)/python bench/overlay.py $(BENCH_ARGS)
+	$(BIN)/python bench/cni.py $(BENCH_ARGS)
 	$(BIN)/python bench/docker.py $(BENCH_ARGS)
 
 $(DOCKER_PROXY):

@@ -301,28 +301,25 @@ def exec_(ctx: click.Context, name: str, command: tuple[str, ...]) -> None:
 
 @cli.command()
 @click.option("-a", "--all", "show_all", is_flag=True, help="Also exited containers.")
+@click.option("--owner", "owner_kind", type=click.Choice(["pontoon", "cni", "docker"]),
+              default=None, help="Only this owner's (default: every owner's).")  # fmt: skip
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.pass_context
-def ps(ctx: click.Context, show_all: bool, fmt: str) -> None:
-    """List containers."""
-    ctrs = client(ctx).get("/containers/json", **({"all": "1"} if show_all else {}))
+def ps(ctx: click.Context, show_all: bool, owner_kind: str | None, fmt: str) -> None:
+    """List containers, and the namespaces attached for other owners (CNI)."""
+    from pontoon.cli import owners
+
+    c = client(ctx)
+    entries = []
+    if owner_kind in (None, owners.PONTOON):
+        entries += c.get("/containers/json", **({"all": "1"} if show_all else {}))
+    if owner_kind != owners.PONTOON:
+        entries += owners.other_owners(owners.attachments(c), owner_kind or "")
     if fmt == "json":
-        emit_json(ctrs)
+        emit_json(entries)
         return
-    rows = []
-    for c in ctrs:
-        status = c["State"] if c["State"] != "exited" else f"exited ({c['ExitCode']})"
-        rows.append(
-            [
-                c["Id"][:12],
-                c["Name"],
-                " ".join(c["Command"])[:40],
-                status,
-                ",".join(c["Networks"]),
-                ",".join(c["IPs"]),
-            ]
-        )
-    table(["CONTAINER ID", "NAME", "COMMAND", "STATUS", "NETWORKS", "IPS"], rows)
+    headers = ["CONTAINER ID", "NAME", "COMMAND", "STATUS", "NETWORKS", "IPS", "OWNER"]
+    table(headers, [owners.row(e) for e in entries])
 
 
 @cli.command()

@@ -117,10 +117,16 @@ def _network_text(net: dict[str, Any]) -> list[str]:
              f"bridge {dev}{where}{gateway}{extra}"]  # fmt: skip
     for ep in net["endpoints"]:
         lines.append(f"    {ep['container']}:{ep['ifname']} {ep['ip']} <-> "
-                     f"{ep['host_ifname']} <-> {dev}")  # fmt: skip
+                     f"{ep['host_ifname']} <-> {dev}{_owned_by(ep)}")  # fmt: skip
     for peer in net.get("peers", []):
         lines.append(f"    peer {peer['container']} {peer['ip']} at VTEP {peer['vtep']}")
     return lines
+
+
+def _owned_by(ep: dict[str, Any]) -> str:
+    """Who the endpoint is for, unless it is one of pontoon's own containers."""
+    kind = ep.get("owner", "pontoon")
+    return "" if kind == "pontoon" else f" ({kind} {ep['owner_id'][:12]})"
 
 
 def _port_text(topo: dict[str, Any], cname: str, p: dict[str, Any]) -> list[str]:

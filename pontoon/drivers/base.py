@@ -192,6 +192,11 @@ class NetworkDriver(abc.ABC):
         """Where endpoints' host sides live: "host" or a namespace path."""
         return "host"
 
+    def host_interface(self, net: Network, att: Attachment) -> str:
+        """The endpoint's device in the host's own namespace, if it has one
+        (CNI results list it so that `bandwidth` can shape it)."""
+        return att.host_ifname if self.host_namespace(net) == "host" else ""
+
     def trace_devices(self, net: Network, att: Attachment) -> list[dict[str, Any]]:
         """The devices a packet from this endpoint crosses, in order, after the
         endpoint's own interface."""

@@ -76,9 +76,13 @@ class AttachResult:
 
     attachments: list[Attachment]
     nameservers: list[str]
+    # Host-side devices in the host's namespace (the drivers' `host_interface`),
+    # listed after the sandbox ones without `sandbox`, as CNI results do.
+    host_interfaces: list[str] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        interfaces, ips, routes = [], [], []
+        interfaces: list[dict[str, str]] = []
+        ips, routes = [], []
         for index, att in enumerate(self.attachments):
             interfaces.append({"name": att.ifname, "mac": att.mac, "sandbox": att.netns})
             gateways = {addresses.family_of(g): g for g in att.gateways}
@@ -90,6 +94,7 @@ class AttachResult:
                 ips.append(entry)
                 if att.default_route and family in gateways:
                     routes.append({"dst": addresses.default_route(family), "gw": gateways[family]})
+        interfaces += [{"name": name} for name in self.host_interfaces]
         return {
             "Id": self.attachments[0].id,
             "interfaces": interfaces,
@@ -152,8 +157,10 @@ class Attachments:
         self.ports.check(net, req.ports)
         for att in self.state.of_owner(req.owner.key):
             if att.network_id == net.id:
+                # Docker's rule, and what keeps names and routes unambiguous.
                 raise Conflict(
-                    f"{req.owner.name or req.owner.id} is already attached to {net.name}"
+                    f"{req.owner.name or req.owner.id} is already attached to {net.name} "
+                    f"as {att.ifname}: one interface per network"
                 )
             if att.ifname == req.ifname:
                 raise Conflict(f"interface {req.ifname} already exists for {req.owner.key}")
@@ -180,7 +187,15 @@ class Attachments:
             for each in reversed(made):
                 await self.detach(each)
             raise
-        return AttachResult(made, self.nameservers(att.owner.key))
+        return self.result(made)
+
+    def result(self, made: list[Attachment]) -> AttachResult:
+        hosts = []
+        for att in made:
+            net = self.state.networks.get(att.network_id)
+            if net is not None and (name := self.drivers.of(net).host_interface(net, att)):
+                hosts.append(name)
+        return AttachResult(made, self.nameservers(made[0].owner.key), hosts)
 
     async def publish(self, att: Attachment, requests: list[PortRequest]) -> None:
         """Publish ports of an attachment made without them (Docker publishes

@@ -172,7 +172,9 @@ class Engine:
 
     def result_of(self, owner_key: str) -> AttachResult:
         atts = self.state.of_owner(owner_key)
-        return AttachResult(atts, self.attachments.nameservers(owner_key))
+        if not atts:
+            return AttachResult(atts, self.attachments.nameservers(owner_key))
+        return self.attachments.result(atts)
 
     # -- the cluster listener ------------------------------------------------------
     # Called by the cluster agent from its watch and resync tasks; each takes

@@ -60,9 +60,10 @@ class Inventory:
         return list(owners.values())
 
     def member(self, name: str) -> Member | None:
-        """A local owner by name or ID; pontoon's own containers only while running."""
+        """A local owner by name, owner ID (or its 12-character short form) or
+        one of its attachments' IDs; pontoon's own containers only while running."""
         for m in self._members():
-            if name in (m.owner.name, m.owner.id):
+            if _names(m, name):
                 c = self._runtime.containers.get(m.owner.id)
                 if m.owner.kind != model.OWNER_PONTOON or (c and c.state == model.RUNNING):
                     return m
@@ -95,3 +96,11 @@ class Inventory:
                 rules = self._engine.ports.rules(att)
                 return rules[0].container_ip if rules else ""
         return ""
+
+
+def _names(member: Member, name: str) -> bool:
+    """Whether `name` designates the member: CNI owners are known to their
+    runtime by container ID, to pontoon by attachment ID."""
+    owner = member.owner
+    short = len(name) >= 12 and owner.id.startswith(name)
+    return name in (owner.name, owner.id) or short or any(a.id == name for a in member.attachments)

@@ -112,6 +112,11 @@ def resolve_source(inv: Inventory, text: str) -> Point:
             raise NotFound(f"no network namespace {text.removeprefix('netns:')!r} in /run/netns")
         return Point("netns", text, path)
     point = _container_point(inv, text)
+    if point is None and (found := inv.member_with_ip(text)) is not None:
+        # An address of a local endpoint (a CNI runtime's containers are
+        # known to their users by it): the member that owns it.
+        member = found[0]
+        point = Point("container", member.name, member.netns, container=member)
     if point is None or point.remote:
         raise NotFound(f"no running container {text!r} on this host")
     return point

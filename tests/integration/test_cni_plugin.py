@@ -163,8 +163,10 @@ def test_add_check_del_in_each_result_version(make_host, foreign_ns, version):
     rc, result = cni(host, "ADD", conf, "ctr1", ns)
     assert rc == 0, result
     assert result["cniVersion"] == version
+    veth = inspect(host, "web")["Containers"]["ctr1"]["HostInterface"]
     assert result["interfaces"] == [
-        {"name": "eth0", "mac": result["interfaces"][0]["mac"], "sandbox": str(ns)}
+        {"name": "eth0", "mac": result["interfaces"][0]["mac"], "sandbox": str(ns)},
+        {"name": veth},  # the host end, for `bandwidth`
     ]
     (ip,) = result["ips"]
     assert ip["address"].startswith("10.60.0.") and ip["gateway"] == "10.60.0.1"
@@ -244,6 +246,30 @@ def test_name_resolution_ping_and_a_published_port(make_host, foreign_ns, server
 
     assert cni(host, "DEL", {**conf, "prevResult": result}, "0123456789abcdef", ns) == (0, None)
     assert snapshot(host) == clean
+
+
+def test_a_second_interface_on_the_same_network_is_refused_and_its_del_harmless(
+    make_host, foreign_ns
+):
+    """Multus may ADD one container twice with different ifnames; on one
+    pontoon network that would give the container's name two addresses and
+    two default routes, so the second ADD is refused (as Docker refuses a
+    second connect), and the runtime's clean-up DEL leaves the first alone."""
+    host = web_host(make_host)
+    ns = foreign_ns(host, "twice")
+    conf = plugin_conf(host)
+    rc, first = cni(host, "ADD", conf, "multi", ns)
+    assert rc == 0, first
+    clean = snapshot(host)
+    rc, err = cni(host, "ADD", conf, "multi", ns, ifname="net1")
+    assert rc == 1 and err["code"] == 999
+    assert err["msg"].endswith("already attached to web as eth0: one interface per network")
+    assert snapshot(host) == clean
+    assert cni(host, "DEL", conf, "multi", ns, ifname="net1") == (0, None)
+    assert snapshot(host) == clean
+    assert in_ns(ns, "ping", "-c1", "-W2", "10.60.0.1", check=False).returncode == 0
+    assert cni(host, "CHECK", {**conf, "prevResult": first}, "multi", ns) == (0, None)
+    assert cni(host, "DEL", conf, "multi", ns) == (0, None)
 
 
 def test_del_succeeds_when_namespace_or_network_is_gone(make_host, foreign_ns):
@@ -365,6 +391,38 @@ def test_chained_with_debians_tuning_portmap_and_firewall(make_host, foreign_ns,
     assert list(conf_dir.iterdir()) == []
 
 
+def test_chained_with_debians_bandwidth_which_shapes_the_host_veth(make_host, foreign_ns):
+    host = web_host(make_host)
+    bin_dir = Path(host.exec_root) / "cni-bin"
+    bin_dir.mkdir()
+    (bin_dir / "pontoon").symlink_to(PLUGIN)
+    (bin_dir / "bandwidth").symlink_to(DEBIAN_PLUGINS / "bandwidth")
+    conflist = {"cniVersion": "1.0.0", "name": "web", "plugins": [
+        {"type": "pontoon", "network": "web", "host": host.host_url},
+        {"type": "bandwidth", "capabilities": {"bandwidth": True}},
+    ]}  # fmt: skip
+    limits = {"bandwidth": {"ingressRate": 8_000_000, "ingressBurst": 80_000,
+                            "egressRate": 4_000_000, "egressBurst": 40_000}}  # fmt: skip
+    clean = snapshot(host)
+    ns = foreign_ns(host, "shaped")
+
+    result = run_conflist(host, conflist, "ADD", "shaped", ns, bin_dir, limits)
+    veth = inspect(host, "web")["Containers"]["shaped"]["HostInterface"]
+    assert {"name": veth} in result["interfaces"]
+    qdiscs = host.sh("tc", "qdisc", "show", "dev", veth).stdout
+    assert "tbf" in qdiscs and "ingress" in qdiscs, qdiscs
+    ifbs = host.sh("ip", "-o", "link", "show", "type", "ifb").stdout
+    assert ifbs.strip(), "bandwidth made no ifb for egress"
+    assert in_ns(ns, "ping", "-c1", "-W2", "10.60.0.1", check=False).returncode == 0
+    run_conflist(host, conflist, "CHECK", "shaped", ns, bin_dir, limits, cached=result)
+
+    run_conflist(host, conflist, "DEL", "shaped", ns, bin_dir, limits, cached=result)
+    run_conflist(host, conflist, "DEL", "shaped", ns, bin_dir, limits, cached=result)
+    assert host.sh("ip", "-o", "link", "show", "type", "ifb").stdout == ""
+    assert host.sh("ip", "link", "show", veth, check=False).returncode != 0
+    assert snapshot(host) == clean
+
+
 def test_pontoon_after_another_plugin_passes_its_prev_result_through(make_host, foreign_ns):
     host = web_host(make_host)
     ns = foreign_ns(host, "second")
@@ -376,7 +434,59 @@ def test_pontoon_after_another_plugin_passes_its_prev_result_through(make_host, 
     }
     rc, result = cni(host, "ADD", {**plugin_conf(host), "prevResult": prev}, "ctr5", ns)
     assert rc == 0, result
-    assert [i["name"] for i in result["interfaces"]] == ["lo0", "eth0"]
+    assert [i["name"] for i in result["interfaces"]][:2] == ["lo0", "eth0"]
+    assert "sandbox" not in result["interfaces"][2]  # the host's veth end
     assert result["ips"][0] == prev["ips"][0] and result["ips"][1]["interface"] == 1
     assert result["dns"]["nameservers"] == ["127.0.0.11", "192.0.2.53"]
     assert cni(host, "DEL", plugin_conf(host), "ctr5", ns) == (0, None)
+
+
+# -- ownership: ps, network inspect, topology, trace -------------------------------------------
+
+
+def test_cni_attachments_show_with_their_owner_and_trace_from_and_to_them(make_host, foreign_ns):
+    host = web_host(make_host)
+    host.cli("run", "-d", "--name", "c1", "--net", "web", "--", "sleep", "infinity")
+    pod, other = foreign_ns(host, "own1"), foreign_ns(host, "own2")
+    long_id = "0123456789abcdef0123"
+    rc, first = cni(host, "ADD", plugin_conf(host), long_id, pod, args="K8S_POD_NAME=pod1")
+    assert rc == 0, first
+    rc, second = cni(host, "ADD", plugin_conf(host), "ctr-b", other)
+    assert rc == 0, second
+    pod_ip, other_ip = (r["ips"][0]["address"].split("/")[0] for r in (first, second))
+
+    listed = {e["Name"]: e for e in host.cli_json("ps", "--format", "json")}
+    assert sorted(listed) == ["c1", "ctr-b", "pod1"]
+    assert listed["pod1"]["Owner"] == {"Kind": "cni", "Id": long_id, "Name": "pod1"}
+    assert (listed["pod1"]["Networks"], listed["pod1"]["IPs"]) == (["web"], [pod_ip])
+    assert "Owner" not in listed["c1"]
+    assert [e["Name"] for e in host.cli_json("ps", "--owner", "cni", "--format", "json")] == [
+        "pod1", "ctr-b"]  # fmt: skip
+    assert [e["Name"] for e in host.cli_json("ps", "--owner", "pontoon", "--format", "json")] == [
+        "c1"]  # fmt: skip
+    table = host.cli("ps").stdout
+    assert "OWNER" in table and "0123456789ab" in table and "cni" in table
+
+    members = host.cli_json("network", "inspect", "web")[0]["Containers"]
+    assert members[long_id]["Owner"] == {"Kind": "cni", "Id": long_id, "Name": "pod1"}
+    assert members[long_id]["IPv4Address"] == first["ips"][0]["address"]
+
+    topo = host.cli_json("topology", "--format", "json")["host"]
+    (web,) = [n for n in topo["networks"] if n["name"] == "web"]
+    owners = {ep["container"]: (ep["owner"], ep["owner_id"]) for ep in web["endpoints"]}
+    assert owners["pod1"] == ("cni", long_id) and owners["c1"][0] == "pontoon"
+    assert "pod1:eth0" in host.cli("topology").stdout
+    assert "(cni 0123456789ab)" in host.cli("topology").stdout
+
+    def trace(*args: str) -> dict[str, Any]:
+        return json.loads(host.cli("trace", "--json", *args).stdout)
+
+    attachment_id = host.cli_json("ps", "--owner", "cni", "--format", "json")[1]["Attachments"][0]
+    for source, target in [("pod1", "c1"), ("c1", long_id), (long_id[:12], other_ip),
+                           ("c1", attachment_id), (attachment_id, "pod1"),
+                           (pod_ip, "c1")]:  # fmt: skip
+        assert trace("--from", source, "--to", target)["verdict"] == "delivered", (source, target)
+
+    for ns, cid in ((pod, long_id), (other, "ctr-b")):
+        assert cni(host, "DEL", plugin_conf(host), cid, ns) == (0, None)
+    assert host.cli_json("ps", "--owner", "cni", "--format", "json") == []

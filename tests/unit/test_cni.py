@@ -21,6 +21,7 @@ from pontoon.frontends.cni.protocol import (
     parse_config,
     parse_environment,
     port_spec,
+    short_id,
 )
 
 DAEMON_ANSWER = {
@@ -108,6 +109,19 @@ def test_owner_is_the_container_named_by_pod_or_short_id():
     }
     named = attach_request(conf(), env(CNI_ARGS="K8S_POD_NAME=web-1;IgnoreUnknown=1"))
     assert named["Owner"]["Name"] == "web-1"
+
+
+@pytest.mark.parametrize(
+    ("container_id", "name"),
+    [
+        ("f" * 64, "f" * 12),  # Podman, Docker: the short ID their users see
+        ("default-t1", "default-t1"),  # ctr run --cni: NAMESPACE-ID, whole
+        ("a.b" * 5, "a.ba.ba.ba.b"),  # not a DNS label: cut as before
+        ("x" * 64, "x" * 12),
+    ],
+)
+def test_a_container_without_a_pod_name_is_named_by_its_id(container_id: str, name: str):
+    assert short_id(container_id) == name
 
 
 def test_runtime_config_becomes_the_request():

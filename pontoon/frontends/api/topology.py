@@ -33,6 +33,7 @@ async def topology(engine: Engine, runtime: Runtime, config: DaemonConfig) -> di
         {
             "name": c.name,
             "id": c.id[:12],
+            "owner": model.OWNER_PONTOON,
             "sandbox": c.sandbox,
             "ports": [
                 _port(p, rule)
@@ -45,7 +46,23 @@ async def topology(engine: Engine, runtime: Runtime, config: DaemonConfig) -> di
         for c in runtime.containers.values()
         if c.state == model.RUNNING
     ]
-    return {"host": host, "networks": networks, "containers": containers}
+    return {"host": host, "networks": networks, "containers": containers + _other_owners(engine)}
+
+
+def _other_owners(engine: Engine) -> list[dict[str, Any]]:
+    """Namespaces attached for other owners (CNI runtimes, dockerd): no
+    pontoon container, but endpoints and published ports all the same."""
+    owners: dict[str, dict[str, Any]] = {}
+    for att in engine.state.attachments.values():
+        if att.owner.kind == model.OWNER_PONTOON:
+            continue
+        entry = owners.setdefault(att.owner.key, {
+            "name": att.owner.name or att.owner.id[:12], "id": att.owner.id[:12],
+            "owner": att.owner.kind, "sandbox": att.netns, "ports": [],
+        })  # fmt: skip
+        rules = _padded(engine.ports.rules(att), len(att.ports))
+        entry["ports"] += [_port(p, rule) for p, rule in zip(att.ports, rules, strict=True)]
+    return list(owners.values())
 
 
 async def _network(engine: Engine, net: model.Network, local: list[model.Attachment]) -> dict:
@@ -61,6 +78,8 @@ async def _network(engine: Engine, net: model.Network, local: list[model.Attachm
         "endpoints": [
             {
                 "container": att.owner.name or att.owner.id[:12],
+                "owner": att.owner.kind,
+                "owner_id": att.owner.id,
                 "ifname": att.ifname,
                 "ip": ", ".join(att.ips),
                 "mac": att.mac,

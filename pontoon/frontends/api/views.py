@@ -46,7 +46,7 @@ def _member(item: Attachment | Peer) -> dict[str, Any]:
                 "VTEP": item.vtep}  # fmt: skip
     return {
         "Name": item.owner.name,
-        "Owner": {"Kind": item.owner.kind, "Id": item.owner.id},
+        "Owner": {"Kind": item.owner.kind, "Id": item.owner.id, "Name": item.owner.name},
         "EndpointID": item.id,
         "MacAddress": item.mac,
         "IPv4Address": v4[0] if v4 else "",

@@ -4,12 +4,11 @@ into what pontoond's POST /attachments takes. Pure logic, standard library only.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import json
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 LATEST = "1.1.0"
 # 0.3.x results have 0.4.0's shape; 0.1.0 and 0.2.0 had a different one.
@@ -39,6 +38,8 @@ KNOWN_ARGS = {
 CONTAINER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 MAC_RE = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
 SHORT_ID = 12
+HEX_ID = re.compile(r"[0-9a-f]{13,}")
+LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 
 
 class CniError(Exception):
@@ -64,9 +65,10 @@ def version_tuple(version: str) -> tuple[int, ...]:
         return (0,)
 
 
-@dataclasses.dataclass
-class Config:
-    """One plugin's request configuration, as the runtime derived it."""
+class Config(NamedTuple):
+    """One plugin's request configuration, as the runtime derived it.
+    (NamedTuples, not dataclasses: `dataclasses` imports `inspect` and `ast`,
+    a fifth of the plugin's start-up, paid on every container operation.)"""
 
     cni_version: str
     name: str  # the CNI network's name (the conflist's)
@@ -177,8 +179,7 @@ def _valid_attachments(conf: Mapping[str, Any]) -> set[tuple[str, str]]:
 # -- the environment -------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class Invocation:
+class Invocation(NamedTuple):
     container_id: str
     ifname: str
     netns: str
@@ -230,7 +231,14 @@ def parse_args(text: str) -> dict[str, str]:
 
 
 def short_id(container_id: str) -> str:
-    return container_id[:SHORT_ID]
+    """The name peers resolve when the runtime gives none: Podman's and
+    Docker's hex IDs by the 12-character short form their users see; any
+    other ID whole (`ctr run --cni` sends NAMESPACE-ID, whose first 12
+    characters every container of the namespace shares) while it makes a
+    DNS label."""
+    if HEX_ID.fullmatch(container_id) or not LABEL.fullmatch(container_id):
+        return container_id[:SHORT_ID]
+    return container_id
 
 
 def attach_request(conf: Config, inv: Invocation) -> dict[str, Any]:

@@ -18,10 +18,7 @@ def from_daemon(answer: dict[str, Any], netns: str, dns: dict[str, Any]) -> dict
     """The daemon's result as a 1.x result (without cniVersion). `dns` is the
     runtime's dns capability: its search domains and options are kept."""
     result: dict[str, Any] = {
-        "interfaces": [
-            {"name": i["name"], "mac": i.get("mac", ""), "sandbox": netns}
-            for i in answer.get("interfaces", [])
-        ],
+        "interfaces": [_interface(i, netns) for i in answer.get("interfaces", [])],
         "ips": [dict(ip) for ip in answer.get("ips", [])],
         "routes": [dict(r) for r in answer.get("routes", [])],
     }
@@ -36,6 +33,17 @@ def from_daemon(answer: dict[str, Any], netns: str, dns: dict[str, Any]) -> dict
     if resolver:
         result["dns"] = resolver
     return result
+
+
+def _interface(daemon: dict[str, Any], netns: str) -> dict[str, Any]:
+    """A sandbox interface gets the runtime's CNI_NETNS (the daemon names its
+    own pin); a host-side one (a veth's host end) has no sandbox."""
+    out = {"name": daemon["name"]}
+    if daemon.get("mac"):
+        out["mac"] = daemon["mac"]
+    if daemon.get("sandbox"):
+        out["sandbox"] = netns
+    return out
 
 
 def merge(prev: dict[str, Any] | None, ours: dict[str, Any]) -> dict[str, Any]:
