@@ -483,13 +483,20 @@ def report_header(title: str, script: str, quick: bool = False) -> str:
 
 
 def bench_args(
-    doc: str, argv: list[str] | None, only: str | None = None, only_help: str = ""
+    doc: str,
+    argv: list[str] | None,
+    only: str | None = None,
+    only_help: str = "",
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> argparse.Namespace:
-    """--quick for every benchmark, --only SECTIONS for those that have them."""
+    """--quick for every benchmark, --only SECTIONS for those that have them,
+    and what `extra` adds for one benchmark alone."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     if only is not None:
         parser.add_argument("--only", default=only, help=only_help)
+    if extra is not None:
+        extra(parser)
     return parser.parse_args(argv)
 
 
