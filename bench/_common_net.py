@@ -624,7 +624,9 @@ def _tool_connrate(args: argparse.Namespace) -> dict[str, Any]:
             d, e = struct.unpack("qq", data)
             done, errors = done + d, errors + e
     elapsed = time.monotonic() - t0
-    return {"rate": done / elapsed, "connections": done, "errors": errors, "seconds": elapsed}
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"rate": done / elapsed, "connections": done, "errors": errors, "seconds": elapsed,
+            "client_cpu": usage.ru_utime + usage.ru_stime}  # fmt: skip
 
 
 def _tool_rr(args: argparse.Namespace) -> dict[str, Any]:
@@ -648,7 +650,9 @@ def _tool_rr(args: argparse.Namespace) -> dict[str, Any]:
             break
     elapsed = time.monotonic() - t0
     s.close()
-    return {"rate": n / elapsed, "transactions": n, "seconds": elapsed}
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"rate": n / elapsed, "transactions": n, "seconds": elapsed,
+            "client_cpu": usage.ru_utime + usage.ru_stime}  # fmt: skip
 
 
 def _dns_queries(names: list[str]) -> list[bytes]:
