@@ -27,7 +27,7 @@ class Backend:
         # per cent of the proxy's work for a short connection.
         return socket.AF_INET6 if ipaddress.ip_address(self.ip).version == 6 else socket.AF_INET
 
-    @property
+    @functools.cached_property
     def address(self) -> tuple[str, int]:
         return (self.ip, self.port)
 

@@ -99,6 +99,7 @@ class TcpMapping(Mapping):
         self.conns: set[TcpConnection] = set()
         self._accepting = False
         self._exclusive = False
+        self._family = int(sock.family)  # socket.family builds an enum per call
         self._resume: Timer | None = None  # while accepting is paused
 
     def start(self, exclusive: bool = False) -> None:
@@ -124,6 +125,7 @@ class TcpMapping(Mapping):
     def _on_accept(self, _events: int) -> None:
         # The fd alone: no socket.socket built (in Python) and thrown away.
         accept = self.sock._accept  # type: ignore[attr-defined]
+        family = self._family
         for _ in range(ACCEPT_BATCH):
             try:
                 fd, _ = accept()
@@ -134,7 +136,7 @@ class TcpMapping(Mapping):
                     log.warning("%s: cannot accept (%s); pausing", self.id, exc.strerror)
                     self._pause_accepting()
                 return
-            conn = TcpConnection(self, _socket.socket(self.sock.family, SOCK_STREAM, 0, fd))
+            conn = TcpConnection(self, _socket.socket(family, SOCK_STREAM, 0, fd))
             self.conns.add(conn)
             counters = self.counters
             counters.connections_total += 1
@@ -256,7 +258,7 @@ class TcpConnection:
         c2b, b2c = self.c2b, self.b2c
         assert c2b is not None and b2c is not None
         if events & ERR:
-            self.close(reset=True)
+            self.close(reset=True, dead=self.client)
             return
         if events & OUT and b2c.writing:
             b2c.flush()
@@ -272,7 +274,7 @@ class TcpConnection:
                 err = self.backend.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 self._connect_failed(err or errno.ECONNREFUSED)
             else:
-                self.close(reset=True)
+                self.close(reset=True, dead=self.backend)
             return
         self.connecting = False
         if events & OUT and c2b.writing:
@@ -294,7 +296,7 @@ class TcpConnection:
             self._connect_failed(exc.errno or errno.EIO)
             return
         log.debug("%s: connection error: %s", self.mapping.id, exc)
-        self.close(reset=True)
+        self.close(reset=True, dead=self.backend if backend else self.client)
 
     def direction_done(self, d: _Direction) -> None:
         try:
@@ -306,7 +308,9 @@ class TcpConnection:
         if self.c2b and self.c2b.done and self.b2c and self.b2c.done:
             self.close()
 
-    def close(self, reset: bool = False) -> None:
+    def close(self, reset: bool = False, dead: _socket.socket | None = None) -> None:
+        """`reset`: end both sides with an RST, except the `dead` one (it
+        failed: reset by its peer, or no longer connected)."""
         if self.closed:
             return
         self.closed = True
@@ -319,7 +323,7 @@ class TcpConnection:
                 continue
             if registered:
                 loop.forget(sock.fileno())  # the close takes it out of epoll
-            if reset:
+            if reset and sock is not dead:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
             sock.close()
