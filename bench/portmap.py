@@ -414,11 +414,12 @@ def section_variants(
     another revision (--baseline); alternating rounds."""
     where = in_netns(host.name, [])
     daemons = Path4(where, "127.0.0.1", *host_ports(OURS_BASE))
-    variants = [(name, *VARIANTS[name], REPO) for name in opts.variants]
+    variants = [(name, *VARIANTS[name], REPO, ["conn", "rr"]) for name in opts.variants]
     if opts.baseline:
         rev, root = checkout_baseline(session, opts.baseline)
-        variants.append((rev, [], f"the proxy at {rev} (`--baseline {opts.baseline}`)", root))
-    for k, (name, flags, what, root) in enumerate(variants, start=1):
+        what = f"the proxy at {rev} (`--baseline {opts.baseline}`)"
+        variants.append((rev, [], what, root, ["tput1", "conn", "rr"]))
+    for k, (name, flags, what, root, metrics) in enumerate(variants, start=1):
         log(f"  the daemon's proxy vs {what}")
         control = WORK / f"{name}-{host.name}.sock"
         argv = [PY, "-m", "pontoon.proxy", "--control", str(control), *flags,
@@ -436,7 +437,7 @@ def section_variants(
             proxy_batch(host, str(control), "add", port, 1, f"{cip}:{cport}")
         other = Path4(where, "127.0.0.1", *ports)
         load = load_average()
-        m_ours, m_other = measure_pair(daemons, other, p, ["conn", "rr"])
+        m_ours, m_other = measure_pair(daemons, other, p, metrics)
         rows = comparisons(m_ours, m_other, {})
         out.append(
             f"**(a) the daemon's proxy (one worker per CPU, EPOLLEXCLUSIVE: one idle worker "
