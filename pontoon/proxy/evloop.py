@@ -61,7 +61,7 @@ class Loop:
         self._sequence = itertools.count()
         self._stale: set[int] = set()  # forgotten during the current batch
         self._stopping = False
-        self._wakeup_r = -1
+        self._wakeup_r = self._wakeup_w = -1
 
     time = staticmethod(time.monotonic)
 
@@ -111,7 +111,7 @@ class Loop:
         """Stop the loop on these signals. The handler only sets a flag; the
         wake-up descriptor gets epoll out of its wait."""
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._wakeup_r = r
+        self._wakeup_r, self._wakeup_w = r, w
         signal.set_wakeup_fd(w, warn_on_full_buffer=False)
         self.add_reader(r, self._drain_wakeup)
         for sig in signals:
@@ -166,3 +166,8 @@ class Loop:
 
     def close(self) -> None:
         self._epoll.close()
+        if self._wakeup_w >= 0:
+            signal.set_wakeup_fd(-1)  # before its descriptor number is free again
+        for fd in (self._wakeup_r, self._wakeup_w):
+            if fd >= 0:
+                os.close(fd)
