@@ -428,7 +428,8 @@ def section_variants(
         # Its own session, like the daemon's proxy: the same scheduling group.
         proc = session.spawn(in_netns(host.name, argv), cwd=str(root), env=env,
                              start_new_session=True)  # fmt: skip
-        session.cleanups.append(lambda control=control: control.unlink(missing_ok=True))
+        for path in (control, control.with_name(control.name + ".lock")):
+            session.cleanups.append(lambda path=path: path.unlink(missing_ok=True))
         deadline = time.monotonic() + 10
         while not control.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
