@@ -466,13 +466,20 @@ def report_header(title: str, script: str, quick: bool = False) -> str:
 
 
 def bench_args(
-    doc: str, argv: list[str] | None, only: str | None = None, only_help: str = ""
+    doc: str,
+    argv: list[str] | None,
+    only: str | None = None,
+    only_help: str = "",
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> argparse.Namespace:
-    """--quick for every benchmark, --only SECTIONS for those that have them."""
+    """--quick for every benchmark, --only SECTIONS for those that have them,
+    and what `extra` adds for one benchmark alone."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     if only is not None:
         parser.add_argument("--only", default=only, help=only_help)
+    if extra is not None:
+        extra(parser)
     return parser.parse_args(argv)
 
 
@@ -600,7 +607,9 @@ def _tool_connrate(args: argparse.Namespace) -> dict[str, Any]:
             d, e = struct.unpack("qq", data)
             done, errors = done + d, errors + e
     elapsed = time.monotonic() - t0
-    return {"rate": done / elapsed, "connections": done, "errors": errors, "seconds": elapsed}
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"rate": done / elapsed, "connections": done, "errors": errors, "seconds": elapsed,
+            "client_cpu": usage.ru_utime + usage.ru_stime}  # fmt: skip
 
 
 def _tool_rr(args: argparse.Namespace) -> dict[str, Any]:
@@ -624,7 +633,9 @@ def _tool_rr(args: argparse.Namespace) -> dict[str, Any]:
             break
     elapsed = time.monotonic() - t0
     s.close()
-    return {"rate": n / elapsed, "transactions": n, "seconds": elapsed}
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"rate": n / elapsed, "transactions": n, "seconds": elapsed,
+            "client_cpu": usage.ru_utime + usage.ru_stime}  # fmt: skip
 
 
 def _dns_queries(names: list[str]) -> list[bytes]:

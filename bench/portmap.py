@@ -22,13 +22,17 @@ echo server for request/response (7001).
       nftables (maps) beside iptables (a linear DNAT chain), and the time to
       add one mapping.
 
-Usage: .venv/bin/python bench/portmap.py [--quick] [--only a,b,c,d]
+Usage: .venv/bin/python bench/portmap.py [--quick] [--only a,c,d] [--baseline REF]
+       [--variants all,one] [--ab-only] [--rounds N]
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import os
 import shutil
+import subprocess
 import sys
 import time
 import traceback
@@ -312,7 +316,11 @@ def start_docker_proxies(
     session: Session, host: Any, specs: list[tuple[str, int, str, int]]
 ) -> list[Any]:
     """One docker-proxy per (host ip, host port, container ip, container port).
-    fd 3 must be open: docker-proxy reports readiness on it and closes it."""
+    fd 3 must be open: docker-proxy reports readiness on it and closes it.
+    Each in a session of its own, as the daemon's proxy is (and as under
+    dockerd): with autogroup scheduling, a proxy in the load clients' session
+    shares their scheduling group, which alone was worth ~1.5x connections
+    per second on the busy VM (see docs/benchmarks.md)."""
     binary = docker_proxy_path()
     procs = []
     log_path = WORK / f"docker-proxy-{host.name}.log"
@@ -321,16 +329,28 @@ def start_docker_proxies(
     for host_ip, host_port, cip, cport in specs:
         cmd = (f"exec 3>/dev/null; exec {binary} -proto tcp -host-ip {host_ip} "
                f"-host-port {host_port} -container-ip {cip} -container-port {cport}")  # fmt: skip
-        procs.append(session.spawn(in_netns(host.name, ["/bin/sh", "-c", cmd]), stderr=errors))
+        procs.append(session.spawn(in_netns(host.name, ["/bin/sh", "-c", cmd]), stderr=errors,
+                                   start_new_session=True))  # fmt: skip
     return procs
 
 
+@dataclasses.dataclass(frozen=True)
+class AOptions:
+    baseline: str | None  # a git ref whose proxy the daemon's is compared with
+    variants: list[str]  # of VARIANTS
+    ab_only: bool  # no docker-proxy and no (b): only our proxies side by side
+
+
 def section_a(
-    session: Session, p: Params, out: list[str]
+    session: Session, p: Params, out: list[str], opts: AOptions
 ) -> tuple[dict[str, list[Comparison]], list[list[str]]]:
     log("(a) userland proxy vs docker-proxy")
     host = make_host(session, "pm")
     cip = start_server(host, publish=published(OURS_BASE))
+    if opts.ab_only:
+        section_variants(session, host, cip, p, out, opts)
+        session.drop_host(host)
+        return {}, []
     specs = [("127.0.0.1", DOCKER_BASE + port - 5000, cip, port) for port in (IPERF, GREET, ECHO)]
     dprocs = start_docker_proxies(session, host, specs)
     for _, port, _, _ in specs:
@@ -355,7 +375,7 @@ def section_a(
     out.append(comparison_table("pontoon proxy", "docker-proxy", results["unpinned"]) + "\n")
     for proc in dprocs:
         session.stop(proc)
-    section_wakeups(session, host, cip, p, out)
+    section_variants(session, host, cip, p, out, opts)
     extra = section_b(session, host, cip, p, out, results)
     session.drop_host(host)
     return results, extra
@@ -365,23 +385,51 @@ def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def section_wakeups(session: Session, host: Any, cip: str, p: Params, out: list[str]) -> None:
-    """The daemon's proxy (one worker per CPU, EPOLLEXCLUSIVE) beside a proxy
-    that wakes every worker per connection and one with a single worker,
-    same container, alternating rounds."""
+# Other proxies of ours beside the daemon's: name -> (flags, what it is).
+VARIANTS = {
+    "all": (["--accept-wakeup", "all"], "a proxy waking every worker (`--accept-wakeup all`)"),
+    "one": (["--workers", "1"], "a proxy with one worker (`--workers 1`)"),
+}
+
+
+def checkout_baseline(session: Session, ref: str) -> tuple[str, Path]:
+    """pontoon/ at git `ref`, extracted under WORK until the session ends:
+    (short revision, folder)."""
+    rev = run(["git", "-C", str(REPO), "rev-parse", "--short", ref]).strip()
+    root = WORK / f"baseline-{rev}-{session.tag}"
+    root.mkdir(parents=True)
+    session.cleanups.append(lambda: shutil.rmtree(root, ignore_errors=True))
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "pontoon"],
+                             check=True, capture_output=True).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+    return rev, root
+
+
+def section_variants(
+    session: Session, host: Any, cip: str, p: Params, out: list[str], opts: AOptions
+) -> None:
+    """The daemon's proxy (one worker per CPU, EPOLLEXCLUSIVE) beside other
+    proxies of ours, each serving the same container: one waking every
+    worker per connection, one with a single worker, and the proxy of
+    another revision (--baseline); alternating rounds."""
     where = in_netns(host.name, [])
     daemons = Path4(where, "127.0.0.1", *host_ports(OURS_BASE))
-    variants = [
-        ("all", ["--accept-wakeup", "all"], "a proxy waking every worker (`--accept-wakeup all`)"),
-        ("one", ["--workers", "1"], "a proxy with one worker (`--workers 1`)"),
-    ]
-    for k, (name, flags, what) in enumerate(variants, start=1):
+    variants = [(name, *VARIANTS[name], REPO, ["conn", "rr"]) for name in opts.variants]
+    if opts.baseline:
+        rev, root = checkout_baseline(session, opts.baseline)
+        what = f"the proxy at {rev} (`--baseline {opts.baseline}`)"
+        variants.append((rev, [], what, root, ["tput1", "conn", "rr"]))
+    for k, (name, flags, what, root, metrics) in enumerate(variants, start=1):
         log(f"  the daemon's proxy vs {what}")
         control = WORK / f"{name}-{host.name}.sock"
         argv = [PY, "-m", "pontoon.proxy", "--control", str(control), *flags,
                 "--log-level", "warning"]  # fmt: skip
-        proc = session.spawn(in_netns(host.name, argv), cwd=str(REPO))
-        session.cleanups.append(lambda control=control: control.unlink(missing_ok=True))
+        env = {**os.environ, "PYTHONPATH": str(root)}
+        # Its own session, like the daemon's proxy: the same scheduling group.
+        proc = session.spawn(in_netns(host.name, argv), cwd=str(root), env=env,
+                             start_new_session=True)  # fmt: skip
+        for path in (control, control.with_name(control.name + ".lock")):
+            session.cleanups.append(lambda path=path: path.unlink(missing_ok=True))
         deadline = time.monotonic() + 10
         while not control.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -389,11 +437,13 @@ def section_wakeups(session: Session, host: Any, cip: str, p: Params, out: list[
         for port, cport in zip(ports, (IPERF, GREET, ECHO), strict=True):
             proxy_batch(host, str(control), "add", port, 1, f"{cip}:{cport}")
         other = Path4(where, "127.0.0.1", *ports)
-        m_ours, m_other = measure_pair(daemons, other, p, ["conn", "rr"])
+        load = load_average()
+        m_ours, m_other = measure_pair(daemons, other, p, metrics)
         rows = comparisons(m_ours, m_other, {})
         out.append(
             f"**(a) the daemon's proxy (one worker per CPU, EPOLLEXCLUSIVE: one idle worker "
-            f"woken per connection) vs {what}**, same container, {p.reps} alternating rounds\n"
+            f"woken per connection) vs {what}**, same container, {p.reps} alternating rounds "
+            f"(load average {load} before, {load_average()} after)\n"
         )
         out.append(comparison_table("daemon's proxy", name, rows) + "\n")
         session.stop(proc)
@@ -742,9 +792,27 @@ def guarded(section: str, out: list[str], fn: Callable[[], T], default: T) -> T:
         return default
 
 
+def add_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--baseline", metavar="REF",
+                        help="(a): also compare the daemon's proxy with the proxy at git REF "
+                             "(its pontoon/ checked out into a temporary folder), same "
+                             "container, alternating rounds")  # fmt: skip
+    parser.add_argument("--variants", default="all,one",
+                        help="(a): the other proxies to compare with the daemon's: all "
+                             "(--accept-wakeup all), one (--workers 1); '' for none")  # fmt: skip
+    parser.add_argument("--ab-only", action="store_true",
+                        help="(a): only the comparisons with other proxies of ours (no "
+                             "docker-proxy, no (b)): for measuring a change")  # fmt: skip
+    parser.add_argument("--rounds", type=int, help="alternating rounds (default 9)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = bench_args(__doc__, argv, only="a,c,d", only_help="sections: a (includes b), c, d")
+    args = bench_args(__doc__, argv, only="a,c,d", only_help="sections: a (includes b), c, d",
+                      extra=add_options)  # fmt: skip
     p = QUICK if args.quick else FULL
+    if args.rounds:
+        p = dataclasses.replace(p, reps=args.rounds)
+    opts = AOptions(args.baseline, [v for v in args.variants.split(",") if v], args.ab_only)
     sections = set(args.only.split(","))
     out: list[str] = []
     goals: list[list[str]] = []
@@ -752,7 +820,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     with Session() as session:
         if "a" in sections:
-            results, extra = guarded("a", out, lambda: section_a(session, p, out), ({}, []))
+            results, extra = guarded("a", out, lambda: section_a(session, p, out, opts), ({}, []))
             for mode, rows in results.items():
                 goals += goal_rows(f"(a) {mode}" if mode != "rss" else "(b)", rows)
             goals += extra

@@ -7,12 +7,13 @@ forwarding to one backend (container IP and port). Protocol modules subclass
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
 import ipaddress
 import socket
 from typing import Any
+
+from pontoon.proxy.evloop import Loop
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +27,7 @@ class Backend:
         # per cent of the proxy's work for a short connection.
         return socket.AF_INET6 if ipaddress.ip_address(self.ip).version == 6 else socket.AF_INET
 
-    @property
+    @functools.cached_property
     def address(self) -> tuple[str, int]:
         return (self.ip, self.port)
 
@@ -53,14 +54,19 @@ class Mapping:
     proto: str = ""
 
     def __init__(
-        self, mapping_id: str, sock: socket.socket, backend: Backend, counters: Counters
+        self,
+        mapping_id: str,
+        sock: socket.socket,
+        backend: Backend,
+        counters: Counters,
+        loop: Loop,
     ) -> None:
         self.id = mapping_id
         self.sock = sock
         self.backend = backend
         self.counters = counters
         self.listen = format_address(sock.getsockname())
-        self.loop = asyncio.get_running_loop()
+        self.loop = loop
 
     def start(self) -> None:
         raise NotImplementedError

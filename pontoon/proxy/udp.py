@@ -23,12 +23,12 @@ Design:
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import logging
 import socket
 import struct
 
+from pontoon.proxy.evloop import Loop, Timer
 from pontoon.proxy.mapping import Backend, Counters, Mapping
 
 log = logging.getLogger("pontoon.proxy.udp")
@@ -89,15 +89,16 @@ class UdpMapping(Mapping):
         sock: socket.socket,
         backend: Backend,
         counters: Counters,
+        loop: Loop,
         timeout: float,
         max_flows: int = DEFAULT_MAX_FLOWS,
     ) -> None:
-        super().__init__(mapping_id, sock, backend, counters)
+        super().__init__(mapping_id, sock, backend, counters, loop)
         self.timeout = timeout
         self.max_flows = max_flows
         self.flows: collections.OrderedDict[FlowKey, UdpFlow] = collections.OrderedDict()
         self._bound_ip: str = sock.getsockname()[0]
-        self._sweeper: asyncio.TimerHandle | None = None
+        self._sweeper: Timer | None = None
         self._listening = False
 
     def start(self) -> None:

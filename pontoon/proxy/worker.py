@@ -13,7 +13,12 @@ Requests (the supervisor has validated them; replies are {"ok": ...}):
     {"op": "stats"} -> {"stats": {id: counters}}
 
 Every worker serves every TCP mapping: the listening socket is one open file
-shared by all, and each connection wakes one idle worker (`wakeup`). A UDP
+shared by all, and each connection wakes one idle worker (EPOLLEXCLUSIVE).
+With plain epoll a new connection would wake every worker and all but one
+would find nothing to accept; EPOLLEXCLUSIVE wakes one that sits in
+epoll_wait (a busy worker is skipped). A worker runs on its own small epoll
+loop (`evloop`), not asyncio: per connection, asyncio's bookkeeping cost
+more than the kernel's work. A UDP
 mapping is served by one worker only (the supervisor picks it), so each of
 its flows lives in one process from its first datagram to its expiry.
 """
@@ -21,7 +26,6 @@ its flows lives in one process from its first datagram to its expiry.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import ctypes
 import json
@@ -32,10 +36,10 @@ import socket
 import sys
 from typing import Any
 
+from pontoon.proxy.evloop import Loop
 from pontoon.proxy.mapping import Backend, Counters, Mapping
 from pontoon.proxy.tcp import TcpMapping
 from pontoon.proxy.udp import DEFAULT_MAX_FLOWS, UdpMapping
-from pontoon.proxy.wakeup import ExclusiveEpollSelector
 from pontoon.proxy.wire import MAX_FDS, MAX_PACKET, Assembler, RequestError
 
 log = logging.getLogger("pontoon.proxy.worker")
@@ -48,6 +52,7 @@ SO_SNDBUFFORCE = 32  # not exported by Python; root may exceed wmem_max with it
 class Worker:
     def __init__(
         self,
+        loop: Loop,
         channel: socket.socket,
         udp_timeout: float = 30.0,
         udp_max_flows: int = DEFAULT_MAX_FLOWS,
@@ -58,8 +63,7 @@ class Worker:
         self.udp_max_flows = udp_max_flows
         self.exclusive = exclusive
         self.mappings: dict[str, Mapping] = {}
-        self.loop = asyncio.get_running_loop()
-        self.stopped = asyncio.Event()
+        self.loop = loop
         self._assembler = Assembler()
         # A range shares its backend: one object, its address parsed once.
         self._backends: dict[tuple[str, int], Backend] = {}
@@ -82,8 +86,8 @@ class Worker:
         except OSError:
             data, fds = b"", []
         if not data and not fds:  # the supervisor is gone
-            self.stopped.set()
             self.loop.remove_reader(self.channel.fileno())
+            self.loop.stop()
             return
         try:
             complete = self._assembler.feed(data, fds)
@@ -133,12 +137,18 @@ class Worker:
         try:
             mapping: Mapping
             if item["proto"] == "tcp":
-                tcp = TcpMapping(mapping_id, sock, backend, Counters())
+                tcp = TcpMapping(mapping_id, sock, backend, Counters(), self.loop)
                 tcp.start(exclusive=self.exclusive)
                 mapping = tcp
             else:
                 mapping = UdpMapping(
-                    mapping_id, sock, backend, Counters(), self.udp_timeout, self.udp_max_flows
+                    mapping_id,
+                    sock,
+                    backend,
+                    Counters(),
+                    self.loop,
+                    self.udp_timeout,
+                    self.udp_max_flows,
                 )
                 mapping.start()
         except BaseException:
@@ -171,14 +181,19 @@ def _die_with_parent(parent: int) -> None:
         sys.exit(1)
 
 
-async def serve(args: argparse.Namespace) -> int:
-    channel = socket.socket(fileno=args.channel_fd)
-    worker = Worker(channel, args.udp_timeout, args.udp_max_flows, args.accept == "exclusive")
-    worker.start()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        worker.loop.add_signal_handler(sig, worker.stopped.set)
-    await worker.stopped.wait()
-    worker.close()
+def serve(args: argparse.Namespace) -> int:
+    loop = Loop()
+    try:
+        channel = socket.socket(fileno=args.channel_fd)
+        worker = Worker(
+            loop, channel, args.udp_timeout, args.udp_max_flows, args.accept == "exclusive"
+        )
+        worker.start()
+        loop.stop_on_signals(signal.SIGTERM, signal.SIGINT)
+        loop.run()
+        worker.close()
+    finally:
+        loop.close()
     return 0
 
 
@@ -201,15 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         format=f"%(asctime)s %(levelname)s %(name)s[{os.getpid()}]: %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("asyncio").setLevel(logging.WARNING)
     from pontoon.proxy.__main__ import raise_fd_limit
 
     raise_fd_limit()
-    loop = asyncio.SelectorEventLoop(ExclusiveEpollSelector())
-    try:
-        return loop.run_until_complete(serve(args))
-    finally:
-        loop.close()
+    return serve(args)
 
 
 if __name__ == "__main__":

@@ -159,3 +159,26 @@ def test_stalled_reader_backpressure_without_spinning(proxy, tcp_server) -> None
         assert proxy.client.stats()["slow"]["bytes_out"] < BULK  # really stalled
         got = recv_all(sock)
     assert hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_small_messages_to_a_stalled_reader(proxy, tcp_server) -> None:
+    """Messages below the copy threshold go through recv/send: what the
+    stalled client cannot take is held, reading stops, nothing spins or is
+    lost, and order is kept."""
+    messages = [f"{i:06d}".encode() * 50 for i in range(4000)]  # 300 bytes each
+
+    def backend(conn: socket.socket) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for message in messages:
+            conn.sendall(message)
+        conn.shutdown(socket.SHUT_WR)
+
+    port = proxy.publish("small", "tcp", tcp_server(backend).port)
+    with connect(port, timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        time.sleep(0.3)  # let buffers fill
+        before = proxy.cpu_seconds()
+        time.sleep(0.5)
+        assert proxy.cpu_seconds() - before < 0.1
+        got = recv_all(sock)
+    assert got == b"".join(messages)
