@@ -44,10 +44,10 @@ sys.path.append(str(HERE))
 from _attach_worker import NETAVARK, serve  # noqa: E402
 from common import Runner, inside_bench_host, log, on_signals_clean_up, unmount_all_under  # noqa: E402
 
+from pontoon.cli import cni as cni_cli  # noqa: E402
 from pontoon.sandbox import netns  # noqa: E402
 
 CNI_DIR = Path("/usr/lib/cni")
-PONTOON_CNI = Path(sys.executable).parent / "pontoon-cni"
 CHAIN_SUBNET = "10.88.0.0/16"
 NETAVARK_SUBNET = ipaddress.IPv4Network("10.89.0.0/16")
 PORT_BASE = 20000
@@ -167,9 +167,11 @@ class PontoonCniHarness(ConflistHarness):
         # The conflist's type names the plugin; ours is not in /usr/lib/cni.
         self.plugin_dir = workdir / "bin"
         self.plugin_dir.mkdir(parents=True, exist_ok=True)
-        link = self.plugin_dir / "pontoon"
-        if not link.exists():
-            link.symlink_to(PONTOON_CNI)
+        # As `pontoon cni install` installs it: the launcher without `site`.
+        plugin = self.plugin_dir / "pontoon"
+        if not plugin.exists():
+            plugin.write_text(cni_cli.launcher())
+            plugin.chmod(0o755)
 
     def up(self, spec: tuple[str, Path, int]) -> Handle:
         cid, sandbox, index = spec

@@ -309,6 +309,32 @@ def test_uninstall_removes_only_pontoons_files(tmp_path: Path):
     ]
 
 
+def test_launcher_runs_the_plugin_without_site(tmp_path: Path):
+    plugin = tmp_path / "pontoon"
+    plugin.write_text(cni_cli.launcher())
+    plugin.chmod(0o755)
+    assert plugin.read_text().splitlines()[0].endswith(" -S")
+    proc = subprocess.run(
+        [str(plugin)], env={"CNI_COMMAND": "VERSION"}, capture_output=True, text=True, check=True
+    )
+    assert "1.0.0" in json.loads(proc.stdout)["supportedVersions"]
+
+
+def test_uninstall_removes_the_launcher_and_nothing_foreign(tmp_path: Path):
+    from pontoon.cli.main import cli
+
+    bin_dir, conf_dir = tmp_path / "bin", tmp_path / "net.d"
+    bin_dir.mkdir()
+    conf_dir.mkdir()
+    (bin_dir / "pontoon").write_text(cni_cli.launcher())
+    args = ["cni", "uninstall", "--bin-dir", str(bin_dir), "--conf-dir", str(conf_dir)]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    assert list(bin_dir.iterdir()) == []
+    (bin_dir / "pontoon").write_text("#!/bin/sh\necho someone else's\n")
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    assert [p.name for p in bin_dir.iterdir()] == ["pontoon"]
+
+
 # -- regressions the fuzzer (tests/fuzz/test_cni_fuzz.py) found ------------------------
 
 
