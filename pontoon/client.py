@@ -10,11 +10,13 @@ import socket
 import ssl
 import struct
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from pontoon.errors import os_error_text
-from pontoon.tls import TlsFiles, client_context, parse_tcp_host, ssl_error_text
+
+if TYPE_CHECKING:
+    from pontoon.tls import TlsFiles
 
 DEFAULT_HOST = "unix:///run/pontoon/pontoon.sock"
 
@@ -85,6 +87,10 @@ class Client:
             if tls is None:
                 raise ApiError(0, f"{url} needs --tlsverify: pontoond's remote API is mutual "
                                "TLS only (--tlscacert, --tlscert, --tlskey)")  # fmt: skip
+            # Only here: the CNI plugin, a unix-socket client exec'd per
+            # container, does not pay for importing the TLS settings.
+            from pontoon.tls import client_context, parse_tcp_host
+
             try:
                 self.tcp = parse_tcp_host(url)
                 self.context = client_context(tls)
@@ -113,6 +119,8 @@ class Client:
                 0, f"cannot reach pontoond at {self.path}: is the daemon running?"
             ) from None
         except ssl.SSLError as exc:
+            from pontoon.tls import ssl_error_text
+
             reason = ssl_error_text(exc)
             raise ApiError(0, f"TLS with pontoond at {self.path} failed: {reason}") from None
         except (http.client.RemoteDisconnected, ConnectionResetError) as exc:
