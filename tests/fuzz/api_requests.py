@@ -92,6 +92,7 @@ def container_run() -> st.SearchStrategy[dict[str, Any]]:
             "Name": NAMES,
             "Networks": st.lists(NAMES, max_size=2),
             "IPAddress": ADDRS,
+            "IPv6Address": ADDRS,
             "Aliases": STRINGS,
             "Hostname": st.sampled_from(["h", "-bad-", "a" * 64, ""]),
             "Dns": st.lists(ADDRS, max_size=2),
@@ -147,12 +148,13 @@ def trace() -> st.SearchStrategy[dict[str, Any]]:
             "Proto": st.sampled_from(["", "icmp", "tcp", "udp", "gre"]),
             # A live trace watches for up to 300 s: only refused values here.
             "Live": st.sampled_from([0, -1, 301, 10**400, 1e308, "5", True]),
+            "Family": st.sampled_from([0, 4, 6, 5, "6", None, 10**400]),
         }
     )
 
 
 def connect() -> st.SearchStrategy[dict[str, Any]]:
-    return obj({"Container": NAMES, "IPAddress": ADDRS, "Aliases": STRINGS})
+    return obj({"Container": NAMES, "IPAddress": ADDRS, "IPv6Address": ADDRS, "Aliases": STRINGS})
 
 
 # Well-formed bodies, to be broken in a few places (tests/fuzz/mutate.py): the

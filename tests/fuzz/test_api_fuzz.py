@@ -64,18 +64,24 @@ class Fakes:
         for key in ("command", "networks", "aliases", "env", "dns", "ports"):
             assert strings(kwargs[key]), key
         assert all(isinstance(kwargs[k], str) for k in ("name", "ip", "hostname"))
+        assert isinstance(kwargs.get("ip6", ""), str)
         assert isinstance(kwargs["auto_remove"], bool)
         return SimpleNamespace(id=FAKE_ID)
 
-    async def connect(self, net: str, ctr: str, ip: str = "", aliases: Any = None) -> None:
-        assert all(isinstance(x, str) for x in (net, ctr, ip)) and strings(aliases)
+    async def connect(
+        self, net: str, ctr: str, ip: str = "", ip6: str = "", aliases: Any = None
+    ) -> None:
+        assert all(isinstance(x, str) for x in (net, ctr, ip, ip6)) and strings(aliases)
 
     async def refs(self, *refs: Any, **flags: Any) -> None:
         assert all(isinstance(r, str) for r in refs)
 
-    async def trace(self, inv: Any, src: str, dst: str, proto: str, live: float) -> Any:
+    async def trace(
+        self, inv: Any, src: str, dst: str, proto: str, live: float, family: int = 0
+    ) -> Any:
         assert all(isinstance(x, str) for x in (src, dst, proto))
         assert isinstance(live, float) and 0 <= live <= 300
+        assert family in (0, 4, 6)
         return {}
 
 
