@@ -83,7 +83,15 @@ class Ports:
             return requests
         if not reserve.ipv6_available():
             return [r for r in requests if not r.implicit]
-        if self.proxy is not None or 6 in self._families(att):
+        if self.proxy is not None:
+            return requests
+        for r in requests:
+            if r.host_ip == "::1":  # IPv6 has no route_localnet: only a proxy serves it
+                raise InvalidArgument(
+                    "cannot publish on ::1 with the userland proxy off: the kernel does not "
+                    "NAT IPv6 loopback"
+                )
+        if 6 in self._families(att):
             return requests
         for r in requests:
             if r.family == 6 and not r.implicit:

@@ -166,3 +166,20 @@ def parse_all(specs: list[str]) -> list[PortRequest]:
                 ips.add(req.host_ip)
             out.append(req)
     return out
+
+
+def requests_of(mappings: list[tuple[str, int, int, str]]) -> list[PortRequest]:
+    """Requests again from stored (host_ip, host_port, container_port, proto)
+    rows, which do not keep `implicit`: a `::` row right after its 0.0.0.0
+    twin is one, as parse() made them."""
+    out: list[PortRequest] = []
+    for host_ip, host_port, container_port, proto in mappings:
+        prev = out[-1] if out else None
+        implicit = (
+            host_ip == ANY6
+            and prev is not None
+            and (prev.host_ip, prev.host_port, prev.container_port, prev.proto)
+            == (ANY, host_port, container_port, proto)
+        )
+        out.append(PortRequest(host_ip, host_port, container_port, proto, implicit))
+    return out

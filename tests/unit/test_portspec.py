@@ -141,3 +141,9 @@ def test_ipv6_host_port_published_twice_is_refused(specs: list[str]) -> None:
 def test_families_do_not_clash() -> None:
     specs = ["0.0.0.0:8080:80", "[::]:8080:81", "127.0.0.1:9090:90", "[::1]:9090:91"]
     assert len(portspec.parse_all(specs)) == 4
+
+
+def test_implicit_twins_are_found_again_in_stored_rows() -> None:
+    reqs = portspec.parse_all(["8080:80", "[::]:9090:90"])
+    rows = [(r.host_ip, r.host_port, r.container_port, r.proto) for r in reqs]
+    assert portspec.requests_of(rows) == reqs
