@@ -105,7 +105,10 @@ def _split(body: str, spec: str) -> tuple[str | None, str, str]:
     if len(parts) == 2:
         return None, parts[0], parts[1]
     # Docker's reading: the last two fields are ports, the rest the address.
-    return _host_ip(":".join(parts[:-2]), spec, bracketed=False), parts[-2], parts[-1]
+    host = ":".join(parts[:-2])
+    if len(parts) > 3 and host.count(":") < 2:
+        raise InvalidArgument(f"invalid port specification {spec!r}: {host!r} is not an IP address")
+    return _host_ip(host, spec, bracketed=False), parts[-2], parts[-1]
 
 
 def parse(spec: str) -> list[PortRequest]:
