@@ -48,16 +48,19 @@ def _flush_cli(ip: str, proto: str, port: int) -> int:
 
 def _flush_dump(ports: list[tuple[str, str, int]]) -> int:
     wanted = {(family_of(ip), PROTO_NUMBERS[p], port): ip for ip, p, port in ports}
+    return sum(_flush_family(family, wanted) for family in sorted({f for f, _, _ in wanted}))
+
+
+def _flush_family(family: int, wanted: dict[tuple[int, int, int], str]) -> int:
+    # A dump holds one family: pyroute2 asks for nfgen_family AF_INET unless told.
+    af = socket.AF_INET6 if family == 6 else socket.AF_INET
     deleted = 0
-    ct = Conntrack()
+    ct = Conntrack(nfgen_family=af)
     try:
         doomed = []
-        # One dump: its request's family is AF_UNSPEC, so it holds both.
         for entry in list(ct.dump_entries()):
             orig = entry.tuple_orig
-            if not orig.daddr:
-                continue
-            ip = wanted.get((family_of(orig.daddr), orig.proto, orig.dport))
+            ip = wanted.get((family, orig.proto, orig.dport))
             if ip is not None and (is_wildcard(ip) or orig.daddr == ip):
                 doomed.append(entry)
         for entry in doomed:

@@ -296,3 +296,23 @@ def test_bad_ipv6_port_input_is_one_error_and_leaves_nothing(make_host, mode):
         errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error:")]
         assert len(errors) == 1 and message in errors[0], (args, proc.stderr)
         assert snapshot(host) == before, args
+
+
+def test_trace_follows_ipv6_published_ports(published):
+    host, outside, proxy = published
+    web6 = v6_of(host, "web", "front")
+
+    def trace(*args: str) -> dict:
+        return host.cli_json("trace", "--json", *args)
+
+    assert probe(outside, HOST6, 12580).startswith("peer=")  # the server is up
+    r = trace("--from", f"netns:{outside.name}", "--to", f"[{HOST6}]:12580/tcp")
+    assert r["verdict"] == "delivered", r
+    assert r["probe"]["source"] == OUTSIDE6  # the client's address is kept
+    assert r["nat"][0]["to"] == f"[{web6}]:80", r["nat"]
+    steps = [s["step"] for s in r["nat"] if s["step"] != "conntrack"]
+    assert steps == ["DNAT", "un-DNAT (reply)"]  # no SNAT on the kernel path
+    assert r["path"][-1]["name"] == "web"
+    if proxy:  # ::1 is the proxy's
+        lo = trace("--from", "host", "--to", "[::1]:12580/tcp")
+        assert lo["verdict"] == "delivered" and lo["proxy"] is not None, lo
