@@ -5,6 +5,8 @@ binding of an IPv4-only container, bracketed host IPs)."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from pontoon.lab import SimHost
@@ -316,3 +318,33 @@ def test_trace_follows_ipv6_published_ports(published):
     if proxy:  # ::1 is the proxy's
         lo = trace("--from", "host", "--to", "[::1]:12580/tcp")
         assert lo["verdict"] == "delivered" and lo["proxy"] is not None, lo
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_firewall_check_knows_ipv6_ports(make_host, backend):
+    """The periodic check reads the IPv6 port rules back as its own (no
+    repair for our own changes) and puts them back after a flush."""
+    from tests.integration.test_firewall_repair import repairs
+
+    host = make_host("--userland-proxy=false", "--firewall-backend", backend,
+                     "--firewall-check-interval", "0.5")  # fmt: skip
+    outside = add_outside6(make_host, host)
+    dual_stack(host, "front", 50)
+    host.cli("run", "-d", "--name", "web", "--net", "front", "-p", "12580:80",
+             "-p", f"[{HOST6}]:5353:53/udp", "--", "python3", "-c", SERVER, "80/tcp",
+             "53/udp")  # fmt: skip
+    assert probe(outside, HOST6, 12580).startswith("peer=")
+    host.cli("run", "-d", "--name", "other", "--net", "front", "-p", "12581:80",
+             "--", "sleep", "infinity")  # fmt: skip
+    host.cli("rm", "-f", "other")
+    time.sleep(2)
+    assert repairs(host) == 0
+    flush = (
+        ["nft", "flush", "ruleset"]
+        if backend == "nftables"
+        else ["ip6tables", "-t", "nat", "-F", "PONTOON"]
+    )
+    host.sh(*flush)
+    assert probe(outside, HOST6, 12580, timeout=10) == f"peer={OUTSIDE6} from={HOST6}"
+    assert probe(outside, HOST6, 5353, "udp") == f"peer={OUTSIDE6} from={HOST6}"
+    assert repairs(host) >= 1
