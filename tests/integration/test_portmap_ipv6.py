@@ -314,6 +314,9 @@ def test_trace_follows_ipv6_published_ports(published):
     assert r["nat"][0]["to"] == f"[{web6}]:80", r["nat"]
     steps = [s["step"] for s in r["nat"] if s["step"] != "conntrack"]
     assert steps == ["DNAT", "un-DNAT (reply)"]  # no SNAT on the kernel path
+    if "inet pontoon" in host.sh("nft", "list", "tables").stdout:  # the nftables backend
+        rules = [c["rule"] for w in r["netfilter"]["host"] for c in w["chains"]]
+        assert "dnat ip6 to meta l4proto . th dport map @portmap6_any" in rules, rules
     assert r["path"][-1]["name"] == "web"
     if proxy:  # ::1 is the proxy's
         lo = trace("--from", "host", "--to", "[::1]:12580/tcp")
