@@ -351,3 +351,19 @@ def test_firewall_check_knows_ipv6_ports(make_host, backend):
     assert probe(outside, HOST6, 12580, timeout=10) == f"peer={OUTSIDE6} from={HOST6}"
     assert probe(outside, HOST6, 5353, "udp") == f"peer={OUTSIDE6} from={HOST6}"
     assert repairs(host) >= 1
+
+
+def test_a_long_range_flushes_conntrack_of_both_families(make_host):
+    """More than 16 ports: the flush reads the tables through netlink, one
+    dump per family, instead of running `conntrack -D` per port."""
+    host = make_host("--userland-proxy=false")
+    outside = add_outside6(make_host, host)
+    dual_stack(host, "front", 50)
+    host.cli("run", "-d", "--name", "r", "--net", "front", "-p", "6000-6019:6000-6019/udp",
+             "--", "python3", "-c", SERVER, "6000/udp")  # fmt: skip
+    assert probe(outside, HOST6, 6000, "udp") == f"peer={OUTSIDE6} from={HOST6}"
+    assert probe(outside, HOST_ADDR, 6000, "udp").startswith("peer=")
+    host.cli("rm", "-f", "r")
+    for family in ("ipv4", "ipv6"):
+        listed = host.sh("conntrack", "-L", "-f", family, "-p", "udp", check=False).stdout
+        assert "dport=6000" not in listed, family
