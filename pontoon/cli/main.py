@@ -342,7 +342,8 @@ def port(ctx: click.Context, name: str) -> None:
 
     for cport, bindings in sorted(ports.items(), key=order):
         for b in bindings or []:
-            click.echo(f"{cport} -> {b['HostIp']}:{b['HostPort']}")
+            host = f"[{b['HostIp']}]" if ":" in b["HostIp"] else b["HostIp"]
+            click.echo(f"{cport} -> {host}:{b['HostPort']}")
 
 
 def _foreign_ports(api: Client, name: str) -> dict[str, list[dict[str, str]]] | None:

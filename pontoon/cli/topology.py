@@ -15,7 +15,7 @@ import click
 
 from pontoon.core.addresses import family_of
 
-ANY = "0.0.0.0"
+WILDCARDS = ("0.0.0.0", "::")
 KERNEL_IN = "kernel DNAT (prerouting)"
 KERNEL_OUT = "kernel DNAT (output)"
 PROXY = "userland proxy"
@@ -53,7 +53,10 @@ def entrances(topo: dict[str, Any], port: dict[str, Any]) -> list[dict[str, str]
     connections to 127.0.0.0/8 (our output chain returns them in proxy mode).
     Everything else, containers' hairpin included, is DNAT in the kernel."""
     proxy_mode = bool(topo["host"].get("userland_proxy"))
-    bound = port["host"].rpartition(":")[0]
+    bound = port["host"].rpartition(":")[0].strip("[]")
+    # No rule of the binding's family (`::` of an IPv4-only container): only
+    # the proxy serves it, on every address.
+    nat = port.get("kernel_nat", True)
     bridges = {
         net.get("bridge"): net["name"] for net in topo["networks"] if not net.get("namespace")
     }
@@ -62,9 +65,15 @@ def entrances(topo: dict[str, Any], port: dict[str, Any]) -> list[dict[str, str]
         for cidr in link["addresses"]:
             address = _ip(cidr)
             # A port covers addresses of its own family (0.0.0.0: every IPv4 one).
-            if bound not in (ANY, address) or family_of(address) != family_of(bound):
+            if bound not in (*WILDCARDS, address) or family_of(address) != family_of(bound):
                 continue
-            if ipaddress.ip_address(address).is_loopback:
+            # IPv6 has no route_localnet: ::1 is the proxy's in both modes.
+            loopback = ipaddress.ip_address(address).is_loopback
+            if not nat or (loopback and family_of(address) == 6):
+                if not proxy_mode:
+                    continue  # kernel mode: nothing answers there
+                served, source = PROXY, "this host" if loopback else "anyone"
+            elif loopback:
                 served, source = (PROXY if proxy_mode else KERNEL_OUT), "this host"
             elif link["name"] in bridges:
                 served, source = KERNEL_IN, f"containers on {bridges[link['name']]} (hairpin)"
@@ -79,7 +88,7 @@ def _target(topo: dict[str, Any], cname: str, port: dict[str, Any]) -> dict[str,
     """The endpoint a published port is delivered to."""
     for net in topo["networks"]:
         for ep in net["endpoints"]:
-            if ep["container"] == cname and ep["ip"] == port.get("container_ip"):
+            if ep["container"] == cname and port.get("container_ip") in ep["ip"].split(", "):
                 return {**ep, "network": net["name"]}
     return None
 

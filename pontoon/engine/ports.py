@@ -23,7 +23,7 @@ from pontoon.engine.state import State
 from pontoon.errors import InvalidArgument
 from pontoon.firewall import PortRule
 from pontoon.portmap import conntrack, reserve
-from pontoon.portmap.spec import PortRequest
+from pontoon.portmap.spec import PortRequest, family_of
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +68,43 @@ class Ports:
                 "reachable on the network itself"
             )
 
+    def _families(self, att: Attachment) -> set[int]:
+        """The address families the port target's network has."""
+        net = self.state.networks.get(att.network_id)
+        if net is not None and not self.drivers.of(net).capabilities.host_reachable:
+            net = self.state.gateway_network()
+        return {s.family for s in net.subnets} if net is not None else {4}
+
+    def _servable(self, att: Attachment, requests: list[PortRequest]) -> list[PortRequest]:
+        """Drop the implicit `::` twins IPv6 cannot serve (a host with IPv6 off;
+        kernel mode and a target without IPv6); refuse an explicit IPv6 host IP
+        in that case, rather than publish a port nothing answers on."""
+        if not any(r.family == 6 for r in requests):
+            return requests
+        if not reserve.ipv6_available():
+            return [r for r in requests if not r.implicit]
+        if self.proxy is not None:
+            return requests
+        for r in requests:
+            if r.host_ip == "::1":  # IPv6 has no route_localnet: only a proxy serves it
+                raise InvalidArgument(
+                    "cannot publish on ::1 with the userland proxy off: the kernel does not "
+                    "NAT IPv6 loopback"
+                )
+        if 6 in self._families(att):
+            return requests
+        for r in requests:
+            if r.family == 6 and not r.implicit:
+                raise InvalidArgument(
+                    f"cannot publish on IPv6 host IP {r.host_ip}: the network has no IPv6 and "
+                    "the userland proxy is off"
+                )
+        return [r for r in requests if not r.implicit]
+
     def reserve(self, att: Attachment, requests: list[PortRequest]) -> None:
         """Bind every host port now; ephemeral ports get their number here."""
-        taken = reserve.reserve_all(requests)
+        requests = self._servable(att, requests)
+        taken = reserve.reserve_all(requests, listen=self.proxy is not None)
         att.ports = [
             PortMapping(r.host_ip, port, r.container_port, r.proto)
             for r, (_, port) in zip(requests, taken, strict=True)
@@ -80,7 +114,8 @@ class Ports:
     def reserve_existing(self, att: Attachment) -> None:
         """Bind a live attachment's host ports again (after a restart)."""
         reqs = [PortRequest(p.host_ip, p.host_port, p.container_port, p.proto) for p in att.ports]
-        self._reservations[att.id] = [sock for sock, _ in reserve.reserve_all(reqs)]
+        taken = reserve.reserve_all(reqs, listen=self.proxy is not None)
+        self._reservations[att.id] = [sock for sock, _ in taken]
 
     def target(self, att: Attachment) -> tuple[Attachment, Network] | None:
         """The attachment (and its network) that published ports DNAT to."""
@@ -97,45 +132,56 @@ class Ports:
                     return other, gw
         return None
 
+    def pairs(self, att: Attachment) -> list[tuple[PortMapping, PortRule | None]]:
+        """Each port of an attachment with its firewall rule: DNAT to the
+        target's address of the binding's family, None when it has none."""
+        found = self.target(att) if att.ports else None
+        if found is None:
+            return [(p, None) for p in att.ports]
+        target, net = found
+        out: list[tuple[PortMapping, PortRule | None]] = []
+        for p in att.ports:
+            ip = target.ip_for(family_of(p.host_ip))
+            rule = PortRule(p.host_ip, p.proto, p.host_port, ip, p.container_port, net.bridge)
+            out.append((p, rule if ip else None))
+        return out
+
     def rules(self, att: Attachment) -> list[PortRule]:
-        """Firewall rules for an attachment's ports. The host firewall is IPv4
-        today, so the target is the target attachment's IPv4 address."""
-        if not att.ports:
-            return []
+        """Firewall rules for an attachment's ports (those the kernel can NAT)."""
+        return [rule for _, rule in self.pairs(att) if rule is not None]
+
+    def backend(self, att: Attachment, p: PortMapping) -> str:
+        """Where the proxy sends a binding's connections: the target's address
+        of the binding's family, else of the other (an IPv6 client of an
+        IPv4-only container)."""
         found = self.target(att)
         if found is None:
-            return []
-        target, net = found
-        ip = target.ip_for(4)
-        if not ip:
-            return []
-        return [
-            PortRule(p.host_ip, p.proto, p.host_port, ip, p.container_port, net.bridge)
-            for p in att.ports
-        ]
+            return ""
+        family = family_of(p.host_ip)
+        return found[0].ip_for(family) or found[0].ip_for(10 - family)
 
     async def publish(self, att: Attachment) -> None:
-        rules = self.rules(att)
-        if not rules:
+        found = self.target(att) if att.ports else None
+        if found is None:
             return
-        found = self.target(att)
-        assert found is not None
         target, net = found
+        if not target.ips:
+            return
         await self.kernel.call(self.drivers.of(net).prepare_publish, net, target)
-        await self.kernel.call(self.kernel.firewall.add_ports, rules)
+        await self.kernel.call(self.kernel.firewall.add_ports, self.rules(att))
         if self.proxy is not None:
-            await self.hand_to_proxy(att, rules)
+            await self.hand_to_proxy(att)
 
-    async def hand_to_proxy(self, att: Attachment, rules: list[PortRule]) -> None:
+    async def hand_to_proxy(self, att: Attachment) -> None:
         """Give the reserved sockets to the proxy; it owns them from now on."""
         assert self.proxy is not None
         socks = self._reservations.pop(att.id, [])
         try:
             # The proxy speaks TCP and UDP; SCTP takes the kernel path only.
             batch = [
-                (proxy_id(att, m), m.proto, sock, rule.container_ip, rule.container_port)
-                for m, rule, sock in zip(att.ports, rules, socks, strict=True)
-                if m.proto != "sctp"
+                (proxy_id(att, m), m.proto, sock, self.backend(att, m), m.container_port)
+                for m, sock in zip(att.ports, socks, strict=True)
+                if m.proto != "sctp" and self.backend(att, m)
             ]
             await asyncio.to_thread(self.proxy.add_many, batch)  # one round trip
         finally:
@@ -184,7 +230,7 @@ class Ports:
             log.info("proxy: restoring the mappings of %s", _who(att))
             try:
                 self.reserve_existing(att)
-                await self.hand_to_proxy(att, self.rules(att))
+                await self.hand_to_proxy(att)
             except Exception as exc:
                 log.warning("%s: cannot restore its ports: %s", _who(att), exc)
 

@@ -109,7 +109,7 @@ from pontoon.firewall.base import (
     vtep_set,
 )
 from pontoon.firewall.nft.writer import Generation
-from pontoon.portmap.spec import ANY, PROTOCOLS
+from pontoon.portmap.spec import PROTOCOLS, is_wildcard
 
 RESTORE = "iptables-restore"
 SAVE = "iptables-save"
@@ -232,7 +232,8 @@ def jump_rules(userland_proxy: bool, tunnel: Tunnel | None = None, family: int =
     """The jumps from built-in chains into ours (inserted first, once)."""
     local = "-m addrtype --dst-type LOCAL -j PONTOON"
     # With the proxy the host's own connections to loopback are the proxy's.
-    output = f"! -d {LOOPBACKS[family]} {local}" if userland_proxy else local
+    # ::1 in both modes: IPv6 has no route_localnet, so it is never NATed.
+    output = f"! -d {LOOPBACKS[family]} {local}" if userland_proxy or family == 6 else local
     tunnel = _tunnel_of(tunnel, family)
     untrack = [Rule("raw", "OUTPUT", f"-j {UNTRACK}", 1)] if tunnel is not None else []
     return [
@@ -345,6 +346,9 @@ def network_rules(net: NetworkRules, userland_proxy: bool, family: int = 4) -> l
     return rules
 
 
+HOST_PREFIX = {4: "/32", 6: "/128"}
+
+
 def _match(proto: str, port: int) -> str:
     return f"-p {proto} -m {proto} --dport {port}"
 
@@ -357,15 +361,19 @@ def port_rules(rule: PortRule, family: int = 4) -> list[Rule]:
     cip = _addr(rule.container_ip, family)
     cport = _port(rule.container_port)
     br = _ifname(rule.bridge)
-    dnat = f"{_match(proto, host_port)} -j DNAT --to-destination {cip}:{cport}"
-    if rule.host_ip == ANY:
+    # ip6tables writes an IPv6 DNAT target in brackets, and a host as /128.
+    to = f"[{cip}]:{cport}" if family == 6 else f"{cip}:{cport}"
+    host = HOST_PREFIX[family]
+    dnat = f"{_match(proto, host_port)} -j DNAT --to-destination {to}"
+    if is_wildcard(rule.host_ip):
         nat = Rule("nat", PORTS, dnat)
     else:
-        nat = Rule("nat", PORTS, f"-d {_addr(rule.host_ip, family)}/32 {dnat}", 1)
+        nat = Rule("nat", PORTS, f"-d {_addr(rule.host_ip, family)}{host} {dnat}", 1)
+    match = _match(proto, cport)
     return [
         nat,
-        Rule("filter", PORTS, f"-d {cip}/32 ! -i {br} -o {br} {_match(proto, cport)} -j ACCEPT"),
-        Rule("nat", POSTROUTING, f"-s {cip}/32 -d {cip}/32 {_match(proto, cport)} -j MASQUERADE"),
+        Rule("filter", PORTS, f"-d {cip}{host} ! -i {br} -o {br} {match} -j ACCEPT"),
+        Rule("nat", POSTROUTING, f"-s {cip}{host} -d {cip}{host} {match} -j MASQUERADE"),
     ]
 
 

@@ -210,8 +210,9 @@ class Runtime:
     async def _start(self, c: Container) -> None:
         sandbox = Path(c.sandbox)
         await self.engine.kernel.call(netns.create, sandbox, False)  # lo comes up with eth0
-        port_reqs = [portspec.PortRequest(p.host_ip, p.host_port, p.container_port, p.proto)
-                     for p in c.ports]  # fmt: skip
+        port_reqs = portspec.requests_of(
+            [(p.host_ip, p.host_port, p.container_port, p.proto) for p in c.ports]
+        )
         for index, req in enumerate(c.networks):
             ifname = self._free_ifname(c)
             attach = self._request(c, req, ifname, index == 0, port_reqs if index == 0 else [])

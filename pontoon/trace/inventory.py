@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from pontoon.core import model
 from pontoon.core.model import Attachment, Network, Owner, Peer
+from pontoon.engine.ports import proxy_id
 
 if TYPE_CHECKING:
     from pontoon.cluster.agent import ClusterAgent
@@ -93,8 +94,10 @@ class Inventory:
         owner_id = mapping_id.split("/", 1)[0]
         for att in self._engine.state.attachments.values():
             if att.owner.id.startswith(owner_id) and att.ports:
-                rules = self._engine.ports.rules(att)
-                return rules[0].container_ip if rules else ""
+                for p in att.ports:
+                    if proxy_id(att, p) == mapping_id:
+                        return self._engine.ports.backend(att, p)
+                return self._engine.ports.backend(att, att.ports[0])
         return ""
 
 

@@ -360,7 +360,16 @@ def _all_conntrack(proto: str) -> list[dict[str, Any]]:
     # ICMP is protocol 1 over IPv4 and 58 (ICMPv6) over IPv6.
     numbers = {"tcp": (socket.IPPROTO_TCP,), "udp": (socket.IPPROTO_UDP,), "icmp": (1, 58)}[proto]
     out = []
-    ct = Conntrack()
+    for family in (socket.AF_INET, socket.AF_INET6):  # one family per dump
+        out += _conntrack_of(family, numbers, proto, Conntrack)
+    return out
+
+
+def _conntrack_of(
+    family: int, numbers: tuple[int, ...], proto: str, conntrack: Any
+) -> list[dict[str, Any]]:
+    out = []
+    ct = conntrack(nfgen_family=family)
     try:
         for entry in ct.dump_entries():
             o, r = entry.tuple_orig, entry.tuple_reply
@@ -528,20 +537,25 @@ def _nat(conntrack: list[dict[str, Any]]) -> list[dict[str, str]]:
     for ct in conntrack:
         o, r = ct["orig"], ct["reply"]
         if (r["src"], r["sport"]) != (o["dst"], o["dport"]):
-            out.append({"step": "DNAT", "from": f"{o['dst']}:{o['dport']}",
-                        "to": f"{r['src']}:{r['sport']}"})  # fmt: skip
+            out.append({"step": "DNAT", "from": _at(o["dst"], o["dport"]),
+                        "to": _at(r["src"], r["sport"])})  # fmt: skip
         if (r["dst"], r["dport"]) != (o["src"], o["sport"]):
-            out.append({"step": "SNAT", "from": f"{o['src']}:{o['sport']}",
-                        "to": f"{r['dst']}:{r['dport']}"})  # fmt: skip
+            out.append({"step": "SNAT", "from": _at(o["src"], o["sport"]),
+                        "to": _at(r["dst"], r["dport"])})  # fmt: skip
         if (r["dst"], r["dport"]) != (o["src"], o["sport"]):
-            out.append({"step": "un-SNAT (reply)", "from": f"{r['dst']}:{r['dport']}",
-                        "to": f"{o['src']}:{o['sport']}"})  # fmt: skip
+            out.append({"step": "un-SNAT (reply)", "from": _at(r["dst"], r["dport"]),
+                        "to": _at(o["src"], o["sport"])})  # fmt: skip
         if (r["src"], r["sport"]) != (o["dst"], o["dport"]):
-            out.append({"step": "un-DNAT (reply)", "from": f"{r['src']}:{r['sport']}",
-                        "to": f"{o['dst']}:{o['dport']}"})  # fmt: skip
+            out.append({"step": "un-DNAT (reply)", "from": _at(r["src"], r["sport"]),
+                        "to": _at(o["dst"], o["dport"])})  # fmt: skip
         if ct.get("status"):
             out.append({"step": "conntrack", "status": ct["status"]})
     return out
+
+
+def _at(ip: str, port: int) -> str:
+    """ADDR:PORT, an IPv6 address in brackets."""
+    return f"[{ip}]:{port}" if ":" in str(ip) else f"{ip}:{port}"
 
 
 def _drop(hooks: dict[str, list[dict[str, Any]]]) -> dict[str, str] | None:

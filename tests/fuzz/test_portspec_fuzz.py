@@ -15,7 +15,9 @@ from tests.fuzz.budget import fuzz_settings, run_for
 
 # Characters the grammar cares about, beside arbitrary text: the harness
 # reaches the interesting branches far more often with them.
-GRAMMAR = st.sampled_from([*"0123456789:-/.", "tcp", "udp", "sctp", "TCP", "65535", "0"])
+GRAMMAR = st.sampled_from(
+    [*"0123456789:-/.", "tcp", "udp", "sctp", "TCP", "65535", "0", "[", "]", "::1", "fd00::", "%"]
+)
 SPEC_TEXT = st.one_of(
     st.text(max_size=40),
     st.lists(GRAMMAR, max_size=16).map("".join),
@@ -29,7 +31,8 @@ def check_well_formed(requests: list[portspec.PortRequest]) -> None:
         assert 1 <= req.container_port <= 65535
         assert req.host_port == 0 or 1 <= req.host_port <= 65535
         assert req.proto in portspec.PROTOCOLS
-        assert str(ipaddress.IPv4Address(req.host_ip)) == req.host_ip
+        assert str(ipaddress.ip_address(req.host_ip)) == req.host_ip
+        assert req.implicit == (req.host_ip == portspec.ANY6 and req.implicit)
 
 
 @fuzz_settings()
@@ -52,7 +55,7 @@ def parse_all_of_any_text(specs: list[str]) -> None:
     except InvalidArgument:
         return
     check_well_formed(requests)
-    host_ports = [(r.proto, r.host_port) for r in requests if r.host_port]
+    host_ports = [(r.proto, r.family, r.host_port) for r in requests if r.host_port]
     assert len(host_ports) == len(set(host_ports)), "a host port published twice"
 
 
@@ -62,7 +65,13 @@ def valid_specs(draw: st.DrawFn) -> tuple[str, list[portspec.PortRequest]]:
     c_lo = draw(PORT)
     length = draw(st.integers(0, min(20, 65535 - c_lo)))
     proto = draw(st.sampled_from(["", "tcp", "udp", "sctp", "UDP"]))
-    host_ip = draw(st.one_of(st.just(""), st.ip_addresses(v=4).map(str)))
+    host_ip = draw(
+        st.one_of(
+            st.just(""),
+            st.ip_addresses(v=4).map(str),
+            st.ip_addresses(v=6).filter(lambda a: a.ipv4_mapped is None).map(str),
+        )
+    )
     host_lo = draw(st.one_of(st.just(0), st.integers(1, 65535 - length)))
     c_part = f"{c_lo}-{c_lo + length}" if length else str(c_lo)
     h_part = (f"{host_lo}-{host_lo + length}" if length else str(host_lo)) if host_lo else ""
@@ -70,14 +79,16 @@ def valid_specs(draw: st.DrawFn) -> tuple[str, list[portspec.PortRequest]]:
     if h_part or host_ip:
         text = f"{h_part}:{text}"
     if host_ip:
-        text = f"{host_ip}:{text}"
+        text = f"[{host_ip}]:{text}" if ":" in host_ip else f"{host_ip}:{text}"
     if proto:
         text = f"{text}/{proto}"
+    hosts = [(host_ip, False)] if host_ip else [(portspec.ANY, False), (portspec.ANY6, True)]
     want = [
         portspec.PortRequest(
-            host_ip or portspec.ANY, host_lo + i if host_lo else 0, c_lo + i, proto.lower() or "tcp"
+            ip, host_lo + i if host_lo else 0, c_lo + i, proto.lower() or "tcp", implicit
         )
         for i in range(length + 1)
+        for ip, implicit in hosts
     ]
     return text, want
 

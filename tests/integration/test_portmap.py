@@ -82,15 +82,21 @@ def test_loopback_ports_stay_local(published):
 
 def test_port_command_and_inspect(published):
     host, _ = published
+    # Without a host IP a port is published on 0.0.0.0 and :: (Docker 27+);
+    # in kernel mode the :: one only where the network has IPv6 (not here).
+    proxy = host.cli_json("topology", "--format", "json")["host"]["host"]["userland_proxy"]
     lines = host.cli("port", "web").stdout.splitlines()
     assert lines == [
         "53/udp -> 0.0.0.0:5353",
+        *(["53/udp -> [::]:5353"] if proxy else []),
         "80/tcp -> 0.0.0.0:12580",
+        *(["80/tcp -> [::]:12580"] if proxy else []),
         "80/tcp -> 127.0.0.1:8080",
     ]
     ports = inspect(host, "web")["NetworkSettings"]["Ports"]
     assert ports["80/tcp"] == [
         {"HostIp": "0.0.0.0", "HostPort": "12580"},
+        *([{"HostIp": "::", "HostPort": "12580"}] if proxy else []),
         {"HostIp": "127.0.0.1", "HostPort": "8080"},
     ]
 

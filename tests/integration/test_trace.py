@@ -126,7 +126,7 @@ def test_metrics_scrape_parses(make_host):
         samples[name] = float(value)  # every sample line parses
     assert samples['pontoon_containers{state="running"}'] == 1
     assert samples['pontoon_endpoints{network="web"}'] == 1
-    assert samples["pontoon_published_ports"] == 1
+    assert samples["pontoon_published_ports"] == 2  # 0.0.0.0:8080 and [::]:8080
     assert samples['pontoon_store_operation_seconds_count{store="local"}'] > 0
     assert "pontoon_proxy_connections_total" in samples
 

@@ -103,6 +103,33 @@ LISTED = [
             "elem": [{"concat": ["10.5.0.2", "10.5.0.2"]}, {"concat": ["10.5.0.3", "10.5.0.3"]}],
         }
     },
+    # The IPv6 port maps and hairpin set (issue 13): empty, no IPv6 port here.
+    {
+        "map": {
+            "family": "inet",
+            "name": "portmap6_ip",
+            "table": "pontoon",
+            "type": ["ipv6_addr", "inet_proto", "inet_service"],
+            "map": ["ipv6_addr", "inet_service"],
+        }
+    },
+    {
+        "map": {
+            "family": "inet",
+            "name": "portmap6_any",
+            "table": "pontoon",
+            "type": ["inet_proto", "inet_service"],
+            "map": ["ipv6_addr", "inet_service"],
+        }
+    },
+    {
+        "set": {
+            "family": "inet",
+            "name": "self_hairpin6",
+            "table": "pontoon",
+            "type": ["ipv6_addr", "ipv6_addr"],
+        }
+    },
     {
         "chain": {
             "family": "inet",
@@ -165,10 +192,14 @@ LISTED = [
     {"rule": {"family": "inet", "table": "pontoon", "chain": "prerouting", "expr": []}},
     {"rule": {"family": "inet", "table": "pontoon", "chain": "output", "expr": []}},
     {"rule": {"family": "inet", "table": "pontoon", "chain": "output", "expr": []}},
+    {"rule": {"family": "inet", "table": "pontoon", "chain": "output", "expr": []}},
+    {"rule": {"family": "inet", "table": "pontoon", "chain": "portmap", "expr": []}},
+    {"rule": {"family": "inet", "table": "pontoon", "chain": "portmap", "expr": []}},
     {"rule": {"family": "inet", "table": "pontoon", "chain": "portmap", "expr": []}},
     {"rule": {"family": "inet", "table": "pontoon", "chain": "portmap", "expr": []}},
     {"rule": {"family": "inet", "table": "pontoon", "chain": "forward", "expr": []}},
     {"rule": {"family": "inet", "table": "pontoon", "chain": "forward", "expr": []}},
+    {"rule": {"family": "inet", "table": "pontoon", "chain": "postrouting", "expr": []}},
     {"rule": {"family": "inet", "table": "pontoon", "chain": "postrouting", "expr": []}},
     {"rule": {"family": "inet", "table": "pontoon", "chain": "postrouting", "expr": []}},
     {"rule": {"family": "inet", "table": "pontoon", "chain": "postrouting", "expr": []}},
@@ -226,7 +257,7 @@ def test_a_deleted_rule_and_an_added_one():
     objects.append({"rule": {"family": "inet", "table": "pontoon", "chain": "portmap"}})
     assert sorted(check(objects)) == [
         "chain forward has 0 rules, not 2",
-        "chain portmap has 3 rules, not 2",
+        "chain portmap has 5 rules, not 4",
     ]
 
 

@@ -14,9 +14,11 @@ Layout (docs/architecture.md has the packet walk):
     untrack (raw output)     [overlays: ip saddr VTEP udp dport VXLAN notrack]
     prerouting (dstnat)      fib daddr type local jump portmap
     output (dstnat)          [proxy mode: ip daddr 127.0.0.0/8 return]
+                             ip6 daddr ::1 return   (no route_localnet in IPv6)
                              fib daddr type local jump portmap
-    portmap                  dnat to daddr . proto . port via @portmap_ip
-                             dnat to proto . port via @portmap_any
+    portmap                  dnat ip to daddr . proto . port via @portmap_ip
+                             dnat ip to proto . port via @portmap_any
+                             dnat ip6 to ... @portmap6_ip, @portmap6_any
     forward (filter)         iifname vmap @egress  -> chain from-<bridge>
                              oifname @internal drop
     from-<bridge>            oifname "<bridge>" accept (same network)
@@ -24,6 +26,7 @@ Layout (docs/architecture.md has the packet walk):
                              ct status dnat accept     (published ports)
                              oifname @bridges drop     (isolation)
     postrouting (srcnat)     ct status dnat saddr . daddr @self_hairpin masquerade
+                             ct status dnat ip6 saddr . daddr @self_hairpin6 masquerade
                              [kernel mode: ip saddr 127.0.0.0/8 oifname @bridges masquerade]
                              ip saddr @nat_subnets oifname != @bridges masquerade
                              ip6 saddr @nat_subnets6 oifname != @bridges masquerade
@@ -62,7 +65,7 @@ from pontoon.firewall.base import (
     vtep_set,
 )
 from pontoon.firewall.nft.writer import HostContext, NftError
-from pontoon.portmap.spec import ANY
+from pontoon.portmap.spec import is_wildcard
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,16 @@ SETS = {
     "{ type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }",
     "portmap_any": "map portmap_any { type inet_proto . inet_service : ipv4_addr . inet_service; }",
     "self_hairpin": "set self_hairpin { type ipv4_addr . ipv4_addr; }",
+    "portmap6_ip": "map portmap6_ip "
+    "{ type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service; }",
+    "portmap6_any": "map portmap6_any "
+    "{ type inet_proto . inet_service : ipv6_addr . inet_service; }",
+    "self_hairpin6": "set self_hairpin6 { type ipv6_addr . ipv6_addr; }",
+}
+# Per family: (map by host address, map for every address, hairpin set).
+PORT_SETS = {
+    4: ("portmap_ip", "portmap_any", "self_hairpin"),
+    6: ("portmap6_ip", "portmap6_any", "self_hairpin6"),
 }
 NAT_SETS = {4: "nat_subnets", 6: "nat_subnets6"}
 # Only on a host with overlays (a Tunnel): the VTEPs VXLAN is accepted from.
@@ -142,12 +155,16 @@ def skeleton_chains(userland_proxy: bool, tunnel: Tunnel | None = None) -> list[
         Chain("guard", tuple(guard), "filter prerouting raw"),
         *chains,
         Chain("prerouting", (local,), "nat prerouting dstnat"),
-        Chain("output", (*loopback_output, local), "nat output -100"),
+        # ::1 is never NATed: a packet from ::1 may not leave lo. The proxy
+        # serves it (in kernel mode nothing does, as with Docker).
+        Chain("output", (*loopback_output, "ip6 daddr ::1 return", local), "nat output -100"),
         Chain(
             "portmap",
             (
                 "dnat ip to ip daddr . meta l4proto . th dport map @portmap_ip",
                 "dnat ip to meta l4proto . th dport map @portmap_any",
+                "dnat ip6 to ip6 daddr . meta l4proto . th dport map @portmap6_ip",
+                "dnat ip6 to meta l4proto . th dport map @portmap6_any",
             ),
         ),
         Chain(
@@ -157,6 +174,7 @@ def skeleton_chains(userland_proxy: bool, tunnel: Tunnel | None = None) -> list[
             "postrouting",
             (
                 "ct status dnat ip saddr . ip daddr @self_hairpin masquerade",
+                "ct status dnat ip6 saddr . ip6 daddr @self_hairpin6 masquerade",
                 *loopback_masq,
                 "ip saddr @nat_subnets oifname != @bridges masquerade",
                 "ip6 saddr @nat_subnets6 oifname != @bridges masquerade",
@@ -227,26 +245,37 @@ def remove_network_commands(net: NetworkRules) -> list[str]:
     return cmds
 
 
+def _family(rule: PortRule) -> int:
+    """A rule's family is its container address's; the host's must match."""
+    family = ipaddress.ip_address(rule.container_ip).version
+    if not is_wildcard(rule.host_ip) and ipaddress.ip_address(rule.host_ip).version != family:
+        raise ValueError(f"port rule mixes families: {rule.host_ip} -> {rule.container_ip}")
+    return family
+
+
 def _port_elements(rule: PortRule) -> tuple[str, str]:
     """(map name, element key) for one published port."""
     proto, port = rule.proto, int(rule.host_port)
-    if rule.host_ip == ANY:
-        return "portmap_any", f"{proto} . {port}"
-    return "portmap_ip", f"{ipaddress.IPv4Address(rule.host_ip)} . {proto} . {port}"
+    by_ip, every, _ = PORT_SETS[_family(rule)]
+    if is_wildcard(rule.host_ip):
+        return every, f"{proto} . {port}"
+    return by_ip, f"{ipaddress.ip_address(rule.host_ip)} . {proto} . {port}"
 
 
-def _hairpin(addresses: Iterable[str]) -> list[str]:
-    return [f"{a} . {a}" for a in sorted({ipaddress.IPv4Address(a) for a in addresses})]
+def _hairpin(addresses: Iterable[str]) -> list[tuple[str, str]]:
+    """(set name, element) of each container address's self-hairpin pair."""
+    addrs = sorted({ipaddress.ip_address(a) for a in addresses}, key=lambda a: (a.version, a))
+    return [(PORT_SETS[a.version][2], f"{a} . {a}") for a in addrs]
 
 
 def port_commands(rules: list[PortRule]) -> list[str]:
     cmds = []
     for rule in rules:
         name, key = _port_elements(rule)
-        target = f"{ipaddress.IPv4Address(rule.container_ip)} . {int(rule.container_port)}"
+        target = f"{ipaddress.ip_address(rule.container_ip)} . {int(rule.container_port)}"
         cmds.append(f"add element {T} {name} {{ {key} : {target} }}")
-    for pair in _hairpin(r.container_ip for r in rules):
-        cmds.append(f"add element {T} self_hairpin {{ {pair} }}")
+    for name, pair in _hairpin(r.container_ip for r in rules):
+        cmds.append(f"add element {T} {name} {{ {pair} }}")
     return cmds
 
 
@@ -258,8 +287,8 @@ def remove_port_commands(rules: list[PortRule], keep: Iterable[str] = ()) -> lis
         name, key = _port_elements(rule)
         cmds.append(f"delete element {T} {name} {{ {key} }}")
     kept = set(keep)
-    for pair in _hairpin(r.container_ip for r in rules if r.container_ip not in kept):
-        cmds.append(f"delete element {T} self_hairpin {{ {pair} }}")
+    for name, pair in _hairpin(r.container_ip for r in rules if r.container_ip not in kept):
+        cmds.append(f"delete element {T} {name} {{ {pair} }}")
     return cmds
 
 
@@ -318,13 +347,14 @@ def expected_view(state: DesiredState, userland_proxy: bool, tunnel: Tunnel | No
         for name, subnet in _nat_elements(net):
             el[name].add(_prefix(str(subnet.network_address), subnet.prefixlen))
     for rule in state.ports.values():
-        target = (str(ipaddress.IPv4Address(rule.container_ip)), int(rule.container_port))
-        if rule.host_ip == ANY:
-            el["portmap_any"].add(((rule.proto, int(rule.host_port)), target))
+        by_ip, every, hairpin = PORT_SETS[_family(rule)]
+        target = (str(ipaddress.ip_address(rule.container_ip)), int(rule.container_port))
+        if is_wildcard(rule.host_ip):
+            el[every].add(((rule.proto, int(rule.host_port)), target))
         else:
-            key = (str(ipaddress.IPv4Address(rule.host_ip)), rule.proto, int(rule.host_port))
-            el["portmap_ip"].add((key, target))
-        el["self_hairpin"].add((target[0], target[0]))
+            key = (str(ipaddress.ip_address(rule.host_ip)), rule.proto, int(rule.host_port))
+            el[by_ip].add((key, target))
+        el[hairpin].add((target[0], target[0]))
     if tunnel is not None:
         el[VTEPS] = set(vtep_set(state.vteps, tunnel))
     return view

@@ -36,11 +36,9 @@ async def topology(engine: Engine, runtime: Runtime, config: DaemonConfig) -> di
             "owner": model.OWNER_PONTOON,
             "sandbox": c.sandbox,
             "ports": [
-                _port(p, rule)
+                _port(p, rule, engine.ports.backend(att, p))
                 for att in runtime.attachments(c)
-                for p, rule in zip(
-                    att.ports, _padded(engine.ports.rules(att), len(att.ports)), strict=True
-                )
+                for p, rule in engine.ports.pairs(att)
             ],
         }
         for c in runtime.containers.values()
@@ -110,19 +108,18 @@ async def _network(engine: Engine, net: model.Network, local: list[model.Attachm
     return info
 
 
-def _port(p: model.PortMapping, rule: Any) -> dict[str, Any]:
+def _port(p: model.PortMapping, rule: Any, backend: str) -> dict[str, Any]:
+    host = f"[{p.host_ip}]" if ":" in p.host_ip else p.host_ip
     return {
-        "host": f"{p.host_ip}:{p.host_port}",
+        "host": f"{host}:{p.host_port}",
         "container": p.container_port,
         "proto": p.proto,
-        # Where DNAT (or the proxy) sends it, and through which bridge.
-        "container_ip": rule.container_ip if rule else "",
+        # Where DNAT sends it (or, with no rule of its family, the proxy: an
+        # IPv6 binding of an IPv4-only container), and through which bridge.
+        "container_ip": rule.container_ip if rule else backend,
         "bridge": rule.bridge if rule else "",
+        "kernel_nat": rule is not None,
     }
-
-
-def _padded(items: list[Any], size: int) -> list[Any]:
-    return items + [None] * (size - len(items))
 
 
 def host_links(ipr: Any) -> list[dict[str, Any]]:
