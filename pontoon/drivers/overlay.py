@@ -41,8 +41,13 @@ ENCRYPTED = "encrypted"  # Docker's option name: `-o encrypted`
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02  # the VXLAN device's own FDB, not its master bridge's
 VXLAN_OVERHEAD = 50  # outer Ethernet + IP + UDP + VXLAN headers
-# The cluster's overlay subnets, when none is given (Docker's overlay default).
-OVERLAY_POOLS = (Pool(ipaddress.IPv4Network("10.0.0.0/8"), 24),)
+# The cluster's overlay subnets, when none is given: Docker's overlay default
+# for IPv4; for IPv6 the upper half of pontoon's ULA /48 (bridges on every
+# host take /64s from its bottom up, so the two meet only after 32,768 each).
+OVERLAY_POOLS = (
+    Pool(ipaddress.IPv4Network("10.0.0.0/8"), 24),
+    Pool(ipaddress.IPv6Network("fd50:6f6e:746f:8000::/49"), 64),
+)
 
 
 def namespace_name(net: Network) -> str:
@@ -72,7 +77,7 @@ class OverlayDriver(NetworkDriver):
         host_reachable=False,
         default_route=False,
         needs_cluster=True,
-        families=(4,),  # IPv6 inside VXLAN (cluster-wide v6 IPAM, v6 neighbours): not yet
+        families=(4, 6),
         options=(*links.MTU_OPTIONS, ENCRYPTED),
     )
 

@@ -1,0 +1,111 @@
+"""IPv6 and overlays (issue 13, requirement 6), on lab hosts: a dual-stack
+overlay (IPv6 inside VXLAN) over the IPv4 underlay, and the same overlay over
+an IPv6 underlay (`lab up --ipv6-underlay`)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+
+import pytest
+
+from pontoon.lab import cluster
+from tests.conftest import new_lab_name
+from tests.integration.helpers import wait_for
+from tests.integration.test_overlay import Lab
+
+pytestmark = pytest.mark.integration
+
+_subnets = iter(range(150, 170))
+
+
+def make_lab(
+    hosts: int = 2, extra: list[str] | None = None, ipv6_underlay: bool = False
+) -> cluster.LabState:
+    return cluster.up(new_lab_name(), hosts, f"10.{next(_subnets)}.0.0/24", extra or [],
+                      ipv6_underlay=ipv6_underlay)  # fmt: skip
+
+
+class Lab6(Lab):
+    def ip6(self, host: str, container: str, network: str) -> str:
+        info = json.loads(self.cli(host, "inspect", container).stdout)[0]
+        return info["NetworkSettings"]["Networks"][network]["GlobalIPv6Address"]
+
+    def ping6(self, host: str, container: str, target: str, count: int = 1) -> bool:
+        proc = self.cli(host, "exec", container, "ping", "-6", "-c", str(count), "-W1", target,
+                        check=False)  # fmt: skip
+        return proc.returncode == 0
+
+    def neighbours6(self, host: str, network: str) -> str:
+        ns = self.overlay_ns(host, network)
+        return self.h[host].sh("nsenter", f"--net={ns}", "ip", "-6", "neigh", "show").stdout
+
+    def fdb(self, host: str, network: str) -> str:
+        ns = self.overlay_ns(host, network)
+        return self.h[host].sh("nsenter", f"--net={ns}", "bridge", "fdb", "show").stdout
+
+    def dual_pair(self) -> tuple[str, str]:
+        """Dual-stack overlay `ov6`, `a` on h1 and `b` on h2; returns b's
+        IPv6 address once h1 has it programmed, and b's VTEP."""
+        self.cli("h1", "network", "create", "-d", "overlay", "--ipv6", "ov6")
+        self.cli("h1", "run", "-d", "--name", "a", "--net", "ov6", "--", "sleep", "infinity")
+        self.cli("h2", "run", "-d", "--name", "b", "--net", "ov6", "--", "sleep", "infinity")
+        b6 = self.ip6("h2", "b", "ov6")
+        wait_for(lambda: b6 in self.neighbours6("h1", "ov6"), what="IPv6 peer programmed")
+        return b6, self.state.hosts[1].vtep
+
+
+def _lab(extra: list[str]) -> Lab6:
+    return Lab6(make_lab(2, extra))
+
+
+@pytest.fixture(params=["ipv4-underlay"])
+def lab(request):
+    state = make_lab(2, ["--cluster-ttl", "3"], ipv6_underlay=request.param == "ipv6-underlay")
+    try:
+        yield Lab6(state)
+    finally:
+        cluster.down(state.name)
+
+
+def test_dual_stack_overlay_across_hosts(lab):
+    b6, b_vtep = lab.dual_pair()
+    # ping6 by name: the resolver has the remote peer's AAAA.
+    assert lab.ping6("h1", "a", "b", count=2)
+    assert lab.ping6("h2", "b", lab.ip6("h1", "a", "ov6"))
+    assert lab.ping("h1", "a", lab.ip("h2", "b", "ov6"))  # IPv4 inside as well
+    # Programmed, never learned: permanent neighbour, permanent FDB entry.
+    neigh = [line for line in lab.neighbours6("h1", "ov6").splitlines() if b6 in line]
+    assert neigh and "PERMANENT" in neigh[0]
+    mac = neigh[0].split("lladdr ")[1].split()[0]
+    fdb = [line for line in lab.fdb("h1", "ov6").splitlines() if f"{mac} dev vxlan" in line]
+    assert any(f"dst {b_vtep} " in line and "self permanent" in line for line in fdb)
+    info = json.loads(lab.cli("h1", "network", "inspect", "ov6").stdout)[0]
+    assert info["EnableIPv6"] and info["Overlay"]["Peers"][b6]["VTEP"] == b_vtep
+    # The host leaves: its IPv6 entries go everywhere.
+    os.kill(lab.state.hosts[1].daemon_pid, signal.SIGKILL)
+    wait_for(lambda: b6 not in lab.neighbours6("h1", "ov6"), timeout=15,
+             what="the dead host's IPv6 endpoint to expire")  # fmt: skip
+    # (br0's own learned entry for the MAC ages out by itself: not ours.)
+    assert not [line for line in lab.fdb("h1", "ov6").splitlines()
+                if f"{mac} dev vxlan" in line and " self " in line]  # fmt: skip
+
+
+def test_ipv6_addresses_are_unique_cluster_wide():
+    lab = _lab([])
+    try:
+        lab.cli("h1", "network", "create", "-d", "overlay", "--ipv6",
+                "--subnet", "fd00:77::/120", "race6")  # fmt: skip
+
+        def start(i: int) -> None:
+            lab.cli(f"h{i % 2 + 1}", "run", "-d", "--name", f"c{i}", "--net", "race6", "--",
+                    "sleep", "infinity")  # fmt: skip
+
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            list(pool.map(start, range(12)))
+        ips = [lab.ip6(f"h{i % 2 + 1}", f"c{i}", "race6") for i in range(12)]
+        assert len(set(ips)) == 12 and all(ip.startswith("fd00:77::") for ip in ips)
+    finally:
+        cluster.down(lab.state.name)
