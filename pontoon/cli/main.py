@@ -493,8 +493,11 @@ def lab() -> None:
 @click.option("--etcd-members", type=click.IntRange(1, 7), default=1, show_default=True,
               help="etcd members in the lab's cluster.")  # fmt: skip
 @click.option("--docker", is_flag=True, help="Also a dockerd per host, on pontoon's plugin.")
-@click.option("--ipv6-underlay", is_flag=True,
-              help="Hosts also get a ULA IPv6 address and advertise it: VXLAN over IPv6.")  # fmt: skip
+@click.option(
+    "--ipv6-underlay",
+    is_flag=True,
+    help="Hosts get a ULA IPv6 address too and advertise it: VXLAN over IPv6.",
+)
 def lab_up(
     count: int,
     subnet: str,
