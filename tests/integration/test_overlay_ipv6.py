@@ -5,16 +5,21 @@ an IPv6 underlay (`lab up --ipv6-underlay`)."""
 from __future__ import annotations
 
 import concurrent.futures
+import ipaddress
 import json
 import os
 import signal
+import socket
 
 import pytest
 
 from pontoon.lab import cluster
+from pontoon.lab.hosts import run
+from pontoon.sandbox import netns
 from tests.conftest import new_lab_name
 from tests.integration.helpers import wait_for
 from tests.integration.test_overlay import Lab
+from tests.integration.test_vtep_guard import VXLAN_PORT, GuardLab, vxlan_frame
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +66,7 @@ def _lab(extra: list[str]) -> Lab6:
     return Lab6(make_lab(2, extra))
 
 
-@pytest.fixture(params=["ipv4-underlay"])
+@pytest.fixture(params=["ipv4-underlay", "ipv6-underlay"])
 def lab(request):
     state = make_lab(2, ["--cluster-ttl", "3"], ipv6_underlay=request.param == "ipv6-underlay")
     try:
@@ -109,3 +114,78 @@ def test_ipv6_addresses_are_unique_cluster_wide():
         assert len(set(ips)) == 12 and all(ip.startswith("fd00:77::") for ip in ips)
     finally:
         cluster.down(lab.state.name)
+
+
+# -- the VTEP guard over an IPv6 underlay ----------------------------------------------
+
+
+class GuardLab6(GuardLab):
+    """test_vtep_guard's lab, its VTEPs and outsider on the IPv6 underlay."""
+
+    def address(self, host: str) -> str:
+        return self.state.host(host).address6
+
+    def add_outsider(self) -> str:
+        super().add_outsider()
+        addr = cluster.address6(self.state, 250)
+        run("ip", "-n", self.outsider, "addr", "add", addr, "dev", "eth0", "nodad")
+        return addr.split("/")[0]
+
+    def vteps(self, host: str) -> set[str]:
+        if self.backend == "nftables":
+            return super().vteps(host)
+        out = self.h[host].sh("ip6tables-save", "-t", "raw").stdout
+        return {
+            line.split()[3].removesuffix("/128")
+            for line in out.splitlines()
+            if line.startswith("-A PONTOON-VTEPS -s ") and line.endswith("-j RETURN")
+        }
+
+    def dropped(self, host: str) -> int:
+        if self.backend == "nftables":
+            return super().dropped(host)
+        out = self.h[host].sh("ip6tables", "-t", "raw", "-L", "PONTOON-VTEPS", "-v", "-n",
+                              "-x").stdout  # fmt: skip
+        drops = [line.split() for line in out.splitlines() if " DROP " in f" {line} "]
+        return int(drops[0][0])
+
+
+def send6_from(namespace: str, src: str, dst: str, frame: bytes, count: int = 5) -> None:
+    def send() -> None:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind((src, 0))
+            for _ in range(count):
+                sock.sendto(frame, (dst, VXLAN_PORT))
+
+    netns.run_in(namespace, send)
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_vxlan_over_ipv6_only_from_the_cluster_vteps(backend):
+    state = make_lab(2, ["--firewall-backend", backend], ipv6_underlay=True)
+    lab = GuardLab6(state, backend)
+    try:
+        lab.pair()  # `ov`, `a` on h1, `b` on h2
+        h1, h2 = lab.address("h1"), lab.address("h2")
+        wait_for(lambda: lab.vteps("h1") == {h1, h2}, what="h1's IPv6 VTEP set has both hosts")
+        ns = lab.overlay_ns("h1", "ov")
+        vx = lab.h["h1"].sh("nsenter", f"--net={ns}", "ip", "-d", "link", "show").stdout
+        assert f"local {h1} " in vx and " mtu 1430 " in vx  # VXLAN over IPv6: 70 bytes less
+        info = json.loads(lab.cli("h1", "inspect", "a").stdout)[0]["NetworkSettings"]
+        a = info["Networks"]["ov"]
+        vni = json.loads(lab.cli("h1", "network", "inspect", "ov").stdout)[0]["VNI"]
+        forged_src = str(ipaddress.IPv4Address(a["IPAddress"]) + 100)
+        frame = vxlan_frame(vni, a["MacAddress"], forged_src, a["IPAddress"])
+        outsider = lab.add_outsider()
+
+        before, dropped = lab.in_echos("h1", "a"), lab.dropped("h1")
+        send6_from(f"/run/netns/{lab.outsider}", outsider, h1, frame)
+        wait_for(lambda: lab.dropped("h1") >= dropped + 5, what="the guard dropped the frames")
+        # The positive control: the same frame from a member's IPv6 VTEP arrives.
+        send6_from(str(lab.h["h2"].netns), h2, h1, frame)
+        wait_for(lambda: lab.in_echos("h1", "a") >= before + 5,
+                 what="the member's frames delivered")  # fmt: skip
+        assert lab.in_echos("h1", "a") == before + 5  # none of the outsider's
+    finally:
+        lab.remove_outsider()
+        cluster.down(state.name)
