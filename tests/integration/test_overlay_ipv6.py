@@ -89,6 +89,11 @@ def test_dual_stack_overlay_across_hosts(lab):
     assert any(f"dst {b_vtep} " in line and "self permanent" in line for line in fdb)
     info = json.loads(lab.cli("h1", "network", "inspect", "ov6").stdout)[0]
     assert info["EnableIPv6"] and info["Overlay"]["Peers"][b6]["VTEP"] == b_vtep
+    # trace follows the IPv6 flow inside VXLAN on both hosts; topology names the peer.
+    trace = lab.cli("h1", "trace", "-6", "--from", "a", "--to", "b").stdout
+    assert "verdict: delivered" in trace and f"netfilter in remote host {b_vtep}" in trace
+    topology = lab.cli("h1", "topology").stdout
+    assert f"peer b {lab.ip('h2', 'b', 'ov6')}, {b6} at VTEP {b_vtep}" in topology
     # The host leaves: its IPv6 entries go everywhere.
     os.kill(lab.state.hosts[1].daemon_pid, signal.SIGKILL)
     wait_for(lambda: b6 not in lab.neighbours6("h1", "ov6"), timeout=15,
