@@ -180,12 +180,15 @@ class Session:
             self.hosts.remove(host)
         host.destroy()
 
-    def lab(self, hosts: int, subnet: str, daemon_args: list[str] | None = None) -> Any:
+    def lab(
+        self, hosts: int, subnet: str, daemon_args: list[str] | None = None, **opts: Any
+    ) -> Any:
+        """`opts`: cluster.up's keywords (ipv6_underlay=True, ...)."""
         from pontoon.lab import cluster
 
         name = "b" + uuid.uuid4().hex[:5]
         self.labs.append(name)
-        state = cluster.up(name, hosts, subnet, daemon_args)
+        state = cluster.up(name, hosts, subnet, daemon_args, **opts)
         for h in state.hosts:
             tune_netns(h.netns)
         return state

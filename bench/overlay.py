@@ -16,8 +16,11 @@ namespace.
       until every host has a permanent neighbour entry for every remote
       endpoint, a sample of cross-host pings, and each daemon's idle CPU and
       RSS.
+  (d) throughput as in (b) over an IPv6 underlay (`lab up --ipv6-underlay`,
+      VXLAN in IPv6, MTU 1430 inside) beside the same hand-built VXLAN
+      layouts over IPv6.
 
-Usage: .venv/bin/python bench/overlay.py [--quick] [--only a,b,c]
+Usage: .venv/bin/python bench/overlay.py [--quick] [--only a,b,c,d]
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ OVERLAY_SUBNET = "10.241.0.0/21"
 SCALE_OVERLAY_SUBNET = "10.242.0.0/21"
 CONVERGE_BASE = ipaddress.IPv4Address("10.241.1.10")
 HAND_UNDERLAY = "10.244.0.0/24"  # only inside our ptb2- namespaces
+HAND_UNDERLAY6 = "fd6c:6162:f4f4::/64"  # the same, for (d)
+LAB6_SUBNET = "10.240.2.0/24"  # (d)
 HAND_OVERLAY = ("10.245.0.1", "10.245.0.2")
 HAND_BRIDGED = ("10.245.1.1", "10.245.1.2")
 
@@ -209,26 +214,31 @@ class Link:
             self.results.setdefault(streams, []).append(gbps)
 
 
-def hand_vxlan(session: Session) -> tuple[Any, Any, Any, Any]:
+def hand_vxlan(session: Session, underlay: str = HAND_UNDERLAY) -> tuple[Any, Any, Any, Any]:
     """Two namespaces on a switch namespace's bridge (the lab's underlay kind),
-    built with iproute2, each with two VXLAN devices on that underlay:
+    built with iproute2, each with two VXLAN devices on that underlay (IPv4
+    or IPv6, after `underlay`'s family; IPv6 addresses without DAD, as the
+    lab's):
 
     vxlan42  the bare link, the overlay address on the device itself;
     vxlan43  Docker's (and pontoon's) layout: enslaved to a bridge, with a
              "container" namespace on a veth to that bridge holding the address.
     """
-    switch = session.host("vxsw", start=False)
+    net = ipaddress.ip_network(underlay)
+    six = "6" if net.version == 6 else ""
+    switch = session.host(f"vxsw{six}", start=False)
     switch.sh("ip", "link", "add", "br0", "type", "bridge")
     switch.sh("ip", "link", "set", "br0", "up")
-    net = ipaddress.IPv4Network(HAND_UNDERLAY)
     under = [str(net.network_address + 1), str(net.network_address + 2)]
+    nodad = ["nodad"] if six else []
+    mtu = 1500 - (70 if six else 50)
     ends = []
-    for i, role in enumerate(("vxa", "vxb")):
+    for i, role in enumerate((f"vxa{six}", f"vxb{six}")):
         end = session.host(role, start=False)
         run(["ip", "link", "add", "eth0", "netns", end.name, "type", "veth", "peer", "name",
              f"p{role}", "netns", switch.name])  # fmt: skip
         switch.sh("ip", "link", "set", f"p{role}", "master", "br0", "up")
-        end.sh("ip", "addr", "add", f"{under[i]}/24", "dev", "eth0")
+        end.sh("ip", "addr", "add", f"{under[i]}/{net.prefixlen}", "dev", "eth0", *nodad)
         end.sh("ip", "link", "set", "eth0", "up")
         for vni in (42, 43):
             end.sh("ip", "link", "add", f"vxlan{vni}", "type", "vxlan", "id", str(vni),
@@ -237,18 +247,18 @@ def hand_vxlan(session: Session) -> tuple[Any, Any, Any, Any]:
         end.sh("ip", "addr", "add", f"{HAND_OVERLAY[i]}/24", "dev", "vxlan42")
         end.sh("ip", "link", "set", "vxlan42", "up")
         ends.append(end)
-        ends.append(bridged_end(session, end, i))
+        ends.append(bridged_end(session, end, i, mtu, six))
     vxa, vca, vxb, vcb = ends
     return vxa, vxb, vca, vcb
 
 
-def bridged_end(session: Session, end: Any, i: int) -> Any:
+def bridged_end(session: Session, end: Any, i: int, mtu: int = 1450, suffix: str = "") -> Any:
     """vxlan43 on a bridge in `end`, and a container namespace on a veth."""
-    ctr = session.host(f"vc{'ab'[i]}", start=False)
+    ctr = session.host(f"vc{'ab'[i]}{suffix}", start=False)
     end.sh("ip", "link", "add", "br1", "type", "bridge")
     end.sh("ip", "link", "set", "vxlan43", "master", "br1", "up")
-    run(["ip", "link", "add", "veth0", "netns", end.name, "mtu", "1450", "type", "veth",
-         "peer", "name", "eth0", "netns", ctr.name, "mtu", "1450"])  # fmt: skip
+    run(["ip", "link", "add", "veth0", "netns", end.name, "mtu", str(mtu), "type", "veth",
+         "peer", "name", "eth0", "netns", ctr.name, "mtu", str(mtu)])  # fmt: skip
     end.sh("ip", "link", "set", "veth0", "master", "br1", "up")
     end.sh("ip", "link", "set", "br1", "up")
     ctr.sh("ip", "addr", "add", f"{HAND_BRIDGED[i]}/24", "dev", "eth0")
@@ -256,11 +266,17 @@ def bridged_end(session: Session, end: Any, i: int) -> Any:
     return ctr
 
 
-def section_b(session: Session, state: Any, p: Params) -> tuple[str, list[list[str]]]:
-    log("(b) throughput")
+def section_b(
+    session: Session, state: Any, p: Params, underlay: str = HAND_UNDERLAY
+) -> tuple[str, list[list[str]]]:
+    """(b), or (d) when `underlay` (the hand-built one's) is IPv6 and `state`
+    a lab with --ipv6-underlay."""
+    six = ipaddress.ip_network(underlay).version == 6
+    section, mtu = ("(d)", 1430) if six else ("(b)", 1450)
+    log(f"{section} throughput")
     h1, h2 = sims(state)[:2]
     h2.cli("run", "-d", "--name", "ipsrv", "--net", "ov", "--", "iperf3", "-s", "-p", "5201")
-    vxa, vxb, vca, vcb = hand_vxlan(session)
+    vxa, vxb, vca, vcb = hand_vxlan(session, underlay)
     for where in (in_netns(vxb.name, []), in_netns(vcb.name, []), in_netns(h2.name, [])):
         session.spawn([*where, "iperf3", "-s", "-p", "5201"])
     time.sleep(0.5)
@@ -268,7 +284,7 @@ def section_b(session: Session, state: Any, p: Params) -> tuple[str, list[list[s
         Link("pontoon overlay", [*pontoon(h1), "exec", "probe"], ip_of(h2, "ipsrv", "ov")),
         Link("hand-built VXLAN", in_netns(vxa.name, []), HAND_OVERLAY[1]),
         Link("hand-built, bridged", in_netns(vca.name, []), HAND_BRIDGED[1]),
-        Link("underlay h1 → h2", in_netns(h1.name, []), state.hosts[1].address),
+        Link("underlay h1 → h2", in_netns(h1.name, []), state.hosts[1].vtep),
     ]
     for rep in range(p.reps):
         for link in links if rep % 2 == 0 else reversed(links):
@@ -287,9 +303,10 @@ def section_b(session: Session, state: Any, p: Params) -> tuple[str, list[list[s
     context = [
         [link.name, fmt(median(link.results[1])), fmt(median(link.results[4]))] for link in links
     ]
+    title = "over an IPv6 underlay (VXLAN in IPv6)" if six else "across two hosts"
     text = (
-        f"**(b) throughput across two hosts** (iperf3, median of {p.reps} rounds of "
-        f"{p.iperf_seconds:g} s after a 1 s warm-up; MTU 1450 inside every VXLAN)\n\n"
+        f"**{section} throughput {title}** (iperf3, median of {p.reps} rounds of "
+        f"{p.iperf_seconds:g} s after a 1 s warm-up; MTU {mtu} inside every VXLAN)\n\n"
         + comparison_table("pontoon overlay", "hand-built VXLAN", rows)
         + "\n\nThe same against *hand-built, bridged*: SPEC §7's layout (container veths "
         "on a bridge) built by hand, with nothing else on the path:\n\n"
@@ -301,7 +318,7 @@ def section_b(session: Session, state: Any, p: Params) -> tuple[str, list[list[s
         + markdown_table(["path", "1 stream", "4 streams"], context)
         + "\n"
     )
-    goals = [["(b)", r.metric + " vs hand-built", f"{r.ratio:.2f}x", r.goal.text() if r.goal
+    goals = [[section, r.metric + " vs hand-built", f"{r.ratio:.2f}x", r.goal.text() if r.goal
               else "—", verdict(r.ok)] for r in rows]  # fmt: skip
     return text, goals
 
@@ -464,8 +481,8 @@ def scale_text(r: ScaleResult, p: Params) -> tuple[str, list[list[str]]]:
 # ----------------------------------------------------------------------- main
 
 
-def two_host_lab(session: Session) -> Any:
-    state = session.lab(2, LAB_SUBNET)
+def two_host_lab(session: Session, subnet: str = LAB_SUBNET, **opts: Any) -> Any:
+    state = session.lab(2, subnet, **opts)
     h1, h2 = sims(state)
     h1.cli("network", "create", "-d", "overlay", "--subnet", OVERLAY_SUBNET, "ov")
     h1.cli("run", "-d", "--name", "probe", "--net", "ov", "--", "sleep", "infinity")
@@ -474,7 +491,7 @@ def two_host_lab(session: Session) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = bench_args(__doc__, argv, only="a,b,c", only_help="sections to run: a, b, c")
+    args = bench_args(__doc__, argv, only="a,b,c,d", only_help="sections to run: a, b, c, d")
     p = QUICK if args.quick else FULL
     sections = set(args.only.split(","))
     header = report_header("### Overlay networks (issue 4)", "overlay.py", args.quick)
@@ -497,6 +514,12 @@ def main(argv: list[str] | None = None) -> int:
             text, rows = scale_text(section_c(session, p), p)
             out.append(text)
             goals += rows
+        if "d" in sections:
+            state = two_host_lab(session, LAB6_SUBNET, ipv6_underlay=True)
+            text, rows = section_b(session, state, p, HAND_UNDERLAY6)
+            out.append(text)
+            goals += rows
+            session.lab_down(state.name)
     return print_report(header, "\n".join(out), goals, t0, session)
 
 

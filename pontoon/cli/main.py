@@ -491,6 +491,11 @@ def lab() -> None:
 @click.option("--etcd-members", type=click.IntRange(1, 7), default=1, show_default=True,
               help="etcd members in the lab's cluster.")  # fmt: skip
 @click.option("--docker", is_flag=True, help="Also a dockerd per host, on pontoon's plugin.")
+@click.option(
+    "--ipv6-underlay",
+    is_flag=True,
+    help="Hosts get a ULA IPv6 address too and advertise it: VXLAN over IPv6.",
+)
 def lab_up(
     count: int,
     subnet: str,
@@ -499,16 +504,18 @@ def lab_up(
     tls: bool,
     etcd_members: int,
     docker: bool,
+    ipv6_underlay: bool,
 ) -> None:
     """Build N hosts on an underlay bridge, start etcd and one pontoond per host."""
     from pontoon.lab import cluster
 
-    up = functools.partial(cluster.up, tls=tls, etcd_members=etcd_members, docker=docker)
+    up = functools.partial(cluster.up, tls=tls, etcd_members=etcd_members, docker=docker,
+                           ipv6_underlay=ipv6_underlay)  # fmt: skip
     proxy = f"--userland-proxy={str(userland_proxy).lower()}"
     state = _lab_call(up, name, count, subnet, [proxy])
     prefix = "lab://" if name == "lab" else f"lab://{name}/"
     for host in state.hosts:
-        click.echo(f"{host.name}  {host.address:<15} pontoon -H {prefix}{host.name}")
+        click.echo(f"{host.name}  {host.vtep:<15} pontoon -H {prefix}{host.name}")
         if host.docker:
             click.echo(f"    /usr/bin/docker -H {host.engines().docker_host}")
     click.echo(f"etcd {state.etcd_url}")

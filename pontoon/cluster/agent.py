@@ -378,11 +378,12 @@ def host_vtep(host_id: str, value: str | None) -> str:
         vtep = json.loads(value or "")["vtep"]
         if not isinstance(vtep, str):
             raise TypeError(vtep)
-        return str(ipaddress.IPv4Address(vtep))
+        return str(ipaddress.ip_address(vtep))  # an IPv6 underlay's too
     except (ValueError, KeyError, TypeError):
         log.warning("host %s registered without a usable VTEP address: ignored", host_id[:12])
         return ""
 
 
 def _listed(addrs: set[str]) -> str:
-    return ", ".join(sorted(addrs, key=ipaddress.IPv4Address)) or "-"
+    parsed = sorted((ipaddress.ip_address(a) for a in addrs), key=lambda a: (a.version, a))
+    return ", ".join(map(str, parsed)) or "-"

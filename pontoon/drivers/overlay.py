@@ -21,7 +21,9 @@ VTEP) on the VXLAN device, exactly what the seed found with `arp -a`
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +38,21 @@ from pontoon.errors import InvalidArgument
 from pontoon.ipam.pools import Pool
 from pontoon.sandbox import netns
 
+log = logging.getLogger(__name__)
+
 BRIDGE = "br0"
 ENCRYPTED = "encrypted"  # Docker's option name: `-o encrypted`
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02  # the VXLAN device's own FDB, not its master bridge's
-VXLAN_OVERHEAD = 50  # outer Ethernet + IP + UDP + VXLAN headers
-# The cluster's overlay subnets, when none is given (Docker's overlay default).
-OVERLAY_POOLS = (Pool(ipaddress.IPv4Network("10.0.0.0/8"), 24),)
+# Outer Ethernet + IP + UDP + VXLAN headers, by the underlay's family.
+VXLAN_OVERHEAD = {4: 50, 6: 70}
+# The cluster's overlay subnets, when none is given: Docker's overlay default
+# for IPv4; for IPv6 the upper half of pontoon's ULA /48 (bridges on every
+# host take /64s from its bottom up, so the two meet only after 32,768 each).
+OVERLAY_POOLS = (
+    Pool(ipaddress.IPv4Network("10.0.0.0/8"), 24),
+    Pool(ipaddress.IPv6Network("fd50:6f6e:746f:8000::/49"), 64),
+)
 
 
 def namespace_name(net: Network) -> str:
@@ -72,7 +82,7 @@ class OverlayDriver(NetworkDriver):
         host_reachable=False,
         default_route=False,
         needs_cluster=True,
-        families=(4,),  # IPv6 inside VXLAN (cluster-wide v6 IPAM, v6 neighbours): not yet
+        families=(4, 6),
         options=(*links.MTU_OPTIONS, ENCRYPTED),
     )
 
@@ -102,7 +112,8 @@ class OverlayDriver(NetworkDriver):
             )
 
     def default_mtu(self, spec: NetworkSpec) -> int:
-        return links.mtu_option(spec, self.ctx.underlay_mtu - VXLAN_OVERHEAD)
+        overhead = VXLAN_OVERHEAD[addresses.family_of(self.ctx.vtep) if self.ctx.vtep else 4]
+        return links.mtu_option(spec, self.ctx.underlay_mtu - overhead)
 
     def address_pools(self, host_pools: list[Pool]) -> list[Pool]:
         # Cluster-wide subnets: the host's pools say nothing about other hosts.
@@ -165,13 +176,15 @@ class OverlayDriver(NetworkDriver):
         try:
             # Created by the host's socket: the VXLAN UDP socket stays in the
             # host namespace while the device is born in the overlay one.
+            # An IPv6 underlay: the same device with an IPv6 local address.
+            local = "vxlan_local6" if addresses.family_of(self.ctx.vtep) == 6 else "vxlan_local"
             self.ipr.link(
                 "add",
                 ifname=vx,
                 kind="vxlan",
                 vxlan_id=net.vni,
-                vxlan_local=self.ctx.vtep,
                 vxlan_port=self.ctx.vxlan_port,
+                **{local: self.ctx.vtep},
                 vxlan_learning=0,
                 vxlan_proxy=1,
                 mtu=net.mtu,
@@ -228,6 +241,12 @@ class OverlayDriver(NetworkDriver):
     def add_peer(self, net: Network, peer: Peer) -> None:
         vx = self._vtep_index(net)
         if vx is None:
+            return
+        if addresses.family_of(peer.vtep) != addresses.family_of(self.ctx.vtep):
+            # One VXLAN device carries one underlay family: every host of a
+            # cluster must advertise an address of the same family.
+            log.warning("peer %s has VTEP %s, which our VTEP %s cannot reach: not programmed",
+                        ",".join(peer.ips), peer.vtep, self.ctx.vtep)  # fmt: skip
             return
         nl = self._nl(net)
         for ip in peer.ips:
@@ -342,8 +361,15 @@ def prepare_underlay(ipr: IPRoute, advertise: str, vxlan_port: int) -> tuple[str
                 f"VXLAN port {vxlan_port} is already used by device {link.get('ifname')} "
                 "on this host: pick another with --vxlan-port"
             )
-    for addr in ipr.addr("dump", family=2):
-        link = links_by_index.get(addr["index"])
-        if link is not None and advertise in (link.get("ifname"), addr.get("address")):
-            return addr.get("address"), link.get("IFLA_MTU") or 1500
+    # An interface's IPv4 address first (as before), else its IPv6 one: an
+    # IPv6 underlay is chosen by naming an IPv6 address or an IPv6-only link.
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for addr in ipr.addr("dump", family=family):
+            link = links_by_index.get(addr["index"])
+            address = addr.get("address")
+            if link is None or advertise not in (link.get("ifname"), address):
+                continue
+            if family == socket.AF_INET6 and ipaddress.ip_address(address).is_link_local:
+                continue  # a VTEP must be routable, not valid on one link only
+            return address, link.get("IFLA_MTU") or 1500
     raise ValueError(f"--cluster-advertise {advertise!r} is no interface or address of this host")

@@ -63,11 +63,13 @@ class Tunnel:
 def vtep_set(vteps: set[str] | None, tunnel: Tunnel | None) -> set[str]:
     """The VTEP addresses VXLAN is accepted from: the cluster's (from the
     store), and always our own. Parsed, so nothing but an address reaches a
-    rule."""
-    addrs = {str(ipaddress.IPv4Address(a)) for a in vteps or ()}
+    rule. Only those of our VTEP's family: a VXLAN device carries one
+    underlay family, so a VTEP of the other can never be a peer."""
+    addrs = {ipaddress.ip_address(a) for a in vteps or ()}
     if tunnel is not None:
-        addrs.add(str(ipaddress.IPv4Address(tunnel.local_ip)))
-    return addrs
+        local = ipaddress.ip_address(tunnel.local_ip)
+        addrs = {a for a in addrs if a.version == local.version} | {local}
+    return {str(a) for a in addrs}
 
 
 PortKey = tuple[str, str, int]
@@ -105,7 +107,7 @@ class DesiredState:
         self.version += 1
 
     def set_vteps(self, vteps: set[str]) -> None:
-        self.vteps = {str(ipaddress.IPv4Address(a)) for a in vteps}  # a bad one: nothing changes
+        self.vteps = {str(ipaddress.ip_address(a)) for a in vteps}  # a bad one: nothing changes
         self.version += 1
 
     def add_network(self, net: NetworkRules) -> None:

@@ -16,6 +16,8 @@ can be read side by side:
                                            -d VTEP -p udp --dport VXLAN -j CT --notrack]
     raw PONTOON-VTEPS           [overlays: -s MEMBER/32 -j RETURN       per cluster VTEP
                                            -m addrtype ! --dst-type UNICAST -j DROP]
+                                [IPv6 underlay, in ip6tables: -s MEMBER/128 -j RETURN,
+                                 then --dst-type LOCAL and MULTICAST -j DROP]
     raw OUTPUT                  [overlays: -j PONTOON-UNTRACK]
     raw PONTOON-UNTRACK         [overlays: -s VTEP -p udp --dport VXLAN -j CT --notrack]
     nat PREROUTING              -m addrtype --dst-type LOCAL -j PONTOON
@@ -246,13 +248,20 @@ def jump_rules(userland_proxy: bool, tunnel: Tunnel | None = None, family: int =
     ]
 
 
+def _host_prefix(addr: str) -> str:
+    """An address as iptables-save prints a one-address source: /32 or /128."""
+    parsed = ipaddress.ip_address(addr)
+    return f"{parsed}/{parsed.max_prefixlen}"
+
+
 def vtep_rule(vtep: str) -> Rule:
-    """VXLAN from one of the cluster's VTEPs goes on (to the notrack rule)."""
-    return Rule("raw", VTEPS, f"-s {_addr(vtep)}/32 -j RETURN", 1)
+    """VXLAN from one of the cluster's VTEPs goes on (to the notrack rule);
+    in the tables of the VTEP's family (ip6tables for an IPv6 underlay)."""
+    return Rule("raw", VTEPS, f"-s {_host_prefix(vtep)} -j RETURN", 1)
 
 
-def _vtep_key(rule: Rule) -> ipaddress.IPv4Address:
-    return ipaddress.IPv4Address(rule.spec.split()[1].removesuffix("/32"))
+def _vtep_key(rule: Rule) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(rule.spec.split()[1].partition("/")[0])
 
 
 def skeleton_rules(tunnel: Tunnel | None = None, vteps: set[str] | frozenset[str] = frozenset(),
@@ -269,18 +278,29 @@ def skeleton_rules(tunnel: Tunnel | None = None, vteps: set[str] | frozenset[str
     ]
     if tunnel is not None:
         # VXLAN between VTEPs needs no state (pontoon.firewall.base.Tunnel).
-        vtep, port = _addr(tunnel.local_ip), _port(tunnel.udp_port)
+        vtep, port = _addr(tunnel.local_ip, family), _port(tunnel.udp_port)
         udp = f"-p udp -m udp --dport {port} -j CT --notrack"
         # Before decapsulation, VXLAN from anything but a cluster VTEP is
         # dropped: the VXLAN socket takes every local address and broadcasts,
         # so every destination that is not forwarded counts.
         members = sorted((vtep_rule(v) for v in vteps), key=_vtep_key)
         rules += [Rule("raw", GUARD, f"-p udp -m udp --dport {port} -j {VTEPS}"),
-                  Rule("raw", GUARD, f"-d {vtep}/32 {udp}"),
+                  Rule("raw", GUARD, f"-d {_host_prefix(vtep)} {udp}"),
                   *members,
-                  Rule("raw", VTEPS, "-m addrtype ! --dst-type UNICAST -j DROP"),
-                  Rule("raw", UNTRACK, f"-s {vtep}/32 {udp}")]  # fmt: skip
+                  *_not_forwarded_drops(family),
+                  Rule("raw", UNTRACK, f"-s {_host_prefix(vtep)} {udp}")]  # fmt: skip
     return rules
+
+
+def _not_forwarded_drops(family: int) -> list[Rule]:
+    """The DROPs closing PONTOON-VTEPS: whatever is for this host, not to be
+    forwarded. IPv4 types a local address LOCAL, never UNICAST; ip6tables
+    calls every unicast address UNICAST, ours included, so IPv6 names the
+    local and multicast ones instead."""
+    if family == 4:
+        return [Rule("raw", VTEPS, "-m addrtype ! --dst-type UNICAST -j DROP")]
+    return [Rule("raw", VTEPS, f"-m addrtype --dst-type {kind} -j DROP")
+            for kind in ("LOCAL", "MULTICAST")]  # fmt: skip
 
 
 def saved_vteps(saved: Saved) -> set[str]:
@@ -296,7 +316,9 @@ def saved_vteps(saved: Saved) -> set[str]:
             and parts[2:] == ["-j", "RETURN"]
         ):
             with contextlib.suppress(ValueError):
-                out.add(_addr(parts[1].removesuffix("/32")))
+                address, _, length = parts[1].partition("/")
+                if length == str(ipaddress.ip_address(address).max_prefixlen):
+                    out.add(str(ipaddress.ip_address(address)))
     return out
 
 

@@ -8,6 +8,12 @@
     host netns    ptl-<lab>-h2   eth0 10.10.0.12/24, pontoond
     …
 
+`--ipv6-underlay` also gives br0 and every eth0 a unique-local address of
+one /64 per lab (fd6c:6162:<2nd and 3rd octets of the subnet>::/64, without
+DAD), and each pontoond advertises its IPv6 address: VXLAN then travels over
+IPv6. etcd stays on the switch's IPv4 address (the control plane's family
+does not matter to the datapath).
+
 `--tls` makes a CA and a certificate per etcd member, per host and for an
 admin client under /run/pontoon-lab/<lab>/certs/ (Docker's ca.pem, cert.pem,
 key.pem per folder); etcd then takes only clients and peers with one of them,
@@ -62,6 +68,12 @@ class LabHost:
     daemon_pid: int = 0
     pythonpath: str = ""  # another release's source to run (SimHost.pythonpath)
     docker: bool = False  # a dockerd beside pontoond, in the host's own mount namespace
+    address6: str = ""  # with --ipv6-underlay: eth0's IPv6 address, the host's VTEP
+
+    @property
+    def vtep(self) -> str:
+        """The address other hosts send this one's VXLAN to."""
+        return self.address6 or self.address
 
     def sim(self) -> SimHost:
         host = SimHost(self.netns, Path(self.workdir), self.pythonpath)
@@ -92,6 +104,7 @@ class LabState:
     etcd_members: int = 1
     etcd_pids: list[int] = dataclasses.field(default_factory=list)
     tls: bool = False
+    subnet6: str = ""  # with --ipv6-underlay: the underlay's IPv6 /64
 
     @property
     def directory(self) -> Path:
@@ -169,6 +182,7 @@ def up(
     tls: bool = False,
     etcd_members: int = 1,
     docker: bool = False,
+    ipv6_underlay: bool = False,
 ) -> LabState:
     """`docker`: each host also runs a dockerd (its own mount namespace and
     folders, pontoon as its network and IPAM driver, a busybox-static image)."""
@@ -186,6 +200,8 @@ def up(
     state = LabState(name=name, subnet=str(net), switch=f"ptl-{name}-sw",
                      daemon_args=list(daemon_args or []), etcd_members=etcd_members,
                      tls=tls)  # fmt: skip
+    if ipv6_underlay:
+        state.subnet6 = str(underlay6(net))
     state.save()
     try:
         _make_switch(state, f"{switch_ip}/{net.prefixlen}")
@@ -202,12 +218,28 @@ def up(
     return state
 
 
+def underlay6(net: ipaddress.IPv4Network) -> ipaddress.IPv6Network:
+    """The lab's IPv6 underlay: a ULA /64 named after its IPv4 subnet, so two
+    labs side by side never share one."""
+    octets = net.network_address.packed
+    return ipaddress.IPv6Network(f"fd6c:6162:{octets[1]:x}{octets[2]:02x}::/64")
+
+
+def address6(state: LabState, index: int) -> str:
+    """The switch's (index 1) or a host's IPv6 address, with its prefix
+    length; hosts use the same host part as for IPv4 (.11 -> ::b)."""
+    net = ipaddress.IPv6Network(state.subnet6)
+    return f"{net.network_address + index}/{net.prefixlen}"
+
+
 def _make_switch(state: LabState, address: str) -> None:
     run("ip", "netns", "add", state.switch)
     sw = ["ip", "-n", state.switch]
     run(*sw, "link", "set", "lo", "up")
     run(*sw, "link", "add", "br0", "type", "bridge")
     run(*sw, "addr", "add", address, "dev", "br0")
+    if state.subnet6:
+        run(*sw, "addr", "add", address6(state, 1), "dev", "br0", "nodad")
     run(*sw, "link", "set", "br0", "up")
 
 
@@ -298,6 +330,11 @@ def _add_host(
         f"p{name}", "netns", state.switch)  # fmt: skip
     run("ip", "-n", state.switch, "link", "set", f"p{name}", "master", "br0", "up")
     sim.sh("ip", "addr", "add", address, "dev", "eth0")
+    if state.subnet6:
+        # Same host part as the IPv4 address (.11 -> ::b): easy to read.
+        index = int(ipaddress.IPv4Interface(address).ip.packed[-1])
+        host.address6 = address6(state, index).split("/")[0]
+        sim.sh("ip", "addr", "add", address6(state, index), "dev", "eth0", "nodad")
     sim.sh("ip", "link", "set", "eth0", "up")
     sim.sh("ip", "route", "add", "default", "via", gateway)
     if not docker:
@@ -328,7 +365,8 @@ def _start_daemon(state: LabState, host: LabHost) -> None:
     docker = []
     if host.docker:
         docker = ["--docker-plugin", "--docker-host", host.engines().docker_host]
-    sim.start_daemon("--cluster-store", store, "--cluster-advertise", "eth0", *docker,
+    advertise = host.address6 or "eth0"  # an interface name means its IPv4 address
+    sim.start_daemon("--cluster-store", store, "--cluster-advertise", advertise, *docker,
                      *_tls_args(state, host), *state.daemon_args)  # fmt: skip
     assert sim.daemon is not None
     host.daemon_pid = sim.daemon.pid

@@ -24,6 +24,7 @@ TRACE_LINE = re.compile(
 INNER_IP = (8 + 8 + 14) * 8
 INNER_L4 = INNER_IP + 20 * 8
 INNER_PROTO, INNER_SADDR, INNER_DADDR = INNER_IP + 72, INNER_IP + 96, INNER_IP + 128
+INNER_L4_6 = INNER_IP + 40 * 8  # an inner IPv6 header (dual-stack overlays) is 40 bytes
 PROTO_NUMBERS = {"icmp": 1, "tcp": 6, "udp": 17}
 # nft's words per address family: the address match and the ICMP protocol.
 NFT_FAMILY = {4: ("ip", "icmp"), 6: ("ip6", "icmpv6")}
@@ -61,10 +62,11 @@ class FlowMatch:
             return self._live_rules()
         if self.proto == "icmp":  # whichever family the probe uses
             matches = [f"icmp id {self.icmp_id}", f"icmpv6 id {self.icmp_id}"]
-            inner = [f"@th,{INNER_L4 + 32},16 {self.icmp_id}"]
+            inner = [f"@th,{l4 + 32},16 {self.icmp_id}" for l4 in (INNER_L4, INNER_L4_6)]
         else:
             matches = [f"{self.proto} sport {self.port}", f"{self.proto} dport {self.port}"]
-            inner = [f"@th,{INNER_L4},16 {self.port}", f"@th,{INNER_L4 + 16},16 {self.port}"]
+            inner = [f"@th,{l4 + shift},16 {self.port}"
+                     for l4 in (INNER_L4, INNER_L4_6) for shift in (0, 16)]  # fmt: skip
         if self.vxlan_port:
             matches += [f"udp dport {self.vxlan_port} {m}" for m in inner]
         return [f"{m} meta nftrace set 1" for m in matches]

@@ -958,3 +958,22 @@ def test_tunnel_address_is_validated():
     fw.tunnel = Tunnel("10.0.0.1 -j ACCEPT", 4789)
     with pytest.raises(ValueError):
         fw.sync([], [])
+
+
+def test_an_ipv6_underlay_guards_vxlan_in_ip6tables():
+    fake = FakeIptables()
+    fw = fake.firewall()
+    fw.tunnel = Tunnel("fd6c:6162:a00::b", 4789)
+    fw.set_vteps({"fd6c:6162:a00::c", "10.240.0.12"})
+    rules = ipt.skeleton_rules(fw.tunnel, fw.accepted_vteps(), family=6)
+    vteps = [r.spec for r in rules if r.chain == "PONTOON-VTEPS"]
+    assert vteps == [
+        "-s fd6c:6162:a00::b/128 -j RETURN",
+        "-s fd6c:6162:a00::c/128 -j RETURN",
+        # ip6tables calls our own addresses UNICAST too: name what is not forwarded.
+        "-m addrtype --dst-type LOCAL -j DROP",
+        "-m addrtype --dst-type MULTICAST -j DROP",
+    ]
+    guard = [r.spec for r in rules if r.chain == "PONTOON-GUARD"]
+    assert "-d fd6c:6162:a00::b/128 -p udp -m udp --dport 4789 -j CT --notrack" in guard
+    assert not [r for r in ipt.skeleton_rules(fw.tunnel, set(), family=4) if "VTEPS" in r.chain]

@@ -206,3 +206,18 @@ def test_trace_rules_hook_both_paths_before_conntrack():
         "add table inet pontoon_trace\ndelete table inet pontoon_trace\n"
         "add table ip pontoon_trace\ndelete table ip pontoon_trace\n"  # an older release's
     )
+
+
+def test_an_ipv6_underlay_has_an_ipv6_vtep_set_and_ip6_rules():
+    tunnel = Tunnel("fd6c:6162:a00::b", 4789)
+    text = skeleton(userland_proxy=True, tunnel=tunnel)
+    assert "set vteps { type ipv6_addr; }" in text
+    assert "udp dport 4789 ip6 saddr != @vteps fib daddr type != unicast counter drop" in text
+    assert "ip6 daddr fd6c:6162:a00::b udp dport 4789 notrack" in text
+    assert "ip6 saddr fd6c:6162:a00::b udp dport 4789 notrack" in text
+    # Only our family's VTEPs: an IPv4 one could never be a peer of this VTEP.
+    assert vtep_set({"fd6c:6162:a00::c", "10.240.0.12"}, tunnel) == {
+        "fd6c:6162:a00::b", "fd6c:6162:a00::c"}  # fmt: skip
+    assert vtep_commands((), {"fd6c:6162:a00::c"}) == [
+        f"add element {T} vteps {{ fd6c:6162:a00::c }}"
+    ]

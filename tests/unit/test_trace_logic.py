@@ -77,6 +77,9 @@ def test_flow_match_rules_cover_both_directions_and_vxlan():
     assert "tcp sport 43000 meta nftrace set 1" in rules
     assert "tcp dport 43000 meta nftrace set 1" in rules
     assert any(r.startswith("udp dport 4789 @th,400,16 43000") for r in rules)
+    # Inside a dual-stack overlay the inner IPv6 header is 40 bytes: ports at bit 560.
+    assert any(r.startswith("udp dport 4789 @th,560,16 43000") for r in rules)
+    assert any(r.startswith("udp dport 4789 @th,576,16 43000") for r in rules)
     assert monitor.FlowMatch("icmp", icmp_id=7).rules() == [
         "icmp id 7 meta nftrace set 1",
         "icmpv6 id 7 meta nftrace set 1",

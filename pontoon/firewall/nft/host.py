@@ -98,11 +98,19 @@ PORT_SETS = {
 NAT_SETS = {4: "nat_subnets", 6: "nat_subnets6"}
 # Only on a host with overlays (a Tunnel): the VTEPs VXLAN is accepted from.
 VTEPS = "vteps"
-VTEPS_DECL = "set vteps { type ipv4_addr; }"
+# The set and the rules matching it take the family of our VTEP address (the
+# underlay's): ip/ipv4_addr or ip6/ipv6_addr.
+VTEP_FAMILY = {4: ("ip", "ipv4_addr"), 6: ("ip6", "ipv6_addr")}
+
+
+def _tunnel_family(tunnel: Tunnel) -> tuple[str, str]:
+    return VTEP_FAMILY[ipaddress.ip_address(tunnel.local_ip).version]
 
 
 def set_decls(tunnel: Tunnel | None) -> dict[str, str]:
-    return {**SETS, VTEPS: VTEPS_DECL} if tunnel is not None else dict(SETS)
+    if tunnel is None:
+        return dict(SETS)
+    return {**SETS, VTEPS: f"set {VTEPS} {{ type {_tunnel_family(tunnel)[1]}; }}"}
 
 
 __all__ = ["NftError", "NftablesFirewall", "network_commands", "skeleton"]
@@ -138,17 +146,18 @@ def skeleton_chains(userland_proxy: bool, tunnel: Tunnel | None = None) -> list[
     if tunnel is not None:
         # VXLAN between VTEPs untracked; nothing without overlays, so other
         # hosts pay for no extra hook.
-        vtep, port = ipaddress.IPv4Address(tunnel.local_ip), int(tunnel.udp_port)
+        vtep, port = ipaddress.ip_address(tunnel.local_ip), int(tunnel.udp_port)
+        ip = _tunnel_family(tunnel)[0]
         # The VXLAN socket listens on every local address (and takes
         # broadcasts), so anything for this host that is not to be forwarded
         # counts, not only the VTEP address. Members' packets skip the fib
         # lookup: the set is tested first.
         guard.append(
-            f"udp dport {port} ip saddr != @{VTEPS} fib daddr type != unicast counter drop"
+            f"udp dport {port} {ip} saddr != @{VTEPS} fib daddr type != unicast counter drop"
         )
-        guard.append(f"ip daddr {vtep} udp dport {port} notrack")
+        guard.append(f"{ip} daddr {vtep} udp dport {port} notrack")
         chains.append(
-            Chain("untrack", (f"ip saddr {vtep} udp dport {port} notrack",), "filter output raw")
+            Chain("untrack", (f"{ip} saddr {vtep} udp dport {port} notrack",), "filter output raw")
         )
     local = "fib daddr type local jump portmap"
     return [
@@ -305,7 +314,8 @@ def vtep_commands(old: Iterable[str], new: Iterable[str]) -> list[str]:
 
 
 def _addresses(addrs: Iterable[str]) -> str:
-    return ", ".join(str(a) for a in sorted(ipaddress.IPv4Address(a) for a in addrs))
+    parsed = {ipaddress.ip_address(a) for a in addrs}
+    return ", ".join(str(a) for a in sorted(parsed, key=lambda a: (a.version, a)))
 
 
 def vteps_of(objects: list[dict[str, object]]) -> set[str]:
@@ -314,7 +324,7 @@ def vteps_of(objects: list[dict[str, object]]) -> set[str]:
     for obj in objects:
         s = obj.get("set")
         if isinstance(s, dict) and s.get("name") == VTEPS:
-            return {str(ipaddress.IPv4Address(e)) for e in s.get("elem", []) if isinstance(e, str)}
+            return {str(ipaddress.ip_address(e)) for e in s.get("elem", []) if isinstance(e, str)}
     return set()
 
 
