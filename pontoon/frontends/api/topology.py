@@ -58,8 +58,9 @@ def _other_owners(engine: Engine) -> list[dict[str, Any]]:
             "name": att.owner.name or att.owner.id[:12], "id": att.owner.id[:12],
             "owner": att.owner.kind, "sandbox": att.netns, "ports": [],
         })  # fmt: skip
-        rules = _padded(engine.ports.rules(att), len(att.ports))
-        entry["ports"] += [_port(p, rule) for p, rule in zip(att.ports, rules, strict=True)]
+        entry["ports"] += [
+            _port(p, rule, engine.ports.backend(att, p)) for p, rule in engine.ports.pairs(att)
+        ]
     return list(owners.values())
 
 
