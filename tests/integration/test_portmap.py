@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from pontoon.lab import SimHost
 from tests.integration.helpers import HOST_ADDR, OUTSIDE_ADDR, add_outside, inspect, ip_of
-from tests.integration.portmap_helpers import PROBE, SERVER
+from tests.integration.portmap_helpers import SERVER, probe, probe_from
 
 pytestmark = pytest.mark.integration
 
 MODES = ["--userland-proxy=true", "--userland-proxy=false"]
 BACKENDS = ["nftables", "iptables"]
 SETUPS = [(mode, backend) for backend in BACKENDS for mode in MODES]
-
-
-def probe(where: SimHost, addr: str, port: int, proto: str = "tcp", timeout: float = 5) -> str:
-    proc = where.sh("python3", "-c", PROBE, addr, str(port), proto, str(timeout), check=False)
-    return proc.stdout.strip()
-
-
-def probe_from(host: SimHost, container: str, addr: str, port: int, proto: str = "tcp") -> str:
-    proc = host.cli("exec", container, "python3", "-c", PROBE, addr, str(port), proto,
-                    check=False)  # fmt: skip
-    return proc.stdout.strip()
 
 
 @pytest.fixture(params=SETUPS, ids=lambda s: f"{s[1]}-{s[0].rsplit('-', 1)[1]}")

@@ -17,6 +17,7 @@ from tests.integration.helpers import (
     inspect,
     snapshot,
 )
+from tests.integration.portmap_helpers import probe, probe_from
 
 pytestmark = pytest.mark.integration
 
@@ -54,42 +55,6 @@ for arg in sys.argv[1:]:
     port, proto = arg.split("/")
     threading.Thread(target=tcp if proto == "tcp" else udp, args=(int(port),)).start()
 """
-
-# Anywhere: one request to either family; prints the reply, then
-# "from=<address the reply came from>".
-PROBE = r"""
-import socket, sys, time
-host, port, proto = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-af = socket.AF_INET6 if ":" in host else socket.AF_INET
-deadline = time.monotonic() + float(sys.argv[4] if len(sys.argv) > 4 else 5)
-while True:
-    try:
-        if proto == "tcp":
-            s = socket.socket(af, socket.SOCK_STREAM); s.settimeout(1)
-            s.connect((host, port)); s.sendall(b"x"); data = s.recv(100)
-            src = s.getpeername()[0]
-        else:
-            s = socket.socket(af, socket.SOCK_DGRAM); s.settimeout(0.5)
-            s.sendto(b"x", (host, port)); data, a = s.recvfrom(100); src = a[0]
-        if data:
-            print(data.decode().strip(), f"from={src}"); sys.exit(0)
-    except OSError as exc:
-        err = exc
-    if time.monotonic() > deadline:
-        print(f"error={err}"); sys.exit(1)
-    time.sleep(0.1)
-"""
-
-
-def probe(where: SimHost, addr: str, port: int, proto: str = "tcp", timeout: float = 5) -> str:
-    proc = where.sh("python3", "-c", PROBE, addr, str(port), proto, str(timeout), check=False)
-    return proc.stdout.strip()
-
-
-def probe_from(host: SimHost, container: str, addr: str, port: int, proto: str = "tcp") -> str:
-    proc = host.cli("exec", container, "python3", "-c", PROBE, addr, str(port), proto,
-                    check=False)  # fmt: skip
-    return proc.stdout.strip()
 
 
 def v6_of(host: SimHost, container: str, network: str) -> str:
