@@ -34,7 +34,7 @@ from pontoon.frontends.docker import protocol
 from pontoon.frontends.docker.plugin import DockerNetwork, DockerPlugin, Endpoint, Pool
 from pontoon.portmap.spec import PortRequest
 from pontoon.store.sqlite import SQLiteStore
-from tests.fuzz.api_requests import ANY_JSON, RAW_BODIES
+from tests.fuzz.api_requests import ANY_JSON, RAW_BODIES, usually
 from tests.fuzz.budget import fuzz_settings, run_for
 from tests.fuzz.mutate import mutated
 from tests.unit.test_docker_protocol import CREATE_ENDPOINT, CREATE_NETWORK, EID, NID
@@ -66,7 +66,12 @@ PORT_OPTIONS = {
 PAYLOADS: dict[str, dict[str, Any]] = {
     "/Plugin.Activate": {},
     "/NetworkDriver.GetCapabilities": {},
-    "/NetworkDriver.CreateNetwork": {**CREATE_NETWORK, "NetworkID": "c" * 64},
+    "/NetworkDriver.CreateNetwork": {
+        **CREATE_NETWORK,
+        "NetworkID": "c" * 64,
+        "Options": {protocol.GENERIC: {"mtu": "1400"}},
+        "IPv4Data": [{"AddressSpace": "pontoon", "Pool": "10.91.0.0/16", "Gateway": "10.91.0.1/16"}],
+    },
     "/NetworkDriver.DeleteNetwork": {"NetworkID": NID},
     "/NetworkDriver.CreateEndpoint": {**CREATE_ENDPOINT, "EndpointID": "e" * 64},
     "/NetworkDriver.EndpointOperInfo": {"NetworkID": NID, "EndpointID": EID},
@@ -318,11 +323,8 @@ def reset(plugin: DockerPlugin) -> None:
 @st.composite
 def requests(draw: st.DrawFn) -> tuple[str, bytes | None, str]:
     path = draw(st.sampled_from(sorted(PAYLOADS)))
-    body = draw(st.one_of(
-        payloads(PAYLOADS[path]).map(lambda v: json.dumps(v).encode()),
-        RAW_BODIES,
-        st.sampled_from([None, b"", b"null", b"{}"]),
-    ))  # fmt: skip
+    raw = st.one_of(RAW_BODIES, st.sampled_from([None, b"", b"null", b"{}"]))
+    body = draw(usually(payloads(PAYLOADS[path]).map(lambda v: json.dumps(v).encode()), raw, 3))
     content_type = draw(st.sampled_from(
         [protocol.CONTENT_TYPE, "application/json", "text/plain; charset=bogus-x", ""]
     ))  # fmt: skip

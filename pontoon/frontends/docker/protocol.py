@@ -87,7 +87,7 @@ def pool_request(data: dict[str, Any]) -> PoolRequest:
         pool = str(_network(pool, "subnet"))
     if sub_pool:
         rng = _network(sub_pool, "ip-range")
-        if not rng.subnet_of(_network(pool, "subnet")):  # type: ignore[arg-type]
+        if rng.version != 4 or not rng.subnet_of(_network(pool, "subnet")):  # type: ignore[arg-type]
             raise InvalidArgument(f"ip-range {rng} is not inside subnet {pool}")
         sub_pool = str(rng)
     options = _dict(data, "Options")
@@ -229,10 +229,12 @@ def join_reply(src_name: str, gateway: str, own_gateway: bool = False) -> dict[s
     return reply
 
 
-def port_requests(options: dict[str, Any]) -> list[PortRequest]:
+def port_requests(options: Any) -> list[PortRequest]:
     """Docker's port bindings (ranges already expanded, -P as host port 0, a
     loopback binding as HostIP) as pontoon's port requests."""
     out: list[PortRequest] = []
+    if not isinstance(options, dict):
+        raise InvalidArgument("Options must be an object")
     for binding in _list(options, PORT_MAP):
         if not isinstance(binding, dict):
             raise InvalidArgument(f"{PORT_MAP} must be a list of objects")
