@@ -43,6 +43,7 @@ NET = "n" * 64  # the pontoon network behind NID
 ATT = "a" * 64  # the endpoint EID's attachment
 POOL = "10.90.0.0/24"
 POOL_ID = protocol.pool_id(POOL)
+POOL6 = "fd00:90::/64"  # the network's other family
 GATEWAY_REQUEST = {
     "PoolID": POOL_ID,
     "Address": "",
@@ -70,7 +71,7 @@ PAYLOADS: dict[str, dict[str, Any]] = {
         **CREATE_NETWORK,
         "NetworkID": "c" * 64,
         "Options": {protocol.GENERIC: {"mtu": "1400"}},
-        "IPv4Data": [{"AddressSpace": "pontoon", "Pool": "10.91.0.0/16", "Gateway": "10.91.0.1/16"}],
+        "IPv4Data": [{"Pool": "10.91.0.0/16", "Gateway": "10.91.0.1/16"}],
     },
     "/NetworkDriver.DeleteNetwork": {"NetworkID": NID},
     "/NetworkDriver.CreateEndpoint": {**CREATE_ENDPOINT, "EndpointID": "e" * 64},
@@ -102,9 +103,9 @@ PAYLOADS: dict[str, dict[str, Any]] = {
 }
 # Values that reach each check: near misses of the real ones, and anything.
 NEAR = st.sampled_from(
-    [NID, EID, NET, "", "x", POOL, POOL_ID, "pontoon:", "pontoon:10.90.0.0/33", "10.90.0.300",
-     "10.90.0.1/24", "fd00::1/64", "02:42:0a:5a:00:09", "02:42", "a\nb", "a\0b", 6, 132, 0,
-     -1, 65536, 2**70, 1e300, True, None, [], {}]
+    [NID, EID, NET, "", "x", POOL, POOL_ID, "pontoon:", "pontoon:10.90.0.0/33",
+     protocol.pool_id(POOL6), "10.90.0.300", "10.90.0.1/24", "fd00::1/64", "02:42:0a:5a:00:09",
+     "02:42", "a\nb", "a\0b", 6, 132, 0, -1, 65536, 2**70, 1e300, True, None, [], {}]
 )  # fmt: skip
 BROKEN = st.one_of(NEAR, ANY_JSON)
 
@@ -309,7 +310,11 @@ def reset(plugin: DockerPlugin) -> None:
     state = plugin.engine.state
     state.networks.clear()
     state.networks[NET] = Network(
-        id=NET, name="web", driver="bridge", subnets=[Subnet(POOL, "10.90.0.1")], status="ready"
+        id=NET,
+        name="web",
+        driver="bridge",
+        subnets=[Subnet(POOL, "10.90.0.1"), Subnet(POOL6, "fd00:90::1")],
+        status="ready",
     )
     state.attachments.clear()
     state.attachments[ATT] = SimpleNamespace(  # type: ignore[assignment]

@@ -57,6 +57,12 @@ def test_errors_use_each_driver_kind_field(path: str, key: str) -> None:
     assert protocol.error_reply(path, "subnet taken") == {key: "pontoon: subnet taken"}
 
 
+def test_errors_are_one_line_whatever_they_quote() -> None:
+    # A Join for EndpointID "a\nb" said "no endpoint a", newline, "b".
+    reply = protocol.error_reply("/NetworkDriver.Join", "no endpoint a\nb\r")
+    assert reply == {"Err": "pontoon: no endpoint a\\nb\\r"}
+
+
 def test_pool_id_round_trip() -> None:
     assert protocol.parse_pool_id(protocol.pool_id("10.1.0.0/16")) == ("10.1.0.0/16", "")
     pid = protocol.pool_id("10.1.0.0/16", "10.1.5.0/24")
@@ -351,3 +357,23 @@ def test_plugin_bodies_are_answered_in_dockers_shape(
         assert status == 200 and answer == {"Implements": protocol.IMPLEMENTS}
     else:
         assert status == 400 and set(answer) == {reply}
+
+
+def test_plugin_gateway_of_a_dual_stack_networks_ipv6_pool() -> None:
+    """A gateway request for the IPv6 pool of a pontoon network asserted the
+    network's IPv4 subnet was that pool (an "internal error")."""
+    from types import SimpleNamespace
+
+    from pontoon.core.model import Network
+    from pontoon.frontends.docker.plugin import DockerPlugin
+
+    net = Network(
+        id="n" * 64,
+        name="web",
+        driver="bridge",
+        subnets=[Subnet("10.90.0.0/24", "10.90.0.1"), Subnet("fd00:90::/64", "fd00:90::1")],
+    )
+    engine = SimpleNamespace(state=SimpleNamespace(networks={net.id: net}))
+    plugin = DockerPlugin(engine, None)  # type: ignore[arg-type]
+    assert plugin._gateway("fd00:90::/64", "") == "fd00:90::1/64"
+    assert plugin._gateway("10.90.0.0/24", "") == "10.90.0.1/24"

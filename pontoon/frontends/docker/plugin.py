@@ -278,8 +278,8 @@ class DockerPlugin:
     def _gateway(self, pool: str, asked: str) -> str:
         net = self._pontoon_network_with(pool)
         if net is not None:
-            sub = net.subnet_for(4)
-            assert sub is not None
+            # The subnet named: the network's IPv6 one has no IPv4 twin to assert.
+            sub = next(s for s in net.subnets if s.subnet == pool)
             return protocol.with_prefix(sub.gateway, pool)
         return protocol.with_prefix(protocol.gateway_for(pool, asked), pool)
 

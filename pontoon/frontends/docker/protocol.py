@@ -51,7 +51,10 @@ def error_key(path: str) -> str:
 
 
 def error_reply(path: str, message: str) -> dict[str, str]:
-    return {error_key(path): f"{PLUGIN_NAME}: {message}"}
+    """One line, whatever a message quotes of the payload (Docker shows it as
+    the command's error)."""
+    one_line = message.replace("\r", "\\r").replace("\n", "\\n")
+    return {error_key(path): f"{PLUGIN_NAME}: {one_line}"}
 
 
 # -- IPAM pools --------------------------------------------------------------------
