@@ -377,3 +377,11 @@ def test_plugin_gateway_of_a_dual_stack_networks_ipv6_pool() -> None:
     plugin = DockerPlugin(engine, None)  # type: ignore[arg-type]
     assert plugin._gateway("fd00:90::/64", "") == "fd00:90::1/64"
     assert plugin._gateway("10.90.0.0/24", "") == "10.90.0.1/24"
+
+
+def test_network_create_leaves_the_payload_as_it_was() -> None:
+    import copy
+
+    data = copy.deepcopy(CREATE_NETWORK)
+    protocol.network_create(data, "x")
+    assert data == CREATE_NETWORK

@@ -152,7 +152,7 @@ def network_create(data: dict[str, Any], placeholder_name: str) -> NetworkCreate
     gateway = _str(v4[0], "Gateway").partition("/")[0]
     if gateway:
         gateway = gateway_for(pool, gateway)
-    generic = _dict(options, GENERIC)
+    generic = dict(_dict(options, GENERIC))  # a copy: its options are popped
     driver = str(generic.pop(DRIVER_OPTION, "bridge"))
     existing = str(generic.pop(NETWORK_OPTION, ""))
     spec = NetworkSpec(
