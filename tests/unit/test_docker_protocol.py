@@ -3,6 +3,8 @@ docs/ipam.md, values as dockerd 20.10 sends them) into pontoon's terms."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from pontoon.core.model import Subnet
@@ -53,6 +55,12 @@ def test_activate_lists_both_drivers() -> None:
 )
 def test_errors_use_each_driver_kind_field(path: str, key: str) -> None:
     assert protocol.error_reply(path, "subnet taken") == {key: "pontoon: subnet taken"}
+
+
+def test_errors_are_one_line_whatever_they_quote() -> None:
+    # A Join for EndpointID "a\nb" said "no endpoint a", newline, "b".
+    reply = protocol.error_reply("/NetworkDriver.Join", "no endpoint a\nb\r")
+    assert reply == {"Err": "pontoon: no endpoint a\\nb\\r"}
 
 
 def test_pool_id_round_trip() -> None:
@@ -259,3 +267,121 @@ def test_docker_network_body_binds_to_the_pontoon_network() -> None:
         "x",
     )
     assert created.existing == "f" * 64 and created.spec.driver == "overlay"
+
+
+# -- regressions found by tests/fuzz/test_docker_plugin_fuzz.py: each a clear
+# refusal now, where it was an AttributeError, TypeError or ValueError (an
+# "internal error" to Docker) or a value handed on unchecked.
+
+PORTMAP = "com.docker.network.portmap"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        "x",
+        {PORTMAP: "3f7c"},
+        {PORTMAP: ["x"]},
+        {PORTMAP: [{"Proto": "abc", "Port": 80}]},
+        {PORTMAP: [{"Proto": 1e300, "Port": 80}]},
+        {PORTMAP: [{"Proto": 6}]},
+        {PORTMAP: [{"Proto": 6, "Port": 2**70}]},
+        {PORTMAP: [{"Proto": 6, "Port": 80, "HostPort": 70000}]},
+        {PORTMAP: [{"Proto": 6, "Port": 80, "HostPort": -1}]},
+        {PORTMAP: [{"Proto": 6, "Port": 80, "HostIP": 5}]},
+    ],
+)
+def test_port_requests_refuse_malformed_bindings(options: object) -> None:
+    with pytest.raises(InvalidArgument):
+        protocol.port_requests(options)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"Options": "x"},
+        {"Options": {"com.docker.network.generic": ["pontoon.driver"]}},
+        {"IPv4Data": "10.0.0.0/24"},
+        {"IPv4Data": ["10.0.0.0/24"]},
+        {"IPv4Data": [{"Pool": "fd00::/64"}]},
+        {"IPv4Data": [{"Pool": "10.0.0.0/24", "Gateway": "10.9.9.1/24"}]},
+        {"IPv4Data": [{"Pool": "10.0.0.0/24", "Gateway": "x"}]},
+    ],
+)
+def test_network_create_refuses_malformed_payloads(change: dict) -> None:
+    with pytest.raises(InvalidArgument):
+        protocol.network_create({**CREATE_NETWORK, **change}, "x")
+
+
+@pytest.mark.parametrize(
+    "iface",
+    ["x", {"Address": "10.90.0.2/24", "MacAddress": "02:42"}, {"Address": "10.90.0.2/24",
+     "MacAddress": "zz:42:0a:5a:00:09"}],
+)  # fmt: skip
+def test_endpoint_create_refuses_malformed_interfaces(iface: object) -> None:
+    with pytest.raises(InvalidArgument):
+        protocol.endpoint_create({**CREATE_ENDPOINT, "Interface": iface})
+
+
+def test_pool_request_refuses_an_ipv6_range_of_an_ipv4_pool() -> None:
+    with pytest.raises(InvalidArgument, match="not inside"):
+        protocol.pool_request({"Pool": "10.91.0.0/16", "SubPool": "fd00::1/64"})
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "content_type", "reply"),
+    [
+        # A bogus charset is not consulted (it raised LookupError: a 500 page).
+        ("/Plugin.Activate", b"{}", "text/plain; charset=bogus-x", 200),
+        ("/NetworkDriver.Leave", b"[" * 100_000, "application/json", "Err"),  # RecursionError
+        ("/IpamDriver.ReleasePool", b"\xff\xfe{", "application/json", "Error"),
+    ],
+)
+def test_plugin_bodies_are_answered_in_dockers_shape(
+    path: str, body: bytes, content_type: str, reply: object
+) -> None:
+    from types import SimpleNamespace
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from pontoon.frontends.docker.plugin import DockerPlugin
+
+    async def post() -> tuple[int, dict]:
+        plugin = DockerPlugin(SimpleNamespace(), None)  # type: ignore[arg-type]
+        async with TestClient(TestServer(plugin.app())) as client:
+            resp = await client.post(path, data=body, headers={"Content-Type": content_type})
+            return resp.status, await resp.json(content_type=None)
+
+    status, answer = asyncio.run(post())
+    if reply == 200:
+        assert status == 200 and answer == {"Implements": protocol.IMPLEMENTS}
+    else:
+        assert status == 400 and set(answer) == {reply}
+
+
+def test_plugin_gateway_of_a_dual_stack_networks_ipv6_pool() -> None:
+    """A gateway request for the IPv6 pool of a pontoon network asserted the
+    network's IPv4 subnet was that pool (an "internal error")."""
+    from types import SimpleNamespace
+
+    from pontoon.core.model import Network
+    from pontoon.frontends.docker.plugin import DockerPlugin
+
+    net = Network(
+        id="n" * 64,
+        name="web",
+        driver="bridge",
+        subnets=[Subnet("10.90.0.0/24", "10.90.0.1"), Subnet("fd00:90::/64", "fd00:90::1")],
+    )
+    engine = SimpleNamespace(state=SimpleNamespace(networks={net.id: net}))
+    plugin = DockerPlugin(engine, None)  # type: ignore[arg-type]
+    assert plugin._gateway("fd00:90::/64", "") == "fd00:90::1/64"
+    assert plugin._gateway("10.90.0.0/24", "") == "10.90.0.1/24"
+
+
+def test_network_create_leaves_the_payload_as_it_was() -> None:
+    import copy
+
+    data = copy.deepcopy(CREATE_NETWORK)
+    protocol.network_create(data, "x")
+    assert data == CREATE_NETWORK

@@ -191,11 +191,7 @@ class DockerPlugin:
 
     def _serve(self, path: str, handler: Handler) -> WebHandler:
         async def serve(request: web.Request) -> web.Response:
-            try:
-                # Docker sends no body, or `null`, to calls without arguments.
-                data = (await request.json() if request.can_read_body else None) or {}
-            except ValueError:
-                data = None
+            data = await _body(request)
             if not isinstance(data, dict):
                 reply = protocol.error_reply(path, "the request must be a JSON object")
                 return web.json_response(reply, status=400)
@@ -282,8 +278,8 @@ class DockerPlugin:
     def _gateway(self, pool: str, asked: str) -> str:
         net = self._pontoon_network_with(pool)
         if net is not None:
-            sub = net.subnet_for(4)
-            assert sub is not None
+            # The subnet named: the network's IPv6 one has no IPv4 twin to assert.
+            sub = next(s for s in net.subnets if s.subnet == pool)
             return protocol.with_prefix(sub.gateway, pool)
         return protocol.with_prefix(protocol.gateway_for(pool, asked), pool)
 
@@ -622,6 +618,22 @@ class DockerPlugin:
 
     def _is_global(self, net: Network) -> bool:
         return self.engine.drivers.of(net).capabilities.scope == "global"
+
+
+async def _body(request: web.Request) -> Any:
+    """The request's JSON value, None when it is not JSON. Docker sends no
+    body, or `null`, to calls without arguments: those are {}."""
+    if not request.can_read_body:
+        return {}
+    try:
+        # JSON is UTF-8: the charset a Content-Type names (a bogus one
+        # included) is not consulted.
+        data = json.loads(await request.read())
+    except (ValueError, RecursionError):  # RecursionError: nested too deep
+        return None
+    except web.HTTPRequestEntityTooLarge:
+        return None
+    return {} if data is None else data
 
 
 def _record(kind: Any, value: str) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 from typing import Any
 
 from pontoon.core.model import Network, NetworkSpec, Subnet
@@ -41,6 +42,7 @@ POOL_PREFIX = "pontoon:"
 # Where the interface goes once Docker moved it: eth0, eth1, … (Docker adds the index).
 DST_PREFIX = "eth"
 PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
+MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 
 
 def error_key(path: str) -> str:
@@ -49,7 +51,10 @@ def error_key(path: str) -> str:
 
 
 def error_reply(path: str, message: str) -> dict[str, str]:
-    return {error_key(path): f"{PLUGIN_NAME}: {message}"}
+    """One line, whatever a message quotes of the payload (Docker shows it as
+    the command's error)."""
+    one_line = message.replace("\r", "\\r").replace("\n", "\\n")
+    return {error_key(path): f"{PLUGIN_NAME}: {one_line}"}
 
 
 # -- IPAM pools --------------------------------------------------------------------
@@ -85,12 +90,10 @@ def pool_request(data: dict[str, Any]) -> PoolRequest:
         pool = str(_network(pool, "subnet"))
     if sub_pool:
         rng = _network(sub_pool, "ip-range")
-        if not rng.subnet_of(_network(pool, "subnet")):  # type: ignore[arg-type]
+        if rng.version != 4 or not rng.subnet_of(_network(pool, "subnet")):  # type: ignore[arg-type]
             raise InvalidArgument(f"ip-range {rng} is not inside subnet {pool}")
         sub_pool = str(rng)
-    options = data.get("Options") or {}
-    if not isinstance(options, dict):
-        raise InvalidArgument("Options must be an object")
+    options = _dict(data, "Options")
     unknown = sorted(set(options) - {NETWORK_OPTION})
     if unknown:
         raise InvalidArgument(f"unknown IPAM option {unknown[0]!r}")
@@ -134,17 +137,22 @@ def network_create(data: dict[str, Any], placeholder_name: str) -> NetworkCreate
     network_id = _str(data, "NetworkID")
     if not network_id:
         raise InvalidArgument("NetworkID is required")
-    options = data.get("Options") or {}
+    options = _dict(data, "Options")
     if data.get("IPv6Data") or options.get(ENABLE_IPV6):
         raise InvalidArgument("IPv6 subnets are not supported yet")
-    v4 = data.get("IPv4Data") or []
-    if len(v4) != 1:
+    v4 = _list(data, "IPv4Data")
+    if len(v4) != 1 or not isinstance(v4[0], dict):
         raise InvalidArgument("give exactly one IPv4 subnet")
     if v4[0].get("AuxAddresses"):
         raise InvalidArgument("auxiliary addresses (--aux-address) are not supported")
-    pool = str(_network(_str(v4[0], "Pool"), "subnet"))
+    subnet = _network(_str(v4[0], "Pool"), "subnet")
+    if subnet.version != 4:
+        raise InvalidArgument("IPv6 subnets are not supported yet")
+    pool = str(subnet)
     gateway = _str(v4[0], "Gateway").partition("/")[0]
-    generic = dict(options.get(GENERIC) or {})
+    if gateway:
+        gateway = gateway_for(pool, gateway)
+    generic = dict(_dict(options, GENERIC))  # a copy: its options are popped
     driver = str(generic.pop(DRIVER_OPTION, "bridge"))
     existing = str(generic.pop(NETWORK_OPTION, ""))
     spec = NetworkSpec(
@@ -188,7 +196,7 @@ class EndpointCreate:
 
 
 def endpoint_create(data: dict[str, Any]) -> EndpointCreate:
-    iface = data.get("Interface") or {}
+    iface = _dict(data, "Interface")
     if iface.get("AddressIPv6"):
         raise InvalidArgument("IPv6 addresses are not supported yet")
     address = _str(iface, "Address")
@@ -202,7 +210,10 @@ def endpoint_create(data: dict[str, Any]) -> EndpointCreate:
     network_id, endpoint_id = _str(data, "NetworkID"), _str(data, "EndpointID")
     if not network_id or not endpoint_id:
         raise InvalidArgument("NetworkID and EndpointID are required")
-    return EndpointCreate(network_id, endpoint_id, address, _str(iface, "MacAddress").lower())
+    mac = _str(iface, "MacAddress").lower()
+    if mac and not MAC_RE.fullmatch(mac):
+        raise InvalidArgument(f"invalid MAC address {mac!r}")
+    return EndpointCreate(network_id, endpoint_id, address, mac)
 
 
 def interface_name(endpoint_id: str) -> str:
@@ -221,24 +232,29 @@ def join_reply(src_name: str, gateway: str, own_gateway: bool = False) -> dict[s
     return reply
 
 
-def port_requests(options: dict[str, Any]) -> list[PortRequest]:
+def port_requests(options: Any) -> list[PortRequest]:
     """Docker's port bindings (ranges already expanded, -P as host port 0, a
     loopback binding as HostIP) as pontoon's port requests."""
     out: list[PortRequest] = []
-    for binding in options.get(PORT_MAP) or []:
-        proto = PROTOCOLS.get(int(binding.get("Proto", 6)))
+    if not isinstance(options, dict):
+        raise InvalidArgument("Options must be an object")
+    for binding in _list(options, PORT_MAP):
+        if not isinstance(binding, dict):
+            raise InvalidArgument(f"{PORT_MAP} must be a list of objects")
+        proto = PROTOCOLS.get(_int(binding, "Proto", 6, 0, 255))
         if proto is None:
             raise InvalidArgument(f"unsupported protocol number {binding.get('Proto')}")
-        host_ip = str(binding.get("HostIP") or ANY)
+        host_ip = _str(binding, "HostIP") or ANY
         if _address(host_ip, "host IP").version == 6:
             continue  # the host firewall is IPv4 today: Docker's [::] twin of a binding
-        host_port = int(binding.get("HostPort") or 0)
-        end = int(binding.get("HostPortEnd") or host_port)
+        host_port = _int(binding, "HostPort", 0, 0, 65535)
+        end = _int(binding, "HostPortEnd", 0, 0, 65535) or host_port
         if host_port and end != host_port:
             raise InvalidArgument(
                 f"host port range {host_port}-{end} for one container port is not supported"
             )
-        request = PortRequest(host_ip, host_port, int(binding["Port"]), proto)
+        container_port = _int(binding, "Port", 0, 1, 65535)
+        request = PortRequest(host_ip, host_port, container_port, proto)
         if request not in out:
             out.append(request)
     return out
@@ -251,6 +267,30 @@ def _str(data: dict[str, Any], key: str) -> str:
     value = data.get(key) or ""
     if not isinstance(value, str):
         raise InvalidArgument(f"{key} must be a string")
+    return value
+
+
+def _dict(data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key) or {}
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"{key} must be an object")
+    return value
+
+
+def _list(data: dict[str, Any], key: str) -> list[Any]:
+    value = data.get(key) or []
+    if not isinstance(value, list):
+        raise InvalidArgument(f"{key} must be a list")
+    return value
+
+
+def _int(data: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+    """A whole number in [low, high]: JSON's, not a float, a bool nor a text."""
+    value = data.get(key)
+    if value is None:
+        value = default
+    if type(value) is not int or not low <= value <= high:
+        raise InvalidArgument(f"{key} must be a whole number from {low} to {high}")
     return value
 
 
