@@ -108,6 +108,13 @@ class Subnet(Record):
     def family(self) -> int:
         return addresses.family_of(self.subnet)
 
+    def ipam_config(self) -> dict[str, str]:
+        """Docker's IPAM.Config entry (inspect shows it; dockerd is given it)."""
+        entry = {"Subnet": self.subnet, "Gateway": self.gateway}
+        if self.ip_range:
+            entry["IPRange"] = self.ip_range
+        return entry
+
 
 @dataclasses.dataclass
 class Network(Record):

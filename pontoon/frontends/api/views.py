@@ -25,16 +25,6 @@ def network_summary(net: Network, endpoint_count: int) -> dict[str, Any]:
     }
 
 
-def _ipam_config(net: Network) -> list[dict[str, str]]:
-    out = []
-    for sub in net.subnets:
-        entry = {"Subnet": sub.subnet, "Gateway": sub.gateway}
-        if sub.ip_range:
-            entry["IPRange"] = sub.ip_range
-        out.append(entry)
-    return out
-
-
 def _member(item: Attachment | Peer) -> dict[str, Any]:
     """One network member in Docker's shape (IPv4Address/IPv6Address)."""
     v4 = [a for a in item.addresses if addresses.family_of(a) == 4]
@@ -66,7 +56,7 @@ def network_view(net: Network, members: list[Attachment | Peer]) -> dict[str, An
         "Driver": net.driver,
         "EnableIPv4": net.subnet_for(4) is not None,
         "EnableIPv6": net.subnet_for(6) is not None,
-        "IPAM": {"Driver": "default", "Config": _ipam_config(net)},
+        "IPAM": {"Driver": "default", "Config": [sub.ipam_config() for sub in net.subnets]},
         "Internal": net.internal,
         "Options": net.options,
         "Labels": {},

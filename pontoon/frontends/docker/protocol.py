@@ -168,12 +168,7 @@ def network_create(data: dict[str, Any], placeholder_name: str) -> NetworkCreate
 def docker_network_body(net: Network) -> dict[str, Any]:
     """POST /networks/create for a pontoon network pontoon shows in dockerd:
     both option maps name it, so our IPAM and driver bind to it."""
-    config = []
-    for sub in net.subnets:
-        entry = {"Subnet": sub.subnet, "Gateway": sub.gateway}
-        if sub.ip_range:
-            entry["IPRange"] = sub.ip_range
-        config.append(entry)
+    config = [sub.ipam_config() for sub in net.subnets]
     return {
         "Name": net.name,
         "Driver": PLUGIN_NAME,
