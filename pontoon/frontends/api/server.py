@@ -27,6 +27,8 @@ from pontoon.engine.attachments import AttachRequest
 from pontoon.engine.engine import Engine
 from pontoon.errors import InvalidArgument, NotFound, PontoonError, os_error_text
 from pontoon.frontends.api import views
+from pontoon.frontends.fields import string as _str
+from pontoon.frontends.fields import string_list as _str_list
 from pontoon.portmap import spec as portspec
 from pontoon.runtime.containers import Runtime
 
@@ -83,20 +85,6 @@ async def body(request: web.Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidArgument("request body must be a JSON object")
     return data
-
-
-def _str_list(data: dict[str, Any], key: str) -> list[str]:
-    value = data.get(key) or []
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise InvalidArgument(f"{key} must be a list of strings")
-    return value
-
-
-def _str(data: dict[str, Any], key: str) -> str:
-    value = data.get(key) or ""
-    if not isinstance(value, str):
-        raise InvalidArgument(f"{key} must be a string")
-    return value
 
 
 def _bool(data: dict[str, Any], key: str, default: bool) -> bool:

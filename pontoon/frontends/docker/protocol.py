@@ -16,6 +16,7 @@ from typing import Any
 
 from pontoon.core.model import Network, NetworkSpec, Subnet
 from pontoon.errors import InvalidArgument
+from pontoon.frontends.fields import string as _str
 from pontoon.portmap.spec import ANY, PortRequest
 
 PLUGIN_NAME = "pontoon"
@@ -256,13 +257,6 @@ def port_requests(options: Any) -> list[PortRequest]:
 
 
 # -- helpers ------------------------------------------------------------------------
-
-
-def _str(data: dict[str, Any], key: str) -> str:
-    value = data.get(key) or ""
-    if not isinstance(value, str):
-        raise InvalidArgument(f"{key} must be a string")
-    return value
 
 
 def _dict(data: dict[str, Any], key: str) -> dict[str, Any]:
