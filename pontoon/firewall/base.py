@@ -204,6 +204,8 @@ class Firewall(abc.ABC):
             log.warning(
                 "firewall: our rules were changed by something else (%s): re-applying", shown
             )
-            self.sync(list(self.desired.networks.values()), list(self.desired.ports.values()))
+            # Counted before the re-apply: a port can answer again before
+            # sync() returns, and whoever saw it answer must see the count.
             self.repairs += 1
+            self.sync(list(self.desired.networks.values()), list(self.desired.ports.values()))
         return problems
