@@ -73,25 +73,24 @@ async def test_no_client_certificate_is_refused(tls_etcd: EtcdServer, pki: Pki):
         await s.close()
 
 
-async def test_foreign_client_certificate_is_refused(tls_etcd: EtcdServer, pki: Pki):
-    f = pki.foreign
-    tls = parse_store_opts([f"kv.cacertfile={pki.client.ca}", f"kv.certfile={f.cert}",
-                            f"kv.keyfile={f.key}"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("ca", "identity", "message"),
+    [
+        # etcd refuses a client certificate another CA signed...
+        ("client", "foreign", r"refused our client certificate \(.*f/cert.pem\)"),
+        # ... and we refuse an etcd whose certificate our CA did not sign.
+        ("foreign", "client", r"not signed by kv\.cacertfile"),
+    ],
+)
+async def test_a_certificate_from_another_ca_is_refused(
+    tls_etcd: EtcdServer, pki: Pki, ca: str, identity: str, message: str
+):
+    theirs: TlsFiles = getattr(pki, identity)
+    tls = parse_store_opts([f"kv.cacertfile={getattr(pki, ca).ca}", f"kv.certfile={theirs.cert}",
+                            f"kv.keyfile={theirs.key}"])  # fmt: skip
     s = store(tls_etcd, tls)
     try:
-        with pytest.raises(PontoonError, match=r"refused our client certificate \(.*f/cert.pem\)"):
-            await s.check_access()
-    finally:
-        await s.close()
-
-
-async def test_an_etcd_another_ca_signed_is_refused(tls_etcd: EtcdServer, pki: Pki):
-    c = pki.client
-    tls = parse_store_opts([f"kv.cacertfile={pki.foreign.ca}", f"kv.certfile={c.cert}",
-                            f"kv.keyfile={c.key}"])  # fmt: skip
-    s = store(tls_etcd, tls)
-    try:
-        with pytest.raises(PontoonError, match=r"not signed by kv\.cacertfile"):
+        with pytest.raises(PontoonError, match=message):
             await s.check_access()
     finally:
         await s.close()

@@ -85,19 +85,11 @@ class Fakes:
         return {}
 
 
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
 @pytest.fixture
-def client(loop, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    cfg = DaemonConfig(root=tmp_path / "root", exec_root=tmp_path / "run")
-    store = SQLiteStore(cfg.db_path)
-    engine = Engine(cfg, store, SimpleNamespace(ipr=None))  # type: ignore[arg-type]
-    runtime = Runtime(cfg, store, engine)
+def client(loop, offline_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    engine = offline_engine
+    cfg = engine.config
+    runtime = Runtime(cfg, engine.store, engine)
     fakes = Fakes()
     for name, fake in [("create_network", fakes.create_network), ("attach", fakes.attach),
                        ("remove_network", fakes.refs), ("detach", fakes.refs),
@@ -113,7 +105,6 @@ def client(loop, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Te
     loop.run_until_complete(client.start_server())
     yield client
     loop.run_until_complete(client.close())
-    loop.run_until_complete(store.close())
 
 
 async def send(client: TestClient, call: Call) -> tuple[int, str, bytes]:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -25,7 +23,6 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 
 from pontoon.core.model import Network, NetworkSpec, Owner, Subnet
-from pontoon.daemon.config import DaemonConfig
 from pontoon.engine.attachments import AttachRequest
 from pontoon.engine.engine import Engine
 from pontoon.errors import InvalidArgument
@@ -33,7 +30,6 @@ from pontoon.frontends.api.server import MAC_RE
 from pontoon.frontends.docker import protocol
 from pontoon.frontends.docker.plugin import DockerNetwork, DockerPlugin, Endpoint, Pool
 from pontoon.portmap.spec import PortRequest
-from pontoon.store.sqlite import SQLiteStore
 from tests.fuzz.api_requests import ANY_JSON, RAW_BODIES, usually
 from tests.fuzz.budget import fuzz_settings, run_for
 from tests.fuzz.mutate import mutated
@@ -280,18 +276,9 @@ class Fakes:
         assert strings(*refs)
 
 
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
 @pytest.fixture
-def plugin(loop, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DockerPlugin]:
-    cfg = DaemonConfig(root=tmp_path / "root", exec_root=tmp_path / "run")
-    store = SQLiteStore(cfg.db_path)
-    engine = Engine(cfg, store, SimpleNamespace(ipr=None))  # type: ignore[arg-type]
+def plugin(offline_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> DockerPlugin:
+    engine = offline_engine
     fakes = Fakes()
     for name in ["check_network", "create_network", "reserve_address", "release_reserved",
                  "attach", "publish_ports"]:  # fmt: skip
@@ -300,8 +287,7 @@ def plugin(loop, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Do
         monkeypatch.setattr(engine, name, fakes.refs)
     # Docker's chain in the host firewall: never touched from a test.
     monkeypatch.setattr("pontoon.frontends.docker.firewall.ensure_docker_user", lambda: None)
-    yield DockerPlugin(engine, dockerd=None)
-    loop.run_until_complete(store.close())
+    return DockerPlugin(engine, dockerd=None)
 
 
 def reset(plugin: DockerPlugin) -> None:
