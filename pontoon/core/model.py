@@ -238,6 +238,9 @@ class Attachment(Record):
     # The interface was left unconfigured in the daemon's namespace for the
     # owner's runtime to move into netns (Docker's remote drivers).
     handover: bool = False
+    # The owner asked for the embedded resolver (CNI's and Docker's may not):
+    # a restart starts it again only then.
+    resolver: bool = True
     status: str = CREATING
     host: str = ""  # the host (daemon) holding it, for global networks
     vtep: str = ""  # that host's VXLAN tunnel endpoint

@@ -181,7 +181,7 @@ class Attachments:
             if req.gateway and self._needs_gateway(att, net):
                 made.append(await self._attach_gateway(att))
             await self.ports.publish(att)
-            if req.dns and not net.default:
+            if att.resolver:
                 await self.resolver.start(att.owner.key, path)
         except BaseException:
             for each in reversed(made):
@@ -288,6 +288,7 @@ class Attachments:
             dns_servers=list(req.upstreams),
             pinned=pinned,
             handover=req.handover,
+            resolver=req.dns and not net.default,
         )  # fmt: skip
         if req.ports:
             self.ports.reserve(att, req.ports)  # before any rule exists: a taken port fails here

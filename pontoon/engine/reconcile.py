@@ -92,8 +92,9 @@ async def _programmed_vteps(engine: Engine) -> set[str]:
 async def _resolvers(engine: Engine) -> None:
     for att in engine.state.attachments.values():
         net = engine.state.networks.get(att.network_id)
-        # A handed-over interface's runtime brings its own resolver (Docker's).
-        if net is not None and not net.default and not att.handover:
+        # A handed-over interface's runtime brings its own resolver (Docker's);
+        # records from before `resolver` existed say True.
+        if att.resolver and net is not None and not net.default and not att.handover:
             await engine.resolver.start(att.owner.key, Path(att.netns))
 
 

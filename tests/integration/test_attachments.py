@@ -152,3 +152,21 @@ def test_attachments_of_every_owner_kind_survive_a_daemon_restart(make_host, for
     assert kinds == ["cni", "docker"]
     (peer,) = resolve(cni, "endpoint-1")
     wait_for(lambda: in_ns(cni, "ping", "-c1", "-W1", peer, check=False).returncode == 0)
+
+
+def dns_listeners(ns: Path) -> str:
+    return in_ns(ns, "ss", "-Hlnu", "src", "127.0.0.11").stdout
+
+
+def test_an_attachment_without_dns_gets_no_resolver_after_a_restart(make_host, foreign_ns):
+    host = make_host()
+    host.cli("network", "create", "--subnet", "10.50.0.0/24", "web")
+    plain, served = foreign_ns(host, "nodns"), foreign_ns(host, "dns")
+    attach(host, plain, "cni", "nodns", DNS=False)
+    attach(host, served, "cni", "dns")
+    assert dns_listeners(plain) == "" and "127.0.0.11:" in dns_listeners(served)
+
+    host.stop_daemon()
+    host.start_daemon()
+    assert dns_listeners(plain) == "", "the restart started a resolver nobody asked for"
+    assert "127.0.0.11:" in dns_listeners(served)
