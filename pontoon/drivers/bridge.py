@@ -115,6 +115,7 @@ class BridgeDriver(NetworkDriver):
             idx = self._lookup(net.bridge)
             assert idx is not None
         self._bridge_index[net.bridge] = idx
+        links.pin_bridge_address(self.ipr, idx)  # also a bridge an older release made
         links.refuse_router_advertisements(net.bridge)
         wanted = [(s.gateway, addresses.prefixlen_of(s.subnet)) for s in net.subnets]
         links.ensure_addresses(self.ipr, idx, wanted)

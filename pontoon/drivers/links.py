@@ -92,6 +92,16 @@ def configure_container_side(sandbox: Path, att: Attachment) -> None:
                 ipr.route("add", dst=addresses.default_route(family), gateway=gateway, oif=idx)
 
 
+def pin_bridge_address(ipr: IPRoute, index: int) -> None:
+    """Set a bridge's MAC to the one it has. Until its MAC is set, a Linux
+    bridge takes the lowest MAC of its ports, so a container joining or
+    leaving changes the gateway's MAC under every other container, whose
+    neighbour entries then point at nobody until they expire (tens of
+    seconds without replies through the gateway)."""
+    (link,) = ipr.link("get", index=index)
+    ipr.link("set", index=index, address=link.get_attr("IFLA_ADDRESS"))
+
+
 def ensure_addresses(ipr: IPRoute, index: int, wanted: list[tuple[str, int]]) -> None:
     """Give a device these (address, prefixlen) pairs unless it has them."""
     have = {(a.get("address"), a["prefixlen"]) for a in ipr.addr("dump", index=index)}

@@ -162,6 +162,7 @@ class OverlayDriver(NetworkDriver):
         if not nl.link_lookup(ifname=BRIDGE):
             nl.link("add", ifname=BRIDGE, kind="bridge", mtu=net.mtu)
         br = nl.link_lookup(ifname=BRIDGE)[0]
+        links.pin_bridge_address(nl, br)
         wanted = [(s.gateway, addresses.prefixlen_of(s.subnet)) for s in net.subnets]
         links.ensure_addresses(nl, br, wanted)
         nl.link("set", index=br, state="up")

@@ -218,3 +218,28 @@ def test_rm_needs_force_for_running_and_kills_everything(make_host):
     assert not os.path.exists(f"/proc/{pid}")
     assert host.cli("ps", "-a", "--format", "json").stdout.strip() == "[]"
     assert host.sh("ip", "-o", "link").stdout.count("veth") == 0
+
+
+def mac_of(host, device: str) -> str:
+    return host.sh("ip", "-br", "link", "show", "dev", device).stdout.split()[2]
+
+
+def test_the_gateway_mac_stays_while_containers_come_and_go(make_host):
+    """A bridge whose MAC is not set follows its lowest port's MAC: a container
+    with a low veth MAC arriving and leaving would strand the others' neighbour
+    entry for the gateway (no replies through it for tens of seconds)."""
+    host = make_host()
+    host.cli("network", "create", "--subnet", "10.50.0.0/24", "web")
+    bridge = host.cli_json("network", "inspect", "web")[0]["Bridge"]
+    gateway_mac = mac_of(host, bridge)
+    host.cli("run", "-d", "--name", "c1", "--net", "web", "--", "sleep", "infinity")
+    host.cli("exec", "c1", "ping", "-c1", "-W1", "10.50.0.1")
+    host.cli("run", "-d", "--name", "low", "--net", "web", "--", "sleep", "infinity")
+    veth = inspect(host, "low")["NetworkSettings"]["Networks"]["web"]["HostInterface"]
+    host.sh("ip", "link", "set", veth, "address", "02:00:00:00:00:01")  # lower than any
+    assert mac_of(host, bridge) == gateway_mac
+    host.cli("rm", "-f", "low")
+    assert mac_of(host, bridge) == gateway_mac
+    neigh = host.cli("exec", "c1", "ip", "neigh", "show", "10.50.0.1").stdout
+    assert gateway_mac in neigh
+    host.cli("exec", "c1", "ping", "-c1", "-W1", "10.50.0.1")
