@@ -285,7 +285,7 @@ class DockerPlugin:
         if protocol.is_gateway_request(data):
             return {"Address": self._gateway(pool, asked), "Data": {}}
         pending = self.pools.get(pool)
-        if pending is not None and not pending.docker_network and asked:
+        if pending is not None and not (pending.docker_network or pending.existing) and asked:
             # --aux-address, asked before the network exists: CreateNetwork
             # lists them again, and they are reserved once the network is made.
             return {"Address": protocol.aux_address(pool, asked), "Data": {}}
