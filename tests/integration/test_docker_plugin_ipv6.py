@@ -140,7 +140,9 @@ def test_aux_addresses_are_never_handed_out(make_engine_host):
     assert not got6 & {"fd00:79::2", "fd00:79::3"}, got6
     assert "no free IP address" in refused(engines, "small")
     for ip in ("10.79.0.2", "10.79.0.3"):
-        assert f"pontoon: IP address {ip} is already in use" in refused(engines, "small", "--ip", ip)
+        assert f"pontoon: IP address {ip} is already in use" in refused(
+            engines, "small", "--ip", ip
+        )
 
     # Docker keeps the IPv4 address of an endpoint whose IPv6 one it refuses
     # itself: pontoon gives it back once no endpoint took it.

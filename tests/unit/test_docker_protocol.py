@@ -219,7 +219,10 @@ def test_endpoint_create() -> None:
     dual = {**CREATE_ENDPOINT, "Interface": {"Address": "10.90.0.2/24",
             "AddressIPv6": "fd00:90::2/64"}}  # fmt: skip
     assert protocol.endpoint_create(dual).address6 == "fd00:90::2/64"
-    bad = {**CREATE_ENDPOINT, "Interface": {"Address": "10.90.0.2/24", "AddressIPv6": "10.9.0.1/24"}}
+    bad = {
+        **CREATE_ENDPOINT,
+        "Interface": {"Address": "10.90.0.2/24", "AddressIPv6": "10.9.0.1/24"},
+    }
     with pytest.raises(InvalidArgument, match="invalid endpoint address"):
         protocol.endpoint_create(bad)
 
@@ -259,7 +262,14 @@ def test_port_requests() -> None:
                 "HostPortEnd": 5353,
             },
             # an explicit [::] twin of the first: the same binding
-            {"Proto": 6, "IP": "", "Port": 80, "HostIP": "::", "HostPort": 8080, "HostPortEnd": 8080},
+            {
+                "Proto": 6,
+                "IP": "",
+                "Port": 80,
+                "HostIP": "::",
+                "HostPort": 8080,
+                "HostPortEnd": 8080,
+            },
             # -p [::1]:8081:80
             {"Proto": 6, "Port": 80, "HostIP": "::1", "HostPort": 8081, "HostPortEnd": 8081},
             # a duplicate
