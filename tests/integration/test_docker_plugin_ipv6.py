@@ -37,6 +37,10 @@ def on(engines, container: str, network: str) -> dict:
     return docker_json(engines, "inspect", container)["NetworkSettings"]["Networks"][network]
 
 
+def on_networks(engines, container: str) -> set[str]:
+    return set(docker_json(engines, "inspect", container)["NetworkSettings"]["Networks"])
+
+
 def refused(engines, *args: str) -> str:
     """A `docker run` that must fail: its error (pontoon's reason, or Docker's)."""
     proc = engines.docker("run", "--network", *args, "pontoon/busybox", "true", check=False)
@@ -174,7 +178,7 @@ def test_aux_addresses_are_never_handed_out(make_engine_host):
 
 
 def test_dual_stack_overlay_on_two_hosts(docker_lab):  # noqa: F811 (the fixture)
-    _, engines = docker_lab
+    state, engines = docker_lab
     h1, h2 = engines["h1"], engines["h2"]
     h1.docker("network", "create", "-d", "pontoon", "--ipam-driver", "pontoon",
               "-o", "pontoon.driver=overlay", "--ipv6", "--subnet", "10.202.1.0/24",
@@ -194,7 +198,27 @@ def test_dual_stack_overlay_on_two_hosts(docker_lab):  # noqa: F811 (the fixture
     assert ping.returncode == 0 and c1_v6 in ping.stdout, ping.stdout + ping.stderr
     assert pings(h2, "c2", "c1")  # and IPv4
 
-    h1.docker("rm", "-f", "c1")
+    # The default route (pontoon_gwbridge) from the first moment the container
+    # runs: pontoon connects a created container before it starts, and every
+    # later start joins both networks before the process runs. (`docker run`
+    # starts at once: pontoon may be late, docs/docker.md says why.)
+    log_routes = "while true; do ip route >> /routes; echo --- >> /routes; sleep 0.05; done"
+    cmd = ("sh", "-c", f"echo start >> /routes; {log_routes}")
+
+    def first_routes(container: str) -> str:
+        starts = h1.docker("exec", container, "cat", "/routes").stdout.split("start\n")
+        return starts[-1].split("---")[0]
+
+    h1.docker("create", "--stop-timeout", "1", "--name", "r1", "--network", "ov6",
+              "pontoon/busybox", *cmd)  # fmt: skip
+    wait_until(lambda: "pontoon_gwbridge" in on_networks(h1, "r1"), what="connected before start")
+    h1.docker("start", "r1")
+    assert "default via" in first_routes("r1"), first_routes("r1")
+    h1.docker("restart", "-t", "0", "r1")
+    assert "default via" in first_routes("r1"), first_routes("r1")
+    assert pings(h1, "r1", state.host("h2").address)  # the way out
+
+    h1.docker("rm", "-f", "c1", "r1")
     h2.docker("rm", "-f", "c2")
     h1.docker("network", "rm", "ov6")
     for each in (h1, h2):

@@ -149,6 +149,8 @@ class DockerPlugin:
 
     async def start(self) -> None:
         self._sync = asyncio.create_task(self._sync_loop(), name="docker-sync")
+        if self.dockerd is not None:
+            self._background(self._creations_loop())
         try:
             await self.names.start()
         except OSError as exc:
@@ -515,6 +517,46 @@ class DockerPlugin:
                 log.debug("endpoint %s: aliases: %s", ep.endpoint_id[:12], exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+    async def _creations_loop(self) -> None:
+        """An overlay container gets pontoon_gwbridge (its way out) before it
+        first starts, when pontoon is quicker than `docker start`: connecting a
+        created container only adds the network to its configuration, and
+        dockerd then joins both networks before the container's process runs,
+        default route included. When the start wins, dockerd's container lock
+        holds the connect until the container runs (as _after_start's)."""
+        assert self.dockerd is not None
+        while True:
+            try:
+                async for container in self.dockerd.container_creations():
+                    self._background(self._gateway_before_start(container))
+            except DockerdError as exc:
+                log.debug("docker events: %s", exc)  # dockerd is down or restarting
+            await asyncio.sleep(SYNC_SECONDS)
+
+    async def _gateway_before_start(self, container: str) -> None:
+        assert self.dockerd is not None
+        try:
+            info = await self.dockerd.container(container)
+            if info is None or (info.get("State") or {}).get("Status") != "created":
+                return  # gone, or started already: _after_start connects it
+            on = (info.get("NetworkSettings") or {}).get("Networks") or {}
+            if any(self._needs_gateway_bridge(str(ref)) for ref in on):
+                await self._connect_gateway(container)
+        except (DockerdError, PontoonError) as exc:
+            log.debug("container %s: gateway before start: %s", container[:12], exc)
+
+    def _needs_gateway_bridge(self, ref: str) -> bool:
+        """Whether the Docker network `ref` (a name or an ID) is a pontoon
+        network without a way out of its own."""
+        for known in self.networks.values():
+            by_id = len(ref) >= 12 and known.docker_id.startswith(ref)
+            if ref == known.name or by_id:
+                net = self.engine.state.networks.get(known.network_id)
+                if net is None or net.internal:
+                    return False
+                return self.engine.drivers.of(net).capabilities.needs_gateway_bridge
+        return False
 
     async def _connect_gateway(self, container: str) -> None:
         assert self.dockerd is not None
