@@ -56,7 +56,7 @@ def overlay_with_docker(tag: str) -> list[bool]:
         out = docker_show("h1", h1, "exec", "net1c1", "ping", "-c2", "-W1", ip)
         results.append(check("net1c1 cannot reach net2c2 (seed: 100% loss)",
                              "100% packet loss" in out))  # fmt: skip
-        say("Inside: eth0 on the overlay, eth1 on pontoon's gateway bridge (the way out)")
+        say("Inside: one interface on the overlay, one on pontoon's gateway bridge (the way out)")
         docker_show("h1", h1, "exec", "net1c1", "ip", "-4", "-o", "addr")
         docker_show("h1", h1, "exec", "net1c1", "ip", "route")
         say("The packet's way, net1c1 -> net1c2, as one trace (pontoon sees Docker's containers)")

@@ -66,11 +66,24 @@ PAYLOADS: dict[str, dict[str, Any]] = {
     "/NetworkDriver.CreateNetwork": {
         **CREATE_NETWORK,
         "NetworkID": "c" * 64,
-        "Options": {protocol.GENERIC: {"mtu": "1400"}},
-        "IPv4Data": [{"Pool": "10.91.0.0/16", "Gateway": "10.91.0.1/16"}],
+        "Options": {protocol.GENERIC: {"mtu": "1400"}, protocol.ENABLE_IPV6: True},
+        "IPv4Data": [
+            {"Pool": "10.91.0.0/16", "Gateway": "10.91.0.1/16", "AuxAddresses": {"a": "10.91.0.5"}}
+        ],
+        "IPv6Data": [
+            {
+                "Pool": "fd00:91::/64",
+                "Gateway": "fd00:91::1/64",
+                "AuxAddresses": {"b": "fd00:91::5"},
+            }
+        ],
     },
     "/NetworkDriver.DeleteNetwork": {"NetworkID": NID},
-    "/NetworkDriver.CreateEndpoint": {**CREATE_ENDPOINT, "EndpointID": "e" * 64},
+    "/NetworkDriver.CreateEndpoint": {
+        **CREATE_ENDPOINT,
+        "EndpointID": "e" * 64,
+        "Interface": {"Address": "10.90.0.2/24", "AddressIPv6": "fd00:90::2/64", "MacAddress": ""},
+    },
     "/NetworkDriver.EndpointOperInfo": {"NetworkID": NID, "EndpointID": EID},
     "/NetworkDriver.DeleteEndpoint": {"NetworkID": NID, "EndpointID": EID},
     "/NetworkDriver.Join": {
@@ -95,6 +108,7 @@ PAYLOADS: dict[str, dict[str, Any]] = {
     "/IpamDriver.RequestPool": POOL_REQUEST,
     "/IpamDriver.ReleasePool": {"PoolID": POOL_ID},
     "/IpamDriver.RequestAddress": {"PoolID": POOL_ID, "Address": "10.90.0.7", "Options": {}},
+    "/IpamDriver.RequestPool?v6": {"AddressSpace": "pontoon", "Pool": "", "V6": True},
     "/IpamDriver.ReleaseAddress": {"PoolID": POOL_ID, "Address": "10.90.0.7"},
 }
 # Values that reach each check: near misses of the real ones, and anything.
@@ -130,8 +144,15 @@ def check_network_create(data: Any) -> None:
     assert isinstance(req.spec.driver, str) and isinstance(req.existing, str)
     assert isinstance(req.spec.internal, bool)
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in req.spec.options.items())
-    assert ipaddress.ip_network(req.pool).version == 4
-    assert req.gateway == "" or ipaddress.ip_address(req.gateway)
+    assert [ipaddress.ip_network(p).version for p in req.pools] in ([4], [4, 6])
+    assert [s.subnet for s in req.spec.subnets] == list(req.pools)
+    assert req.spec.ipv6 == (len(req.pools) == 2)
+    for sub in req.spec.subnets:
+        assert sub.gateway == "" or ipaddress.ip_address(sub.gateway) in ipaddress.ip_network(
+            sub.subnet
+        )
+    for aux in req.aux:
+        assert any(ipaddress.ip_address(aux) in ipaddress.ip_network(p) for p in req.pools)
 
 
 def check_endpoint_create(data: Any) -> None:
@@ -141,6 +162,7 @@ def check_endpoint_create(data: Any) -> None:
         return refused_well(exc)
     assert req.network_id and req.endpoint_id
     ipaddress.IPv4Interface(req.address)
+    assert req.address6 == "" or ipaddress.IPv6Interface(req.address6)
     assert req.mac == "" or MAC_RE.fullmatch(req.mac), req.mac
 
 
@@ -149,7 +171,8 @@ def check_pool_request(data: Any) -> None:
         req = protocol.pool_request(data)
     except InvalidArgument as exc:
         return refused_well(exc)
-    assert req.pool == "" or ipaddress.ip_network(req.pool).version == 4
+    assert req.family in (4, 6)
+    assert req.pool == "" or ipaddress.ip_network(req.pool).version == req.family
     assert req.sub_pool == "" or ipaddress.ip_network(req.sub_pool).subnet_of(
         ipaddress.ip_network(req.pool)  # type: ignore[arg-type]
     )
@@ -163,7 +186,8 @@ def check_port_requests(options: Any) -> None:
         return refused_well(exc)
     for port in ports:
         assert isinstance(port, PortRequest)
-        assert ipaddress.ip_address(port.host_ip).version == 4
+        assert ipaddress.ip_address(port.host_ip).version == port.family
+        assert not port.implicit or port.host_ip == "::"
         assert 0 <= port.host_port <= 65535 and 1 <= port.container_port <= 65535, port
         assert port.proto in protocol.PROTOCOLS.values()
 
@@ -250,8 +274,8 @@ class Fakes:
         return Network(id="d" * 64, name=spec.name, driver=spec.driver)
 
     async def reserve_address(self, network: str, holder: str, family: int, ip: str = "") -> str:
-        assert strings(network, holder, ip) and family == 4
-        return "10.90.0.7/24"
+        assert strings(network, holder, ip) and family in (4, 6)
+        return "10.90.0.7/24" if family == 4 else "fd00:90::7/64"
 
     async def release_reserved(self, network: str, holder: str, ip: str) -> None:
         assert strings(network, holder, ip)
@@ -261,7 +285,7 @@ class Fakes:
         assert req.netns and len(req.ifname) <= 15
         assert isinstance(req.owner, Owner) and strings(req.owner.id, req.owner.name)
         assert req.mac == "" or MAC_RE.fullmatch(req.mac), req.mac
-        assert all(ipaddress.IPv4Address(ip) for ip in req.ips)
+        assert [ipaddress.ip_address(ip).version for ip in req.ips] in ([4], [4, 6])
         att = SimpleNamespace(id=ATT, gateways=["10.90.0.1"])
         return SimpleNamespace(attachments=[att])
 
@@ -340,10 +364,11 @@ def check_records(plugin: DockerPlugin) -> None:
     """What a call left behind is well formed (it is stored and later handed on)."""
     for ep in plugin.endpoints.values():
         ipaddress.IPv4Interface(ep.address)
+        assert ep.address6 == "" or ipaddress.IPv6Interface(ep.address6)
         assert MAC_RE.fullmatch(ep.mac), ep.mac
         assert strings(ep.docker_network, ep.endpoint_id, ep.attachment)
     for pool in plugin.pools.values():
-        assert ipaddress.ip_network(pool.pool).version == 4
+        ipaddress.ip_network(pool.pool)
 
 
 async def call(client: TestClient, path: str, body: bytes | None, ctype: str) -> tuple[int, str]:

@@ -69,6 +69,10 @@ def test_pool_id_round_trip() -> None:
     assert protocol.parse_pool_id(pid) == ("10.1.0.0/16", "10.1.5.0/24")
     with pytest.raises(InvalidArgument):
         protocol.parse_pool_id("default/10.1.0.0/16")
+    # IPv6 subnets have colons of their own.
+    pid = protocol.pool_id("fd00:1::/64", "fd00:1::100/120")
+    assert protocol.parse_pool_id(pid) == ("fd00:1::/64", "fd00:1::100/120")
+    assert protocol.parse_pool_id(protocol.pool_id("fd00:1::/64")) == ("fd00:1::/64", "")
 
 
 def test_pool_request() -> None:
@@ -83,13 +87,16 @@ def test_pool_request() -> None:
     )
     assert (req.pool, req.sub_pool) == ("10.1.0.0/16", "10.1.5.0/24")
     assert protocol.pool_request({"AddressSpace": "pontoon", "V6": False}).pool == ""
+    v6 = protocol.pool_request({"Pool": "fd00:1::/64", "SubPool": "fd00:1::/120", "V6": True})
+    assert (v6.pool, v6.sub_pool, v6.family) == ("fd00:1::/64", "fd00:1::/120", 6)
+    assert protocol.pool_request({"V6": True}).family == 6
 
 
 @pytest.mark.parametrize(
     ("payload", "message"),
     [
-        ({"V6": True}, "IPv6"),
-        ({"Pool": "fd00::/64"}, "IPv6"),
+        ({"Pool": "fd00::/64"}, "not an IPv4 subnet"),
+        ({"Pool": "10.0.0.0/24", "V6": True}, "not an IPv6 subnet"),
         ({"SubPool": "10.0.0.0/25"}, "--ip-range needs --subnet"),
         ({"Pool": "10.0.0.0/24", "SubPool": "10.0.1.0/25"}, "not inside"),
         ({"Pool": "10.0.0.0/33"}, "invalid subnet"),
@@ -122,8 +129,37 @@ def test_network_create() -> None:
     assert req.spec.driver == "overlay"
     assert req.spec.options == {"mtu": "1400"}
     assert req.spec.subnets == (Subnet("10.90.0.0/24", "10.90.0.1"),)
-    assert not req.spec.internal
-    assert req.existing == ""
+    assert not req.spec.internal and not req.spec.ipv6
+    assert req.existing == "" and req.pools == ("10.90.0.0/24",) and req.aux == ()
+
+
+def test_network_create_dual_stack_with_aux_addresses() -> None:
+    data = {
+        **CREATE_NETWORK,
+        "Options": {"com.docker.network.enable_ipv6": True},
+        "IPv4Data": [
+            {
+                "Pool": "10.90.0.0/24",
+                "Gateway": "10.90.0.1/24",
+                "AuxAddresses": {"router": "10.90.0.5/24"},
+            }
+        ],
+        "IPv6Data": [
+            {
+                "Pool": "fd00:90::/64",
+                "Gateway": "fd00:90::1/64",
+                "AuxAddresses": {"r6": "fd00:90::5/64"},
+            }
+        ],
+    }
+    req = protocol.network_create(data, "x")
+    assert req.spec.ipv6
+    assert req.spec.subnets == (
+        Subnet("10.90.0.0/24", "10.90.0.1"),
+        Subnet("fd00:90::/64", "fd00:90::1"),
+    )
+    assert req.pools == ("10.90.0.0/24", "fd00:90::/64")
+    assert req.aux == ("10.90.0.5", "fd00:90::5")
 
 
 def test_network_create_internal_and_existing() -> None:
@@ -142,11 +178,25 @@ def test_network_create_internal_and_existing() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"IPv6Data": [{"Pool": "fd00::/64"}]}, "IPv6"),
+        ({"IPv6Data": [{"Pool": "10.1.0.0/24"}]}, "not an IPv6 subnet"),
+        ({"IPv6Data": [{"Pool": "fd00::/64"}, {"Pool": "fd01::/64"}]}, "at most one"),
+        ({"Options": {"com.docker.network.enable_ipv6": True}}, "IPv6 subnet"),
         ({"IPv4Data": []}, "exactly one"),
         (
-            {"IPv4Data": [{"Pool": "10.0.0.0/24", "AuxAddresses": {"a": "10.0.0.5"}}]},
-            "auxiliary",
+            {"IPv4Data": [{"Pool": "10.0.0.0/24", "AuxAddresses": {"a": "10.0.1.5"}}]},
+            "auxiliary address 10.0.1.5",
+        ),
+        (
+            {
+                "IPv4Data": [
+                    {
+                        "Pool": "10.0.0.0/24",
+                        "Gateway": "10.0.0.1/24",
+                        "AuxAddresses": {"a": "10.0.0.1"},
+                    }
+                ]
+            },
+            "is the gateway",
         ),
     ],
 )
@@ -166,6 +216,15 @@ def test_endpoint_create() -> None:
     assert protocol.endpoint_create(given).mac == "02:42:0a:5a:00:09"
     with pytest.raises(InvalidArgument, match="--ipam-driver pontoon"):
         protocol.endpoint_create({**CREATE_ENDPOINT, "Interface": {}})
+    dual = {**CREATE_ENDPOINT, "Interface": {"Address": "10.90.0.2/24",
+            "AddressIPv6": "fd00:90::2/64"}}  # fmt: skip
+    assert protocol.endpoint_create(dual).address6 == "fd00:90::2/64"
+    bad = {
+        **CREATE_ENDPOINT,
+        "Interface": {"Address": "10.90.0.2/24", "AddressIPv6": "10.9.0.1/24"},
+    }
+    with pytest.raises(InvalidArgument, match="invalid endpoint address"):
+        protocol.endpoint_create(bad)
 
 
 def test_interface_name_fits_ifnamsiz() -> None:
@@ -182,12 +241,14 @@ def test_join_reply() -> None:
     # An overlay: no gateway, and no docker_gwbridge either (pontoon plugs its own).
     overlay = protocol.join_reply("vptx", "", own_gateway=True)
     assert overlay["DisableGatewayService"] is True and "Gateway" not in overlay
+    dual = protocol.join_reply("vptx", "10.90.0.1", gateway6="fd00:90::1")
+    assert dual["Gateway"] == "10.90.0.1" and dual["GatewayIPv6"] == "fd00:90::1"
 
 
 def test_port_requests() -> None:
     options = {
         "com.docker.network.portmap": [
-            # -p 8080:80
+            # -p 8080:80: both families, the IPv6 one implicit (as pontoon's -p)
             {"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080},
             # -P: host port 0
             {"Proto": 6, "IP": "", "Port": 443, "HostIP": "", "HostPort": 0, "HostPortEnd": 0},
@@ -200,7 +261,7 @@ def test_port_requests() -> None:
                 "HostPort": 5353,
                 "HostPortEnd": 5353,
             },
-            # its IPv6 twin is left to Docker's silence: the host firewall is IPv4
+            # an explicit [::] twin of the first: the same binding
             {
                 "Proto": 6,
                 "IP": "",
@@ -209,14 +270,19 @@ def test_port_requests() -> None:
                 "HostPort": 8080,
                 "HostPortEnd": 8080,
             },
+            # -p [::1]:8081:80
+            {"Proto": 6, "Port": 80, "HostIP": "::1", "HostPort": 8081, "HostPortEnd": 8081},
             # a duplicate
             {"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080},
         ]
     }
     assert protocol.port_requests(options) == [
         PortRequest("0.0.0.0", 8080, 80, "tcp"),
+        PortRequest("::", 8080, 80, "tcp", implicit=True),
         PortRequest("0.0.0.0", 0, 443, "tcp"),
+        PortRequest("::", 0, 443, "tcp", implicit=True),
         PortRequest("127.0.0.1", 5353, 53, "udp"),
+        PortRequest("::1", 8081, 80, "tcp"),
     ]
     assert protocol.port_requests({}) == []
 

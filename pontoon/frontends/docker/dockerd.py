@@ -9,7 +9,9 @@ name that cannot be had in time is simply not known.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -106,6 +108,35 @@ class Dockerd:
             if net.get("EndpointID") == endpoint_id:
                 return [str(a) for a in net.get("Aliases") or []]
         return []
+
+    async def container(self, container: str) -> dict[str, Any] | None:
+        status, data = await self.request("GET", f"/containers/{container}/json")
+        if status == 404:
+            return None
+        if status != 200 or not isinstance(data, dict):
+            raise DockerdError(f"GET /containers/{container[:12]}: {status} {data}")
+        return data
+
+    async def container_creations(self) -> AsyncIterator[str]:
+        """The ID of each container dockerd creates from now on (its event
+        stream, one JSON object a line; it stays open, so no overall bound)."""
+        filters = json.dumps({"type": ["container"], "event": ["create"]})
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=CALL_TIMEOUT)
+        try:
+            async with self._client().get(
+                "http://docker/events", params={"filters": filters}, timeout=timeout
+            ) as resp:
+                if resp.status != 200:
+                    raise DockerdError(f"GET /events: {resp.status}")
+                async for line in resp.content:
+                    try:
+                        event = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(event, dict) and isinstance(event.get("id"), str):
+                        yield event["id"]
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise DockerdError(f"dockerd at {self.socket}: {exc or type(exc).__name__}") from None
 
     async def networks(self, driver: str) -> list[dict[str, Any]]:
         status, data = await self.request("GET", "/networks")

@@ -73,6 +73,10 @@ SYNC_SECONDS = 1.0
 COLLECT_EVERY = 10  # sync rounds between looks for endpoints dockerd forgot
 STALE_AFTER = 60.0  # seconds: an endpoint this old that dockerd does not list is gone
 ALIAS_WAIT = 30.0
+# An address Docker reserved for an endpoint that no CreateEndpoint took this
+# long after: Docker forgot it (dockerd 20.10 keeps the IPv4 address of an
+# endpoint whose IPv6 one it then refuses, e.g. an --ip6 outside the subnet).
+UNCLAIMED_AFTER = 10.0
 
 
 @dataclasses.dataclass
@@ -103,6 +107,11 @@ class Endpoint:
     mac: str
     created: float = dataclasses.field(default_factory=time.time)
     attachment: str = ""  # pontoon's, once joined
+    address6: str = ""  # address/prefix, on a network with IPv6
+
+    @property
+    def ips(self) -> list[str]:
+        return [addresses.address_of(a) for a in (self.address, self.address6) if a]
 
 
 class DockerPlugin:
@@ -118,6 +127,8 @@ class DockerPlugin:
         self.names = DockerDns(self)
         self._tasks: set[asyncio.Task[None]] = set()
         self._gateway_lock = asyncio.Lock()
+        # (pontoon network, address) -> when Docker reserved it for an endpoint.
+        self.unclaimed: dict[tuple[str, str], float] = {}
 
     @property
     def holder(self) -> str:
@@ -138,6 +149,8 @@ class DockerPlugin:
 
     async def start(self) -> None:
         self._sync = asyncio.create_task(self._sync_loop(), name="docker-sync")
+        if self.dockerd is not None:
+            self._background(self._creations_loop())
         try:
             await self.names.start()
         except OSError as exc:
@@ -244,20 +257,22 @@ class DockerPlugin:
         pool = req.pool
         if existing:
             net = self.engine.find_network(existing)
-            sub = net.subnet_for(4)
+            sub = net.subnet_for(req.family)
             if sub is None or (pool and pool != sub.subnet):
-                raise InvalidArgument(f"network {net.name} has no subnet {pool or 'IPv4'}")
+                raise InvalidArgument(
+                    f"network {net.name} has no subnet {pool or f'IPv{req.family}'}"
+                )
             pool = sub.subnet
         elif not pool:
-            pool = await self._free_subnet()
+            pool = await self._free_subnet(req.family)
         self.pools[pool] = Pool(pool, req.sub_pool, existing)
         return {"PoolID": protocol.pool_id(pool, req.sub_pool), "Pool": pool, "Data": {}}
 
-    async def _free_subnet(self) -> str:
-        """A subnet no network here uses nor another pool promised, from
-        pontoon's pools (the bridge ones: Docker asks before it says which
-        driver the network is for)."""
-        spec = NetworkSpec(name="docker-pool-probe")
+    async def _free_subnet(self, family: int) -> str:
+        """A subnet of one family no network here uses nor another pool
+        promised, from pontoon's pools (the bridge ones: Docker asks before it
+        says which driver the network is for)."""
+        spec = NetworkSpec(name="docker-pool-probe", ipv4=family == 4, ipv6=family == 6)
         plans = await self.engine.check_network(spec, also_taken=sorted(self.pools))
         return str(plans[0].subnet)
 
@@ -271,8 +286,15 @@ class DockerPlugin:
         asked = str(data.get("Address") or "")
         if protocol.is_gateway_request(data):
             return {"Address": self._gateway(pool, asked), "Data": {}}
+        pending = self.pools.get(pool)
+        if pending is not None and not (pending.docker_network or pending.existing) and asked:
+            # --aux-address, asked before the network exists: CreateNetwork
+            # lists them again, and they are reserved once the network is made.
+            return {"Address": protocol.aux_address(pool, asked), "Data": {}}
         net = await self._network_for_pool(pool)
-        address = await self.engine.reserve_address(net.id, self.holder, 4, asked)
+        family = addresses.family_of(pool)
+        address = await self.engine.reserve_address(net.id, self.holder, family, asked)
+        self.unclaimed[(net.id, addresses.address_of(address))] = time.monotonic()
         return {"Address": address, "Data": {}}
 
     def _gateway(self, pool: str, asked: str) -> str:
@@ -289,6 +311,7 @@ class DockerPlugin:
         net = self._pontoon_network_with(pool)
         if net is not None and address:
             # The gateway is the network's own, never held: nothing happens to it.
+            self.unclaimed.pop((net.id, address), None)
             await self.engine.release_reserved(net.id, self.holder, address)
         return {}
 
@@ -305,15 +328,14 @@ class DockerPlugin:
         pending = self.pools.get(pool)
         if pending is not None and pending.docker_network:
             return await self._network(pending.docker_network)
-        if pending is not None:
-            raise InvalidArgument("auxiliary addresses (--aux-address) are not supported")
         raise NotFound(f"no network has the pool {pool}")
 
     # -- networks ----------------------------------------------------------------------
 
     async def create_network(self, data: dict[str, Any]) -> dict[str, Any]:
         req = protocol.network_create(data, placeholder_name="docker-" + _short(data))
-        pool = self.pools.get(req.pool)
+        pools = [self.pools.get(p) for p in req.pools]
+        pool = pools[0]  # IPv4's: Docker asks for it first
         existing = req.existing or (pool.existing if pool else "")
         if existing:
             net = self.engine.find_network(existing)
@@ -321,9 +343,13 @@ class DockerPlugin:
             return {}
         spec = req.spec
         if pool is not None:
-            pool.docker_network = req.network_id
-            subnets = tuple(dataclasses.replace(s, ip_range=pool.sub_pool) for s in spec.subnets)
-            spec = dataclasses.replace(spec, subnets=subnets)
+            subnets = []
+            for sub, of_pool in zip(spec.subnets, pools, strict=True):
+                if of_pool is not None:
+                    of_pool.docker_network = req.network_id
+                    sub = dataclasses.replace(sub, ip_range=of_pool.sub_pool)
+                subnets.append(sub)
+            spec = dataclasses.replace(spec, subnets=tuple(subnets))
         await self.engine.check_network(spec)
         if pool is None and self.engine.drivers.get(spec.driver).capabilities.scope == "global":
             raise InvalidArgument(
@@ -332,16 +358,26 @@ class DockerPlugin:
             )
         await asyncio.to_thread(firewall.ensure_docker_user)  # dockerd may have started since
         docker_ipam = pool is None
-        task = asyncio.create_task(self._create_named(req.network_id, spec, docker_ipam))
+        aux = [] if docker_ipam else list(req.aux)  # Docker's own IPAM keeps its own
+        task = asyncio.create_task(self._create_named(req.network_id, spec, docker_ipam, aux))
         self.creating[req.network_id] = task
         task.add_done_callback(lambda _: self.creating.pop(req.network_id, None))
         return {}
 
     async def _create_named(
-        self, docker_id: str, spec: NetworkSpec, docker_ipam: bool
+        self, docker_id: str, spec: NetworkSpec, docker_ipam: bool, aux: list[str]
     ) -> DockerNetwork:
         name = await self._network_name(docker_id)
         net = await self.engine.create_network(dataclasses.replace(spec, name=name))
+        try:
+            for address in aux:
+                # Held by this host's holder, as addresses Docker reserved:
+                # Docker's ReleaseAddress at `network rm` frees them.
+                family = addresses.family_of(address)
+                await self.engine.reserve_address(net.id, self.holder, family, address)
+        except BaseException:
+            await self.engine.remove_network(net.id)
+            raise
         found = DockerNetwork(docker_id, net.id, net.name, docker_ipam)
         await self._remember(found)
         return found
@@ -392,9 +428,11 @@ class DockerPlugin:
 
     async def create_endpoint(self, data: dict[str, Any]) -> dict[str, Any]:
         req = protocol.endpoint_create(data)
-        await self._network(req.network_id)
+        net = await self._network(req.network_id)
+        for address in (req.address, req.address6):
+            self.unclaimed.pop((net.id, addresses.address_of(address)), None)
         mac = req.mac or addresses.mac_for(addresses.address_of(req.address))
-        ep = Endpoint(req.network_id, req.endpoint_id, req.address, mac)
+        ep = Endpoint(req.network_id, req.endpoint_id, req.address, mac, address6=req.address6)
         await self._save_endpoint(ep)
         # Docker refuses a MAC back when it gave one.
         return {} if req.mac else {"Interface": {"MacAddress": mac}}
@@ -425,7 +463,7 @@ class DockerPlugin:
             # The container (its sandbox), not the endpoint: its attachments on
             # several networks are one owner, with one DNS view, as pontoon's own.
             owner=Owner(OWNER_DOCKER, Path(sandbox).name, name),
-            ips=[addresses.address_of(ep.address)],
+            ips=ep.ips,
             mac=ep.mac,
             gateway=False,
             dns=False,  # Docker's own resolver serves the container
@@ -445,8 +483,8 @@ class DockerPlugin:
         # A gateway wherever the network has a way out, on every endpoint:
         # Docker picks which one a container's default route takes.
         way_out = caps.default_route and not net.internal
-        gateway = next(iter(att.gateways), "") if way_out else ""
-        return protocol.join_reply(ifname, gateway, own_gateway)
+        gateways = {addresses.family_of(g): g for g in att.gateways} if way_out else {}
+        return protocol.join_reply(ifname, gateways.get(4, ""), own_gateway, gateways.get(6, ""))
 
     def _background(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -479,6 +517,46 @@ class DockerPlugin:
                 log.debug("endpoint %s: aliases: %s", ep.endpoint_id[:12], exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+    async def _creations_loop(self) -> None:
+        """An overlay container gets pontoon_gwbridge (its way out) before it
+        first starts, when pontoon is quicker than `docker start`: connecting a
+        created container only adds the network to its configuration, and
+        dockerd then joins both networks before the container's process runs,
+        default route included. When the start wins, dockerd's container lock
+        holds the connect until the container runs (as _after_start's)."""
+        assert self.dockerd is not None
+        while True:
+            try:
+                async for container in self.dockerd.container_creations():
+                    self._background(self._gateway_before_start(container))
+            except DockerdError as exc:
+                log.debug("docker events: %s", exc)  # dockerd is down or restarting
+            await asyncio.sleep(SYNC_SECONDS)
+
+    async def _gateway_before_start(self, container: str) -> None:
+        assert self.dockerd is not None
+        try:
+            info = await self.dockerd.container(container)
+            if info is None or (info.get("State") or {}).get("Status") != "created":
+                return  # gone, or started already: _after_start connects it
+            on = (info.get("NetworkSettings") or {}).get("Networks") or {}
+            if any(self._needs_gateway_bridge(str(ref)) for ref in on):
+                await self._connect_gateway(container)
+        except (DockerdError, PontoonError) as exc:
+            log.debug("container %s: gateway before start: %s", container[:12], exc)
+
+    def _needs_gateway_bridge(self, ref: str) -> bool:
+        """Whether the Docker network `ref` (a name or an ID) is a pontoon
+        network without a way out of its own."""
+        for known in self.networks.values():
+            by_id = len(ref) >= 12 and known.docker_id.startswith(ref)
+            if ref == known.name or by_id:
+                net = self.engine.state.networks.get(known.network_id)
+                if net is None or net.internal:
+                    return False
+                return self.engine.drivers.of(net).capabilities.needs_gateway_bridge
+        return False
 
     async def _connect_gateway(self, container: str) -> None:
         assert self.dockerd is not None
@@ -536,7 +614,7 @@ class DockerPlugin:
         if att is not None:
             return att
         known = self.networks.get(ep.docker_network)
-        address = addresses.address_of(ep.address)
+        address = ep.ips[0]
         for att in self.engine.state.attachments.values():
             on_network = known is not None and att.network_id == known.network_id
             if att.owner.kind == OWNER_DOCKER and on_network and address in att.ips:
@@ -599,6 +677,7 @@ class DockerPlugin:
     async def collect_stale(self) -> None:
         """Endpoints dockerd no longer has (it removed them while pontoond was
         down, or gave up calling us): their attachments and addresses go."""
+        await self._release_unclaimed()
         if self.dockerd is None:
             return
         live: dict[str, set[str]] = {}
@@ -613,8 +692,19 @@ class DockerPlugin:
             await self.delete_endpoint({"EndpointID": ep.endpoint_id})
             net = self.networks.get(ep.docker_network)
             if net is not None and not self._docker_ipam(ep.docker_network):
-                address = addresses.address_of(ep.address)
-                await self.engine.release_reserved(net.network_id, self.holder, address)
+                for address in ep.ips:
+                    await self.engine.release_reserved(net.network_id, self.holder, address)
+
+    async def _release_unclaimed(self) -> None:
+        """Addresses Docker reserved for an endpoint it then never created."""
+        now = time.monotonic()
+        for key, since in list(self.unclaimed.items()):
+            if now - since < UNCLAIMED_AFTER:
+                continue
+            self.unclaimed.pop(key, None)
+            network_id, address = key
+            log.info("address %s: reserved by Docker for no endpoint, releasing", address)
+            await self.engine.release_reserved(network_id, self.holder, address)
 
     def _is_global(self, net: Network) -> bool:
         return self.engine.drivers.of(net).capabilities.scope == "global"
