@@ -521,12 +521,19 @@ def _listener(port: int) -> socket.socket:
     answers the IPv4 and the IPv6 benchmarks; IPv4 alone where IPv6 is off."""
     try:
         s = socket.socket(socket.AF_INET6)
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        bind: tuple[str, int] = ("::", port)
     except OSError:
-        s, bind = socket.socket(), ("0.0.0.0", port)
+        return _bound(socket.socket(), ("0.0.0.0", port))
+    try:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        return _bound(s, ("::", port))
+    except OSError:
+        s.close()
+        return _bound(socket.socket(), ("0.0.0.0", port))
+
+
+def _bound(s: socket.socket, where: tuple[str, int]) -> socket.socket:
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(bind)
+    s.bind(where)
     s.listen(4096)
     return s
 
