@@ -517,11 +517,29 @@ def _tool_serve(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _listener(port: int) -> socket.socket:
-    s = socket.socket()
+    """Both families on one socket (`::`, v6only off), so the same server
+    answers the IPv4 and the IPv6 benchmarks; IPv4 alone where IPv6 is off."""
+    try:
+        s = socket.socket(socket.AF_INET6)
+    except OSError:
+        return _bound(socket.socket(), ("0.0.0.0", port))
+    try:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        return _bound(s, ("::", port))
+    except OSError:
+        s.close()
+        return _bound(socket.socket(), ("0.0.0.0", port))
+
+
+def _bound(s: socket.socket, where: tuple[str, int]) -> socket.socket:
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port))
+    s.bind(where)
     s.listen(4096)
     return s
+
+
+def family_of(addr: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
 
 
 def _greet_loop(port: int) -> None:
@@ -564,8 +582,9 @@ def _connect_worker(addr: str, port: int, seconds: float, out: Any) -> None:
     done = errors = 0
     deadline = time.monotonic() + seconds
     target = (addr, port)
+    family = family_of(addr)
     while time.monotonic() < deadline:
-        s = socket.socket()
+        s = socket.socket(family)
         s.settimeout(2.0)
         # Close with a reset: no TIME_WAIT on either side, so reused client
         # ports never meet an old connection (the tool is the same for both
@@ -641,11 +660,11 @@ def _tool_rr(args: argparse.Namespace) -> dict[str, Any]:
             "client_cpu": usage.ru_utime + usage.ru_stime}  # fmt: skip
 
 
-def _dns_queries(names: list[str]) -> list[bytes]:
-    """Wire-format A queries (ID 0, RD) for each name."""
+def _dns_queries(names: list[str], qtype: str = "A") -> list[bytes]:
+    """Wire-format queries of `qtype` (ID 0, RD) for each name."""
     import dns.message
 
-    return [dns.message.make_query(n, "A").to_wire() for n in names]
+    return [dns.message.make_query(n, qtype).to_wire() for n in names]
 
 
 def _with_id(wire: bytes, qid: int) -> bytes:
@@ -654,8 +673,8 @@ def _with_id(wire: bytes, qid: int) -> bytes:
 
 def _tool_dnsqps(args: argparse.Namespace) -> dict[str, Any]:
     """Answers per second with --inflight queries outstanding at all times."""
-    queries = _dns_queries(args.names.split(","))
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    queries = _dns_queries(args.names.split(","), args.qtype)
+    s = socket.socket(family_of(args.server), socket.SOCK_DGRAM)
     s.connect((args.server, args.port))
     s.setblocking(False)
     answered = lost = sent = 0
@@ -692,8 +711,8 @@ def _tool_dnsqps(args: argparse.Namespace) -> dict[str, Any]:
 
 def _tool_dnslat(args: argparse.Namespace) -> dict[str, Any]:
     """Latency of serial queries, one at a time (µs)."""
-    queries = _dns_queries(args.names.split(","))
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    queries = _dns_queries(args.names.split(","), args.qtype)
+    s = socket.socket(family_of(args.server), socket.SOCK_DGRAM)
     s.connect((args.server, args.port))
     s.settimeout(1.0)
     lat: list[float] = []
@@ -810,6 +829,7 @@ def parse_tool_args(argv: list[str]) -> argparse.Namespace:
         s.add_argument("--seconds", type=float, default=3.0)
         s.add_argument("--inflight", type=int, default=16)
         s.add_argument("--count", type=int, default=2000)
+        s.add_argument("--qtype", default="A", help="A or AAAA")
     s = sub.add_parser("icmpprobe")
     s.add_argument("--interval-ms", type=float, default=2.0)
     s.add_argument("--timeout", type=float, default=5.0)

@@ -16,6 +16,11 @@ and go on the client's network (`run -d` / `rm -f` in a loop: the daemon is
 busy attaching and releasing, and every change drops its cached views). The
 two servers alternate, a few rounds each.
 
+The network is dual-stack (issue 13): every round also asks AAAA for the
+same names (answers per second and serial latency; dnsmasq's hosts file
+has each name's IPv6 address too). The queries travel over IPv4 to both
+servers, as a container's resolv.conf sends them.
+
 Usage: .venv/bin/python bench/dns.py [--quick]
 """
 
@@ -52,6 +57,7 @@ from _common_net import (
 )
 
 SUBNET = "10.78.0.0/24"
+SUBNET6 = "fd00:78::/64"
 NETWORK = "dnsnet"
 RESOLVER = "127.0.0.11"
 GOAL_QPS = Goal(">=", 0.5)
@@ -84,33 +90,39 @@ class Server:
     busy_p50: list[float] = dataclasses.field(default_factory=list)
     busy_p99: list[float] = dataclasses.field(default_factory=list)
     lost: int = 0
+    qps6: list[float] = dataclasses.field(default_factory=list)  # AAAA
+    p50_6: list[float] = dataclasses.field(default_factory=list)
+    p99_6: list[float] = dataclasses.field(default_factory=list)
+    lost6: int = 0
 
 
-def setup(session: Session, p: Params) -> tuple[Any, dict[str, str]]:
-    """The host, the client and the peers; returns (host, name -> address)."""
+def setup(session: Session, p: Params) -> tuple[Any, dict[str, tuple[str, str]]]:
+    """The host, the client and the peers on a dual-stack network; returns
+    (host, name -> (IPv4 address, IPv6 address))."""
     host = session.host("dns")
-    host.cli("network", "create", "--subnet", SUBNET, NETWORK)
+    host.cli("network", "create", "--ipv6", "--subnet", SUBNET, "--subnet", SUBNET6, NETWORK)
     host.cli("run", "-d", "--name", "client", "--net", NETWORK, "--", "sleep", "infinity")
     names = {}
     for i in range(p.peers):
         name = f"peer{i}"
         host.cli("run", "-d", "--name", name, "--net", NETWORK, "--", "sleep", "infinity")
-        names[name] = address_of(host, name)
+        names[name] = addresses_of(host, name)
     return host, names
 
 
-def address_of(host: Any, name: str) -> str:
+def addresses_of(host: Any, name: str) -> tuple[str, str]:
     info = host.cli_json("inspect", name)[0]
-    return info["NetworkSettings"]["Networks"][NETWORK]["IPAddress"]
+    net = info["NetworkSettings"]["Networks"][NETWORK]
+    return net["IPAddress"], net["GlobalIPv6Address"]
 
 
-def start_dnsmasq(session: Session, host: Any, names: dict[str, str]) -> Server:
+def start_dnsmasq(session: Session, host: Any, names: dict[str, tuple[str, str]]) -> Server:
     """dnsmasq in the client's network namespace, on the client's address."""
     info = host.cli_json("inspect", "client")[0]
     sandbox = info["NetworkSettings"]["SandboxKey"]
     listen = info["NetworkSettings"]["Networks"][NETWORK]["IPAddress"]
     hosts_file = WORK / f"{host.name}.hosts"
-    hosts_file.write_text("".join(f"{ip} {name}\n" for name, ip in names.items()))
+    hosts_file.write_text("".join(f"{ip} {name}\n" for name, both in names.items() for ip in both))
     session.cleanups.append(lambda: hosts_file.unlink(missing_ok=True))
     argv = ["dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", "--conf-file=/dev/null",
             f"--addn-hosts={hosts_file}", f"--listen-address={listen}", "--bind-interfaces",
@@ -137,6 +149,18 @@ def wait_answering(host: Any, server: Server, names: list[str], timeout: float =
         if time.monotonic() > deadline:
             raise RuntimeError(f"{server.name} on {server.address} does not answer")
         time.sleep(0.2)
+
+
+def check_aaaa(host: Any, server: Server, names: dict[str, tuple[str, str]]) -> None:
+    """Both servers must give each name's IPv6 address (an empty NOERROR
+    answer would count as answered in the load tool)."""
+    name, (_, ip6) = next(iter(names.items()))
+    code = ("import sys, dns.resolver; r = dns.resolver.Resolver(configure=False); "
+            "r.nameservers = [sys.argv[1]]; "
+            "print(' '.join(a.address for a in r.resolve(sys.argv[2], 'AAAA')))")  # fmt: skip
+    got = host.cli("exec", "client", PY, "-c", code, server.address, name).stdout.split()
+    if got != [ip6]:
+        raise RuntimeError(f"{server.name}: AAAA {name} gave {got}, not [{ip6}]")
 
 
 @contextlib.contextmanager
@@ -181,9 +205,18 @@ def measure(host: Any, server: Server, names: list[str], p: Params) -> None:
         busy = client_tool(host, "dnslat", *query, "--count", str(p.busy_count))
     server.busy_p50.append(busy["p50_us"])
     server.busy_p99.append(busy["p99_us"])
+    aaaa = client_tool(host, "dnsqps", *query, "--qtype", "AAAA", "--seconds", str(p.seconds),
+                       "--inflight", str(p.inflight))  # fmt: skip
+    server.qps6.append(aaaa["qps"])
+    server.lost6 += aaaa["lost"]
+    lat6 = client_tool(host, "dnslat", *query, "--qtype", "AAAA", "--count",
+                       str(p.latency_count))  # fmt: skip
+    server.p50_6.append(lat6["p50_us"])
+    server.p99_6.append(lat6["p99_us"])
     log(f"  {server.name}: {result['qps']:.0f} q/s, p50 {lat['p50_us']:.0f} µs, "
         f"p99 {lat['p99_us']:.0f} µs; while {cycles[0]} containers came and went: "
-        f"p50 {busy['p50_us']:.0f} µs, p99 {busy['p99_us']:.0f} µs")  # fmt: skip
+        f"p50 {busy['p50_us']:.0f} µs, p99 {busy['p99_us']:.0f} µs; AAAA "
+        f"{aaaa['qps']:.0f} q/s, p50 {lat6['p50_us']:.0f} µs")  # fmt: skip
 
 
 def report(ours: Server, peer: Server, p: Params, peers: int) -> tuple[str, list[list[str]]]:
@@ -212,8 +245,24 @@ def report(ours: Server, peer: Server, p: Params, peers: int) -> tuple[str, list
         + f"\n\nServer CPU: pontoond's whole process for pontoon, dnsmasq for dnsmasq. "
         f"pontoon p99 {fmt(p99)} µs against the goal of ≤{GOAL_P99_US:g} µs.\n"
     )
+    rows6 = [
+        Comparison("AAAA answers per second", "q/s", median(ours.qps6), median(peer.qps6),
+                   GOAL_QPS, ours.qps6, peer.qps6),
+        Comparison("AAAA latency p50", "µs", median(ours.p50_6), median(peer.p50_6), None,
+                   ours.p50_6, peer.p50_6),
+        Comparison("AAAA latency p99", "µs", median(ours.p99_6), median(peer.p99_6), None,
+                   ours.p99_6, peer.p99_6),
+    ]  # fmt: skip
+    text += (
+        f"\n**AAAA lookups (issue 13)**: the same {peers} names on the dual-stack network, "
+        f"in the same rounds (lost queries: pontoon {ours.lost6}, dnsmasq {peer.lost6})\n\n"
+        + comparison_table("pontoon (127.0.0.11)", "dnsmasq", rows6)
+        + "\n"
+    )
     goals = [
         ["dns", "q/s vs dnsmasq", f"{rows[0].ratio:.2f}x", GOAL_QPS.text(), verdict(rows[0].ok)],
+        ["dns", "AAAA q/s vs dnsmasq", f"{rows6[0].ratio:.2f}x", GOAL_QPS.text(),
+         verdict(rows6[0].ok)],
         ["dns", "p99 latency", f"{fmt(p99)} µs", f"≤{GOAL_P99_US:g} µs",
          verdict(p99 <= GOAL_P99_US)],
     ]  # fmt: skip
@@ -223,7 +272,7 @@ def report(ours: Server, peer: Server, p: Params, peers: int) -> tuple[str, list
 def main(argv: list[str] | None = None) -> int:
     args = bench_args(__doc__, argv)
     p = QUICK if args.quick else FULL
-    header = report_header("### DNS (issue 5)", "dns.py", args.quick)
+    header = report_header("### DNS (issues 5 and 13)", "dns.py", args.quick)
     t0 = time.monotonic()
     with Session() as session:
         log(f"dns: {p.peers} peers")
@@ -233,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         peer = start_dnsmasq(session, host, names)
         for server in (ours, peer):
             wait_answering(host, server, list(names))
+            check_aaaa(host, server, names)
         for rep in range(p.reps):
             for server in (ours, peer) if rep % 2 == 0 else (peer, ours):
                 measure(host, server, list(names), p)

@@ -18,7 +18,8 @@ namespace.
       RSS.
   (d) throughput as in (b) over an IPv6 underlay (`lab up --ipv6-underlay`,
       VXLAN in IPv6, MTU 1430 inside) beside the same hand-built VXLAN
-      layouts over IPv6.
+      layouts over IPv6; the goal holds against both the bare link and the
+      same layout built by hand (issue 13's wording).
 
 Usage: .venv/bin/python bench/overlay.py [--quick] [--only a,b,c,d]
 """
@@ -300,6 +301,9 @@ def section_b(
         ]  # fmt: skip
 
     rows = compare(hand, GOAL_TPUT)
+    # Issue 13 words (d)'s goal against "the same layout built by hand":
+    # there the bridged one carries the goal too.
+    same_layout = compare(bridged, GOAL_TPUT if six else None)
     context = [
         [link.name, fmt(median(link.results[1])), fmt(median(link.results[4]))] for link in links
     ]
@@ -310,7 +314,7 @@ def section_b(
         + comparison_table("pontoon overlay", "hand-built VXLAN", rows)
         + "\n\nThe same against *hand-built, bridged*: SPEC §7's layout (container veths "
         "on a bridge) built by hand, with nothing else on the path:\n\n"
-        + comparison_table("pontoon overlay", "hand-built, bridged", compare(bridged, None))
+        + comparison_table("pontoon overlay", "hand-built, bridged", same_layout)
         + "\n\nAll four paths of the same run (Gbit/s). *Hand-built, bridged* is the same "
         "VXLAN with Docker's layout (VXLAN device on a bridge, the address in another "
         "namespace behind a veth), as pontoon builds it but without netfilter; the underlay "
@@ -320,6 +324,8 @@ def section_b(
     )
     goals = [[section, r.metric + " vs hand-built", f"{r.ratio:.2f}x", r.goal.text() if r.goal
               else "—", verdict(r.ok)] for r in rows]  # fmt: skip
+    goals += [[section, r.metric + " vs hand-built, same layout (bridged)", f"{r.ratio:.2f}x",
+               r.goal.text(), verdict(r.ok)] for r in same_layout if r.goal]  # fmt: skip
     return text, goals
 
 

@@ -21,8 +21,13 @@ echo server for request/response (7001).
   (d) connection rate through the last-added of 10,000 mappings vs with one,
       nftables (maps) beside iptables (a linear DNAT chain), and the time to
       add one mapping.
+  (a6) (a) over IPv6 (issue 13): `-p [::1]:PORT:...` on a dual-stack network,
+      client to [::1]:PORT, our proxy vs docker-proxy `-host-ip ::1` to the
+      container's IPv6 address; no variants, no (b).
+  (c6) (c) over IPv6: outside → [HOST6]:PORT (kernel DNAT of `-p PORT:...`
+      on a dual-stack network) vs the container's IPv6 address routed.
 
-Usage: .venv/bin/python bench/portmap.py [--quick] [--only a,c,d] [--baseline REF]
+Usage: .venv/bin/python bench/portmap.py [--quick] [--only a,c,d,a6,c6] [--baseline REF]
        [--variants all,one] [--ab-only] [--rounds N]
 """
 
@@ -72,7 +77,9 @@ from _common_net import (
 )
 
 HOST_ADDR, OUTSIDE_ADDR = "198.51.100.1", "198.51.100.2"  # TEST-NET-2, namespaces only
+HOST6, OUTSIDE6 = "2001:db8:77::1", "2001:db8:77::2"  # documentation prefix, the same
 SUBNET = "10.77.0.0/24"
+SUBNET6 = "fd00:77:1::/64"  # (a6), (c6): the dual-stack `front`
 IPERF, GREET, ECHO = 5201, 7000, 7001
 OURS_BASE, DOCKER_BASE = 15000, 25000  # host port = base + container port - 5000
 RSS_OURS_BASE, RSS_DOCKER_BASE = 20000, 40000
@@ -88,6 +95,7 @@ GOAL_RR = Goal(">=", 1.0)
 GOAL_RSS = Goal("<=", 0.05)
 GOAL_PUBLISH_MS = 100.0  # a 1,000-port range into the proxy
 GOAL_KERNEL = Goal(">=", 0.95)
+GOAL_PROXY6 = Goal(">=", 1.0)  # issue 13: IPv6 through our proxy vs docker-proxy
 GOAL_SCALE = Goal(">=", 0.95)
 GOAL_ADD_MS = 10.0
 
@@ -147,25 +155,31 @@ def inspect(host: Any, name: str) -> dict[str, Any]:
     return host.cli_json("inspect", name)[0]
 
 
-def container_ip(host: Any, name: str, network: str = "front") -> str:
-    return inspect(host, name)["NetworkSettings"]["Networks"][network]["IPAddress"]
+def container_ip(host: Any, name: str, network: str = "front", family: int = 4) -> str:
+    field = "GlobalIPv6Address" if family == 6 else "IPAddress"
+    return inspect(host, name)["NetworkSettings"]["Networks"][network][field]
 
 
-def start_server(host: Any, name: str = "srv", publish: list[str] | None = None) -> str:
-    """The server container; returns its address once all servers answer."""
+def start_server(
+    host: Any, name: str = "srv", publish: list[str] | None = None, family: int = 4
+) -> str:
+    """The server container; returns its address of `family` once all
+    servers answer on it."""
     args = ["run", "-d", "--name", name, "--net", "front"]
     for spec in publish or []:
         args += ["-p", spec]
     host.cli(*args, "--", *server_command())
-    cip = container_ip(host, name)
+    cip = container_ip(host, name, family=family)
     for port in (IPERF, GREET, ECHO):
         wait_tcp(in_netns(host.name, []), cip, port)
     return cip
 
 
-def make_host(session: Session, role: str, *daemon_args: str) -> Any:
+def make_host(session: Session, role: str, *daemon_args: str, family: int = 4) -> Any:
+    """A host with the network `front`: IPv4, or dual-stack for family 6."""
     host = session.host(role, *daemon_args)
-    host.cli("network", "create", "--subnet", SUBNET, "front")
+    six = ["--ipv6", "--subnet", SUBNET6] if family == 6 else []
+    host.cli("network", "create", "--subnet", SUBNET, *six, "front")
     return host
 
 
@@ -177,6 +191,9 @@ def add_outside(session: Session, host: Any, role: str) -> Any:
     outside = session.host(role, start=False)
     connect_hosts(host, outside, f"{HOST_ADDR}/24", f"{OUTSIDE_ADDR}/24")
     host.sh("ip", "route", "add", "default", "via", OUTSIDE_ADDR)
+    # IPv6 on the same link, without duplicate-address detection's wait.
+    host.sh("ip", "-6", "addr", "add", f"{HOST6}/64", "dev", "eth0", "nodad")
+    outside.sh("ip", "-6", "addr", "add", f"{OUTSIDE6}/64", "dev", "eth0", "nodad")
     return outside
 
 
@@ -351,34 +368,62 @@ def section_a(
         section_variants(session, host, cip, p, out, opts)
         session.drop_host(host)
         return {}, []
-    specs = [("127.0.0.1", DOCKER_BASE + port - 5000, cip, port) for port in (IPERF, GREET, ECHO)]
-    dprocs = start_docker_proxies(session, host, specs)
-    for _, port, _, _ in specs:
-        wait_tcp(in_netns(host.name, []), "127.0.0.1", port)
-    ppid = proxy_pid(host)
-    tree = proxy_tree(ppid)
-    pin([*tree, *(d.pid for d in dprocs)], all_cpus())
-    metrics = ["tput1", "tput4", "conn", "rr"]
     goals = {k: v[2] for k, v in METRIC_ROWS.items()}
-    results: dict[str, list[Comparison]] = {}
-    where = in_netns(host.name, [])
-    ours = Path4(where, "127.0.0.1", *host_ports(OURS_BASE))
-    docker = Path4(where, "127.0.0.1", *host_ports(DOCKER_BASE))
-    load = load_average()
-    m_ours, m_docker = measure_pair(ours, docker, p, metrics)
-    results["unpinned"] = comparisons(m_ours, m_docker, goals)
-    out.append(
-        f"**(a) userland proxy, host → 127.0.0.1:PORT, unpinned** (median of {p.reps} "
-        f"alternating rounds, range in brackets; supervisor pid {ppid}, {len(tree) - 1} "
-        f"workers; load average {load} before, {load_average()} after)\n"
-    )
-    out.append(comparison_table("pontoon proxy", "docker-proxy", results["unpinned"]) + "\n")
-    for proc in dprocs:
-        session.stop(proc)
+    results = {"unpinned": proxy_vs_docker(session, host, cip, "127.0.0.1", p, goals, out)}
     section_variants(session, host, cip, p, out, opts)
     extra = section_b(session, host, cip, p, out, results)
     session.drop_host(host)
     return results, extra
+
+
+def proxy_vs_docker(
+    session: Session,
+    host: Any,
+    cip: str,
+    listen: str,
+    p: Params,
+    goals: dict[str, Goal],
+    out: list[str],
+    section: str = "(a)",
+) -> list[Comparison]:
+    """The daemon's proxy (already serving `listen`:host_ports(OURS_BASE))
+    beside docker-proxies on `listen`:host_ports(DOCKER_BASE) to the same
+    container address `cip`, alternating rounds."""
+    specs = [(listen, DOCKER_BASE + port - 5000, cip, port) for port in (IPERF, GREET, ECHO)]
+    dprocs = start_docker_proxies(session, host, specs)
+    where = in_netns(host.name, [])
+    for _, port, _, _ in specs:
+        wait_tcp(where, listen, port)
+    ppid = proxy_pid(host)
+    tree = proxy_tree(ppid)
+    pin([*tree, *(d.pid for d in dprocs)], all_cpus())
+    ours = Path4(where, listen, *host_ports(OURS_BASE))
+    docker = Path4(where, listen, *host_ports(DOCKER_BASE))
+    load = load_average()
+    m_ours, m_docker = measure_pair(ours, docker, p, ["tput1", "tput4", "conn", "rr"])
+    rows = comparisons(m_ours, m_docker, goals)
+    shown = f"[{listen}]" if ":" in listen else listen
+    out.append(
+        f"**{section} userland proxy, host → {shown}:PORT → container {cip}, unpinned** "
+        f"(median of {p.reps} alternating rounds, range in brackets; supervisor pid {ppid}, "
+        f"{len(tree) - 1} workers; load average {load} before, {load_average()} after)\n"
+    )
+    out.append(comparison_table("pontoon proxy", "docker-proxy", rows) + "\n")
+    for proc in dprocs:
+        session.stop(proc)
+    return rows
+
+
+def section_a6(session: Session, p: Params, out: list[str]) -> list[Comparison]:
+    """(a) over IPv6: [::1]:PORT, both proxies to the container's IPv6 address."""
+    log("(a6) userland proxy vs docker-proxy over IPv6 ([::1]:PORT)")
+    host = make_host(session, "pm6", family=6)
+    publish = [f"[::1]:{spec}" for spec in published(OURS_BASE)]
+    cip6 = start_server(host, publish=publish, family=6)
+    goals = {k: GOAL_PROXY6 for k in METRIC_ROWS}
+    rows = proxy_vs_docker(session, host, cip6, "::1", p, goals, out, "(a6)")
+    session.drop_host(host)
+    return rows
 
 
 def load_average() -> str:
@@ -545,22 +590,32 @@ def stop_all(session: Session, procs: list[Any]) -> None:
 # ------------------------------------------------------------ (c) kernel NAT
 
 
-def section_c(session: Session, p: Params, out: list[str]) -> list[Comparison]:
-    log("(c) kernel DNAT vs plain routing")
-    host = make_host(session, "pk", "--userland-proxy=false")
-    outside = add_outside(session, host, "po")
-    outside.sh("ip", "route", "add", SUBNET, "via", HOST_ADDR)
-    cip = start_server(host, publish=published(OURS_BASE))
+def section_c(session: Session, p: Params, out: list[str], family: int = 4) -> list[Comparison]:
+    """(c), or (c6) over IPv6: the same container, published with `-p PORT:...`
+    on a dual-stack network, reached at the host's IPv6 address."""
+    section, six = ("(c6)", "6") if family == 6 else ("(c)", "")
+    log(f"{section} kernel DNAT vs plain routing")
+    host = make_host(session, f"pk{six}", "--userland-proxy=false", family=family)
+    outside = add_outside(session, host, f"po{six}")
+    if family == 6:
+        outside.sh("ip", "-6", "route", "add", SUBNET6, "via", HOST6)
+    else:
+        outside.sh("ip", "route", "add", SUBNET, "via", HOST_ADDR)
+    host_addr = HOST6 if family == 6 else HOST_ADDR
+    cip = start_server(host, publish=published(OURS_BASE), family=family)
     prefix = in_netns(outside.name, [])
-    dnat = Path4(prefix, HOST_ADDR, *host_ports(OURS_BASE))
+    wait_tcp(prefix, host_addr, host_ports(OURS_BASE)[1])
+    dnat = Path4(prefix, host_addr, *host_ports(OURS_BASE))
     routed = Path4(prefix, cip, IPERF, GREET, ECHO)
     metrics = ["tput1", "tput4", "conn", "rr"]
     m_dnat, m_routed = measure_pair(dnat, routed, p, metrics)
     goals = {"tput1": GOAL_KERNEL, "tput4": GOAL_KERNEL, "conn": GOAL_KERNEL}
     rows = comparisons(m_dnat, m_routed, goals)
+    shown = f"[{host_addr}]" if family == 6 else host_addr
     out.append(
-        f"**(c) kernel DNAT (--userland-proxy=false), outside → {HOST_ADDR}:PORT vs outside → "
-        f"container {cip} routed via the host** (median of {p.reps} rounds, range in brackets)\n"
+        f"**{section} kernel DNAT (--userland-proxy=false), outside → {shown}:PORT vs outside "
+        f"→ container {cip} routed via the host** (median of {p.reps} alternating rounds, "
+        f"range in brackets; load average {load_average()} after)\n"
     )
     out.append(comparison_table("DNAT", "routed", rows) + "\n")
     session.drop_host(outside)
@@ -807,7 +862,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = bench_args(__doc__, argv, only="a,c,d", only_help="sections: a (includes b), c, d",
+    args = bench_args(__doc__, argv, only="a,c,d,a6,c6",
+                      only_help="sections: a (includes b), c, d, and over IPv6 a6, c6",
                       extra=add_options)  # fmt: skip
     p = QUICK if args.quick else FULL
     if args.rounds:
@@ -816,7 +872,7 @@ def main(argv: list[str] | None = None) -> int:
     sections = set(args.only.split(","))
     out: list[str] = []
     goals: list[list[str]] = []
-    header = report_header("### Port mapping (issues 3 and 14)", "portmap.py", args.quick)
+    header = report_header("### Port mapping (issues 3, 13 and 14)", "portmap.py", args.quick)
     t0 = time.monotonic()
     with Session() as session:
         if "a" in sections:
@@ -828,6 +884,11 @@ def main(argv: list[str] | None = None) -> int:
             goals += goal_rows("(c)", guarded("c", out, lambda: section_c(session, p, out), []))
         if "d" in sections:
             goals += guarded("d", out, lambda: section_d(session, p, out), [])
+        if "a6" in sections:
+            goals += goal_rows("(a6)", guarded("a6", out, lambda: section_a6(session, p, out), []))
+        if "c6" in sections:
+            rows = guarded("c6", out, lambda: section_c(session, p, out, family=6), [])
+            goals += goal_rows("(c6)", rows)
     return print_report(header, "\n".join(out), goals, t0, session)
 
 
