@@ -238,8 +238,10 @@ class Networks:
 
     async def _add_subnet(self, net: Network, family: int) -> None:
         """A subnet of one more family for a ready network, from the pools:
-        record, device, firewall (the rules are rewritten whole; both
-        backends add what is missing) and addresses; undone on failure."""
+        record, device, firewall (the rules are given whole; both backends
+        add what is missing) and addresses. A pool used up fails before any
+        change; a later failure restores the record, rules and addresses
+        (the bridge keeps the extra gateway address until it goes)."""
         driver = self.drivers.of(net)
         await self.kernel.call(driver.validate, NetworkSpec(net.name, options=net.options,
                                                             ipv6=family == 6))  # fmt: skip

@@ -88,6 +88,11 @@ def test_dual_stack_overlay_reaches_ipv6_outside_masqueraded(lab, make_host):
     # Inside the overlay, IPv6 goes on without NAT between hosts.
     lab.cli("h1", "run", "-d", "--name", "e", "--net", "ov6", "--", "python3", "-c", ECHO6)
     assert tcp6(h2, "d", lab.ip6("h1", "e", "ov6")) == lab.ip6("h2", "d", "ov6")
+    # A restart keeps the grown bridge, its rules and the way out.
+    cluster.restart_daemon(lab.state, "h2")
+    assert h2.cli_json("network", "inspect", "pontoon_gwbridge")[0]["EnableIPv6"]
+    lab.cli("h2", "run", "-d", "--name", "d2", "--net", "ov6", "--", "sleep", "infinity")
+    assert tcp6(h2, "d", UPLINK_PEER) == UPLINK_HOST == tcp6(h2, "d2", UPLINK_PEER)
 
 
 @pytest.mark.parametrize("proxy", ["true", "false"], ids=["proxy", "kernel"])
