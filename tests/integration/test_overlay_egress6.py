@@ -81,6 +81,11 @@ def test_dual_stack_overlay_reaches_ipv6_outside_masqueraded(lab, make_host):
     # Real packets: ICMPv6 and TCP to the outside, which sees h2's own address.
     assert lab.ping6("h2", "d", UPLINK_PEER, count=2)
     assert tcp6(h2, "d", UPLINK_PEER) == UPLINK_HOST
+    # trace follows it through eth1 and the gateway bridge, from eth1's address.
+    (eth1_6,) = gw_addresses(lab, "h2", "d", 6)
+    out = lab.cli("h2", "trace", "--from", "d", "--to", f"[{UPLINK_PEER}]:7000/tcp").stdout
+    assert out.startswith(f"trace tcp from d ({eth1_6.split('/')[0]}) to {UPLINK_PEER}")
+    assert "bridge pontoon_gwbr" in out and "verdict: delivered" in out
     # IPv4 out still works for both, and the IPv4-only endpoint got no IPv6.
     switch = str(next(ipaddress.IPv4Network(lab.state.subnet).hosts()))
     assert lab.ping("h2", "d", switch) and lab.ping("h2", "c4", switch)
