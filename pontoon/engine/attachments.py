@@ -67,6 +67,9 @@ class AttachRequest:
     # `ips` were allocated beforehand under this holder (reserve_address):
     # the attachment takes them over instead of allocating.
     reserved_by: str = ""
+    # Address families to take of the network (empty: all it has). The gateway
+    # bridge's attachment takes only those of the network it serves.
+    families: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass
@@ -272,13 +275,14 @@ class Attachments:
     ) -> Attachment:
         driver = self.drivers.of(net)
         names = [n for n in [req.owner.name, *req.names] if n]
+        subnets = [s for s in net.subnets if not req.families or s.family in req.families]
         att = Attachment(
             id=model.new_id(),
             network_id=net.id,
             owner=req.owner,
             netns=str(path),
             ifname=req.ifname,
-            gateways=[s.gateway for s in net.subnets if s.gateway],
+            gateways=[s.gateway for s in subnets if s.gateway],
             aliases=list(req.aliases),
             dns_names=list(dict.fromkeys(names + req.aliases)),
             default_route=(
@@ -293,7 +297,7 @@ class Attachments:
         if req.ports:
             self.ports.reserve(att, req.ports)  # before any rule exists: a taken port fails here
         try:
-            await self._allocate(att, net, req.ips, req.reserved_by)
+            await self._allocate(att, net, subnets, req.ips, req.reserved_by)
             att.mac = req.mac or addresses.mac_for(addresses.primary_address(att.addresses))
             await self.state.save_attachment(
                 att
@@ -315,11 +319,16 @@ class Attachments:
         return any(a.id != att.id for a in self.state.on_network(net.id))
 
     async def _allocate(
-        self, att: Attachment, net: Network, wanted: list[str], reserved_by: str = ""
+        self,
+        att: Attachment,
+        net: Network,
+        subnets: list[model.Subnet],
+        wanted: list[str],
+        reserved_by: str = "",
     ) -> None:
         asked: dict[int, str] = {ipam.parse_address(ip).version: ip for ip in wanted}
         allocator = await self._open_allocator(net)
-        for sub in net.subnets:
+        for sub in subnets:
             family = sub.family
             if reserved_by and family in asked:
                 if not await allocator.hand_over(net.id, asked[family], reserved_by, att.id):
@@ -369,11 +378,17 @@ class Attachments:
         return not any(a.default_route for a in self.state.of_owner(att.owner.key))
 
     async def _attach_gateway(self, att: Attachment) -> Attachment:
-        gw = await self.networks.gateway_network()
+        """The way out of a network that has none: an attachment on the
+        gateway bridge with the families `att` has (a dual-stack overlay
+        endpoint gets an IPv6 address and default route there too)."""
+        families = tuple(sorted({addresses.family_of(a) for a in att.addresses}))
+        gw = await self.networks.gateway_network(families)
         ifname = await self.kernel.call(
             _free_ifname, Path(att.netns), self.state.in_netns(att.netns)
         )
-        req = AttachRequest(gw.name, att.netns, ifname, att.owner, gateway=False, dns=False)
+        req = AttachRequest(
+            gw.name, att.netns, ifname, att.owner, gateway=False, dns=False, families=families
+        )
         return await self._attach_one(req, gw, Path(att.netns), att.pinned)
 
     # -- detach ------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from pontoon import ipam
@@ -217,15 +218,56 @@ class Networks:
         log.info("default bridge: %s is taken on this host, using %s", wanted.subnet, plan.subnet)
         return plan.record(False)
 
-    async def gateway_network(self) -> Network:
+    async def gateway_network(self, families: Iterable[int] = (4,)) -> Network:
         """pontoon_gwbridge, made on first need: the default route and outbound
         NAT of endpoints whose own network has no way out (docker_gwbridge in
-        the seed). Endpoints on it cannot reach each other through it (icc off)."""
+        the seed). Endpoints on it cannot reach each other through it (icc off).
+        It always has IPv4; an IPv6 subnet (from the pools, as any network's)
+        comes with the first endpoint that wants IPv6 out, added in place when
+        the bridge is already in use."""
+        wanted = set(families)
         existing = self.state.gateway_network()
-        if existing is not None:
-            return existing
-        spec = NetworkSpec(GW_NETWORK, options={BRIDGE_NAME_OPTION: GW_BRIDGE})
-        return await self.create(spec, icc=False, gateway_bridge=True)
+        if existing is None:
+            spec = NetworkSpec(
+                GW_NETWORK, options={BRIDGE_NAME_OPTION: GW_BRIDGE}, ipv6=6 in wanted
+            )
+            return await self.create(spec, icc=False, gateway_bridge=True)
+        for family in sorted(wanted - {s.family for s in existing.subnets}):
+            await self._add_subnet(existing, family)
+        return existing
+
+    async def _add_subnet(self, net: Network, family: int) -> None:
+        """A subnet of one more family for a ready network, from the pools:
+        record, device, firewall (the rules are given whole; both backends
+        add what is missing) and addresses. A pool used up fails before any
+        change; a later failure restores the record, rules and addresses
+        (the bridge keeps the extra gateway address until it goes)."""
+        driver = self.drivers.of(net)
+        await self.kernel.call(driver.validate, NetworkSpec(net.name, options=net.options,
+                                                            ipv6=family == 6))  # fmt: skip
+        ours = {n.bridge for n in self.state.networks.values() if n.bridge}
+        routes = driver.routes_to_avoid(await self.kernel.call(self.kernel.host_routes, ours))
+        pools = driver.address_pools(self.pools)
+        plan = ipam.plan_subnets([], pools, self._taken(), routes, (family,))[0]
+        before = list(net.subnets)
+        old_rules = driver.firewall_rules(net)
+        net.subnets = sorted([*before, plan.record(False)], key=lambda s: s.family)
+        try:
+            await self.state.save_network(net)
+            await self.kernel.call(driver.create_network, net)  # idempotent: adds the address
+            await self._firewall_add(driver, net)
+            await self.ipam.open(net.id, [ipam.SubnetPlan.of(s) for s in net.subnets])
+        except BaseException:
+            new_rules = driver.firewall_rules(net)
+            net.subnets = before
+            with contextlib.suppress(Exception):
+                if new_rules is not None and old_rules is not None:
+                    await self.kernel.call(self.kernel.firewall.remove_network, new_rules)
+                    await self.kernel.call(self.kernel.firewall.add_network, old_rules)
+            await self.ipam.open(net.id, [ipam.SubnetPlan.of(s) for s in net.subnets])
+            await self.state.save_network(net)
+            raise
+        log.info("network %s (%s): added %s", net.name, net.id[:12], plan.subnet)
 
     # -- removing -----------------------------------------------------------------
 

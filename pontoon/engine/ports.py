@@ -69,10 +69,10 @@ class Ports:
             )
 
     def _families(self, att: Attachment) -> set[int]:
-        """The address families the port target's network has."""
+        """The address families the port target will have: its network's (an
+        endpoint published through the gateway bridge gets the same ones there,
+        and ports are reserved before that attachment exists)."""
         net = self.state.networks.get(att.network_id)
-        if net is not None and not self.drivers.of(net).capabilities.host_reachable:
-            net = self.state.gateway_network()
         return {s.family for s in net.subnets} if net is not None else {4}
 
     def _servable(self, att: Attachment, requests: list[PortRequest]) -> list[PortRequest]:

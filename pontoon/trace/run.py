@@ -222,10 +222,12 @@ async def trace(
     # A route lookup first: a probe with no route would only come back as an
     # errno; this says where it cannot go and what to do instead.
     src_ip = await asyncio.to_thread(source_address, src, dst.ip)
+    # The header names the address the probe leaves from: of the target's
+    # family (`-6` on a dual-stack network), not the source's first one.
+    src.ip = src_ip or src.ip
     if live:
         if not src_ip:
             raise NotFound(f"{src.label} has no source address toward {dst.ip}")
-        src.ip = src_ip
         match = FlowMatch(proto, live_src=src.ip, live_dport=dst.port, vxlan_port=vxlan_port)
     else:
         icmp = proto == "icmp"
@@ -450,7 +452,8 @@ def _behind_nat(
         return hops
     found = inv.member_with_ip(target)
     if found is not None:
-        side = _container_side(inv, found[0], found[1], outbound=False)
+        side = _container_side(inv, found[0], found[1], outbound=False,
+                               family=addresses.family_of(target))  # fmt: skip
         return hops + list(reversed(side))
     return hops
 
@@ -573,9 +576,10 @@ def devices(
 ) -> list[dict[str, Any]]:
     """The devices a request crosses, source to destination."""
     path: list[dict[str, Any]] = []
+    family = addresses.family_of(dst.ip) if dst.ip else 0
     if src.container is not None:
         ep = _source_endpoint(inv, src, dst)
-        path += _container_side(inv, src.container, ep, outbound=True)
+        path += _container_side(inv, src.container, ep, outbound=True, family=family)
     else:
         first: dict[str, Any] = next((w["packet"] for w in hooks.get("host", [])), {})
         path.append({"kind": "namespace", "name": src.label})
@@ -589,7 +593,8 @@ def devices(
         path.append({"kind": "container", "name": dst.label, "ip": dst.ip,
                      "host": dst.endpoint.host})  # fmt: skip
     elif dst.container is not None and isinstance(dst.endpoint, Attachment):
-        path += list(reversed(_container_side(inv, dst.container, dst.endpoint, outbound=False)))
+        side = _container_side(inv, dst.container, dst.endpoint, outbound=False, family=family)
+        path += list(reversed(side))
     else:
         path.append({"kind": "destination", "name": dst.label, "ip": dst.ip})
     # Two containers on one bridge: the bridge is crossed once.
@@ -607,11 +612,14 @@ def _source_endpoint(inv: Inventory, src: Point, dst: Point) -> Attachment:
 
 
 def _container_side(
-    inv: Inventory, c: Member, ep: Attachment, outbound: bool
+    inv: Inventory, c: Member, ep: Attachment, outbound: bool, family: int = 0
 ) -> list[dict[str, Any]]:
+    """The container's interface (its address of the traced family, when it
+    has one) and the devices behind it."""
     net = inv.network(ep.network_id)
+    ip = _ip(ep, family) or _ip(ep)
     hops: list[dict[str, Any]] = [
-        {"kind": "container", "name": c.name, "device": ep.ifname, "ip": _ip(ep), "mac": ep.mac}
+        {"kind": "container", "name": c.name, "device": ep.ifname, "ip": ip, "mac": ep.mac}
     ]
     if net is None:
         return hops

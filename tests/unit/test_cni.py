@@ -162,12 +162,29 @@ def test_cni_args_address_and_mac_and_alias_list():
         {"hostPort": 80},
         {"hostPort": True, "containerPort": 80},
         {"hostPort": 80, "containerPort": 80, "hostIP": "nope"},
-        {"hostPort": 80, "containerPort": 80, "hostIP": "::1"},
+        {"hostPort": 80, "containerPort": 80, "hostIP": "fe80::1%eth0"},
+        {"hostPort": 80, "containerPort": 80, "hostIP": "::ffff:10.0.0.1"},
+        {"hostPort": 80, "containerPort": 80, "hostIP": "[::1]"},
         "80:80",
     ],
 )
 def test_bad_port_mappings_are_invalid_configuration(mapping):
     assert code_of(port_spec, mapping) == 7
+
+
+@pytest.mark.parametrize(
+    ("host_ip", "spec"),
+    [
+        ("", "8080:80/udp"),  # both families, as `-p 8080:80` (Docker 27+)
+        ("0.0.0.0", "0.0.0.0:8080:80/udp"),
+        ("::", "[::]:8080:80/udp"),
+        ("::1", "[::1]:8080:80/udp"),
+        ("2001:DB8:0::7", "[2001:db8::7]:8080:80/udp"),
+    ],
+)
+def test_port_mappings_of_either_family_become_specs(host_ip: str, spec: str):
+    mapping = {"hostPort": 8080, "containerPort": 80, "protocol": "udp", "hostIP": host_ip}
+    assert port_spec(mapping) == spec
 
 
 def test_bad_addresses_and_macs_are_invalid_configuration():

@@ -7,6 +7,11 @@ rewritten on the way out of the asker, answers their source port on the way
 out of the resolver's socket; both sockets live in the sandbox, so every
 packet passes its output hook. Priority raw: before conntrack, should the
 container enable it, so it sees port 53 on both directions of the flow.
+
+An `ip` table, not `inet` as the host's: it rewrites only packets to and from
+127.0.0.11, on the container's own loopback, which every namespace has -
+IPv6-only containers ask the resolver there too (docs/ipv6.md, DNS), so no
+IPv6 packet ever needs the rewrite.
 """
 
 from __future__ import annotations

@@ -314,7 +314,9 @@ def _aliases(value: Any, conf: Config) -> list[str]:
 
 
 def port_spec(mapping: Any) -> str:
-    """One portMappings entry as a pontoon `-p` spec."""
+    """One portMappings entry as a pontoon `-p` spec: an IPv6 hostIP in
+    brackets (`[::1]:8080:80/tcp`); without hostIP, published on 0.0.0.0 and
+    `::`, as the `-p` spec without HOST_IP is."""
     if not isinstance(mapping, dict):
         raise CniError(INVALID_CONFIG, "runtimeConfig.portMappings entries must be objects")
     host_port, container_port = mapping.get("hostPort"), mapping.get("containerPort")
@@ -323,16 +325,21 @@ def port_spec(mapping: Any) -> str:
             raise CniError(INVALID_CONFIG, f"invalid port mapping {json.dumps(mapping)}")
     proto = str(mapping.get("protocol") or "tcp").lower()
     host_ip = str(mapping.get("hostIP") or "")
-    if host_ip:
-        try:
-            version = ipaddress.ip_address(host_ip).version
-        except ValueError:
-            raise CniError(
-                INVALID_CONFIG, f"invalid hostIP {host_ip!r} in a port mapping"
-            ) from None
-        if version == 6:
-            raise CniError(
-                INVALID_CONFIG, f"hostIP {host_ip}: pontoon publishes on IPv4 host addresses"
-            )
-    prefix = f"{host_ip}:" if host_ip else ""
-    return f"{prefix}{host_port}:{container_port}/{proto}"
+    return f"{_host_ip_prefix(host_ip)}{host_port}:{container_port}/{proto}"
+
+
+def _host_ip_prefix(host_ip: str) -> str:
+    if not host_ip:
+        return ""
+    bad = f"invalid hostIP {host_ip!r} in a port mapping"
+    if "%" in host_ip:  # a zone index: a host IP is global, as `-p` says
+        raise CniError(INVALID_CONFIG, bad)
+    try:
+        addr = ipaddress.ip_address(host_ip)
+    except ValueError:
+        raise CniError(INVALID_CONFIG, bad) from None
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            raise CniError(INVALID_CONFIG, f"{bad}: use the IPv4 address {addr.ipv4_mapped}")
+        return f"[{addr}]:"
+    return f"{addr}:"
