@@ -201,6 +201,18 @@ def first_ping(prober: Prober, b: EngineHost, driver: str, index: int) -> tuple[
     return answered, returned
 
 
+def run_without_network(b: EngineHost, index: int) -> float:
+    """ms for `docker run -d --network none` on B: the floor under both
+    overlays' times (dockerd, containerd and runc with no network at all)."""
+    name = f"tnone{index}"
+    started = time.monotonic()
+    b.docker("run", "-d", "--stop-timeout", "1", "--name", name, "--network", "none",
+             IMAGE, "sleep", "3600")  # fmt: skip
+    elapsed = (time.monotonic() - started) * 1000
+    b.docker("rm", "-f", name)
+    return elapsed
+
+
 def iperf_servers(pingers: dict[str, str]) -> list[subprocess.Popen[bytes]]:
     """An iperf3 server in each of A's containers, from the machine's file
     system (busybox has no iperf3): the same program for both overlays."""
@@ -244,6 +256,7 @@ def two_hosts(lab: str, runs: int, reps: int, seconds: float) -> dict[str, Any]:
                 ping_ms, run_ms = first_ping(probers[driver], b, driver, i)
                 answered[driver].append(ping_ms)
                 returned[driver].append(run_ms)
+            returned.setdefault("none", []).append(run_without_network(b, i))
             log(f"two hosts: first ping, run {i + 1}/{runs}")
         servers = iperf_servers(pingers)
         for driver, prefix in OVERLAYS.items():
