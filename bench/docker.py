@@ -17,7 +17,10 @@ run times `docker run -d` of a new container on B (the CLI started) to A's
 first answered ping (goal <= 0.1x Swarm), then iperf3 between a container on
 each host, 1 and 4 streams (goal >= 1.0x Swarm).
 
-    .venv/bin/python bench/docker.py [--runs N] [--only one-host|two-hosts] [--quick]
+    .venv/bin/python bench/docker.py [--runs N] [--only one-host|two-hosts] [--quick] [--profile]
+
+`--profile`: pontoond logs at debug level, and the report gives how long each
+of Docker's calls to the plugin took inside it.
 
 Nothing is left behind: the run checks the machine's links, nftables tables,
 its own namespaces, mounts, processes and cgroups before and after.
