@@ -145,9 +145,8 @@ class BridgeDriver(NetworkDriver):
     def join(self, net: Network, att: Attachment, netns: Path) -> None:
         att.host_ifname = links.host_ifname(att.id)
         master = self.bridge_index(net.bridge)
-        links.add_veth(self.ipr, att, net.mtu, netns)
+        links.add_veth(self.ipr, att, net.mtu, netns, master=master)
         try:
-            self.ipr.link("set", ifname=att.host_ifname, master=master, state="up")
             links.configure_container_side(netns, att)
         except BaseException:
             self.leave(net, att)

@@ -42,13 +42,22 @@ def mtu_option(spec: NetworkSpec, default: int) -> int:
 
 
 def add_veth(
-    ipr: IPRoute, att: Attachment, mtu: int, sandbox: Path, host_ns: Path | None = None
+    ipr: IPRoute,
+    att: Attachment,
+    mtu: int,
+    sandbox: Path,
+    host_ns: Path | None = None,
+    master: int | None = None,
 ) -> None:
     """One netlink request makes the pair with both ends where they belong:
     the host side in `host_ns` (ipr's namespace when None), the container side
-    already in the sandbox, named as asked, with its MAC."""
+    already in the sandbox, named as asked, with its MAC. With `master` (a
+    bridge of ipr's namespace), the host side is born a port of it and up:
+    one request less per endpoint, 2 of 6 ms here."""
     fds = [os.open(sandbox, os.O_RDONLY)]
     extra: dict[str, object] = {}
+    if master is not None:
+        extra.update(master=master, state="up")
     try:
         if host_ns is not None:
             fds.append(os.open(host_ns, os.O_RDONLY))

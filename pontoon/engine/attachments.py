@@ -302,9 +302,9 @@ class Attachments:
             await self.state.save_attachment(
                 att
             )  # before the kernel: a crash leaves a findable record
-            if not self._others_on(net, att):
-                await self._first_endpoint(net, driver)
-            await self.kernel.call(driver.join, net, att, OWN_NETNS if att.handover else path)
+            first = None if self._others_on(net, att) else await self._first_endpoint(net, driver)
+            where = OWN_NETNS if att.handover else path
+            await self.kernel.call(_plug, driver, net, att, first, where)
             att.status = model.READY
             await self.state.save_attachment(att)
             if driver.capabilities.scope == "global":
@@ -364,12 +364,13 @@ class Attachments:
             return self.cluster.ipam
         return self.ipam
 
-    async def _first_endpoint(self, net: Network, driver: NetworkDriver) -> None:
-        peers = [_peer(p) for p in self.state.remote_on(net.id)]
-        await self.kernel.call(driver.first_endpoint, net, peers)
+    async def _first_endpoint(self, net: Network, driver: NetworkDriver) -> list[Peer]:
+        """Before the network's first local endpoint: its record, and the
+        peers the driver's first_endpoint gets (on the join's kernel call)."""
         if driver.capabilities.scope == "global":
             # Kept locally so a restart with the cluster store away still knows it.
             await self.state.remember_global(net)
+        return [_peer(p) for p in self.state.remote_on(net.id)]
 
     def _needs_gateway(self, att: Attachment, net: Network) -> bool:
         caps = self.drivers.of(net).capabilities
@@ -466,6 +467,17 @@ class Attachments:
                 if found is not None:
                     await self.kernel.call(driver.prepare_publish, net, found[0])
             await self.state.save_attachment(att)
+
+
+def _plug(
+    driver: NetworkDriver, net: Network, att: Attachment, first: list[Peer] | None, where: Path
+) -> None:
+    """On the kernel thread, in one hop (each hop is a thread wake-up, some
+    milliseconds on a busy host): the network's first local endpoint's
+    devices when `first` has its peers, then the join."""
+    if first is not None:
+        driver.first_endpoint(net, first)
+    driver.join(net, att, where)
 
 
 def _peer(p: model.Peer) -> Peer:
