@@ -159,8 +159,26 @@ def size_limit(wire: bytes, tcp: bool) -> int:
     try:
         query = dns.message.from_wire(wire)
     except dns.exception.DNSException:
-        return 512
+        # dnspython may refuse only an EDNS option's contents, which a server
+        # ignores (RFC 6891 6.1.2) while still honouring the payload size.
+        query = _without_options(wire)
+        if query is None:
+            return 512
     return max(512, min(query.payload, 4096)) if query.edns >= 0 else 512
+
+
+def _without_options(wire: bytes) -> dns.message.Message | None:
+    """The query with its last record, when that is an OPT, emptied of options."""
+    for at in range(12, len(wire) - 10):
+        if wire[at : at + 3] != b"\x00\x00\x29":  # root name, type OPT
+            continue
+        (rdlength,) = struct.unpack_from(">H", wire, at + 9)
+        if at + 11 + rdlength == len(wire):
+            try:
+                return dns.message.from_wire(wire[: at + 9] + b"\x00\x00")
+            except dns.exception.DNSException:
+                return None
+    return None
 
 
 def check_answer(wire: bytes, out: bytes | None, tcp: bool) -> None:
