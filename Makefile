@@ -50,7 +50,7 @@ test: install
 	$(BIN)/ruff check pontoon tests bench
 	$(BIN)/ruff format --check pontoon tests bench
 	$(BIN)/mypy
-	$(BIN)/pytest -q -p no:cacheprovider --durations=30 tests
+	$(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=30 tests
 
 unit: install
 	$(BIN)/pytest -q tests/unit
