@@ -56,13 +56,18 @@ class Dockerd:
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
             raise DockerdError(f"dockerd at {self.socket}: {exc or type(exc).__name__}") from None
 
-    async def network(self, network_id: str) -> dict[str, Any] | None:
-        status, data = await self.request("GET", f"/networks/{network_id}")
+    async def _object(self, kind: str, ref: str) -> dict[str, Any] | None:
+        """GET /<kind>/<ref>[/json]: the object, or None when dockerd has none."""
+        path = f"/{kind}/{ref}" + ("/json" if kind == "containers" else "")
+        status, data = await self.request("GET", path)
         if status == 404:
             return None
         if status != 200 or not isinstance(data, dict):
-            raise DockerdError(f"GET /networks/{network_id[:12]}: {status} {data}")
+            raise DockerdError(f"GET /{kind}/{ref[:12]}: {status} {data}")
         return data
+
+    async def network(self, network_id: str) -> dict[str, Any] | None:
+        return await self._object("networks", network_id)
 
     async def network_name(self, network_id: str, wait: float) -> str:
         """The name of a network dockerd is creating: it is stored, and so
@@ -110,12 +115,7 @@ class Dockerd:
         return []
 
     async def container(self, container: str) -> dict[str, Any] | None:
-        status, data = await self.request("GET", f"/containers/{container}/json")
-        if status == 404:
-            return None
-        if status != 200 or not isinstance(data, dict):
-            raise DockerdError(f"GET /containers/{container[:12]}: {status} {data}")
-        return data
+        return await self._object("containers", container)
 
     async def container_creations(self) -> AsyncIterator[str]:
         """The ID of each container dockerd creates from now on (its event
