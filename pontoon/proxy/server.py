@@ -59,6 +59,7 @@ log = logging.getLogger("pontoon.proxy")
 REPLY_BUFFER = 16 << 20  # a SEQPACKET reply must fit the send buffer (big `list`s)
 SO_SNDBUFFORCE = 32  # not exported by Python; root may exceed wmem_max with it
 MAX_ID = 256
+ORPHAN_CHECK_SECONDS = 2.0  # how often we look for our control socket
 
 
 class AlreadyRunning(Exception):
@@ -114,6 +115,15 @@ class ProxyServer:
         sock.setblocking(False)
         self._listener = sock
         self.loop.add_reader(sock.fileno(), self._on_control_accept)
+
+    def reachable(self) -> bool:
+        """Whether our control socket is still the one at control_path. Once
+        it was removed (its host's run directory deleted) or replaced, no
+        daemon can ever reach us again: the mappings are nobody's."""
+        try:
+            return self.control_path.stat().st_ino == self._inode
+        except OSError:
+            return False
 
     def _on_control_accept(self) -> None:
         assert self._listener is not None
@@ -372,7 +382,19 @@ async def run(control_path: Path, workers: int, options: WorkerOptions) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("proxy ready on %s (pid %d, %d workers)", control_path, os.getpid(), supervisor.size)
+    watch = asyncio.create_task(_exit_when_unreachable(server, stop))
     await stop.wait()
+    watch.cancel()
     log.info("stopping: closing %d mappings", len(supervisor.desired))
     await server.close()
     return 0
+
+
+async def _exit_when_unreachable(server: ProxyServer, stop: asyncio.Event) -> None:
+    """The proxy outlives its daemon on purpose, but not its host: a proxy
+    whose control socket is gone would hold its ports forever."""
+    while not stop.is_set():
+        await asyncio.sleep(ORPHAN_CHECK_SECONDS)
+        if not server.reachable():
+            log.warning("control socket %s is gone: exiting", server.control_path)
+            stop.set()

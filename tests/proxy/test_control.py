@@ -10,7 +10,7 @@ import stat
 import pytest
 
 from pontoon.proxy.client import ProxyClient, ProxyError, ensure_running, spawn
-from tests.proxy.helpers import LOOPBACK, connect, wait_for
+from tests.proxy.helpers import LOOPBACK, alive, connect, wait_for
 
 COUNTERS = {"connections_total", "connections_active", "bytes_in", "bytes_out", "udp_flows"}
 
@@ -177,3 +177,17 @@ def test_ensure_running_spawns_and_replaces_a_stale_socket(tmp_path) -> None:
         client.close()
         terminate(pid, timeout=3)
     assert not control.exists()  # removed on a clean exit
+
+
+def test_a_proxy_whose_control_socket_is_gone_exits(make_proxy, tcp_server) -> None:
+    """It outlives its daemon, not its host: once the host's run directory
+    (and with it the control socket) is removed, nobody can reach it again,
+    and its ports and workers must not stay behind."""
+    proxy = make_proxy()
+    workers = proxy.workers()
+    port = proxy.publish("web", "tcp", tcp_server().port)
+    proxy.control.unlink()
+    wait_for(lambda: not alive(proxy.pid), timeout=10, what="the orphaned proxy to exit")
+    wait_for(lambda: not any(alive(pid) for pid in workers), what="its workers to exit")
+    with socket.socket() as sock:
+        assert sock.connect_ex((LOOPBACK, port)) != 0  # the port went with it
