@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from pontoon.client import ApiError
 from pontoon.errors import InvalidArgument
-from pontoon.frontends.api.server import MAC_RE
 from pontoon.frontends.cni import plugin, protocol
+from pontoon.frontends.fields import MAC_RE
 from pontoon.portmap import spec as portspec
 from tests.fuzz.budget import fuzz_settings, run_for
 from tests.fuzz.mutate import mutated

@@ -26,9 +26,9 @@ from pontoon.core.model import Network, NetworkSpec, Owner, Subnet
 from pontoon.engine.attachments import AttachRequest
 from pontoon.engine.engine import Engine
 from pontoon.errors import InvalidArgument
-from pontoon.frontends.api.server import MAC_RE
 from pontoon.frontends.docker import protocol
 from pontoon.frontends.docker.plugin import DockerNetwork, DockerPlugin, Endpoint, Pool
+from pontoon.frontends.fields import MAC_RE
 from pontoon.portmap.spec import PortRequest
 from tests.fuzz.api_requests import ANY_JSON, RAW_BODIES, usually
 from tests.fuzz.budget import fuzz_settings, run_for

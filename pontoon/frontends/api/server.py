@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -26,6 +25,7 @@ from pontoon.drivers.registry import DEFAULT_DRIVER
 from pontoon.engine.attachments import AttachRequest
 from pontoon.engine.engine import Engine
 from pontoon.errors import InvalidArgument, NotFound, PontoonError, os_error_text
+from pontoon.frontends import fields
 from pontoon.frontends.api import views
 from pontoon.frontends.fields import string as _str
 from pontoon.frontends.fields import string_list as _str_list
@@ -37,7 +37,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 STDOUT, STDERR = 1, 2
 MAX_BODY = 1 << 20  # bytes; a larger request body is a 413 (JSON, as every error)
-MAC_RE = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
 LOG_POLL_SECONDS = 0.02
 
 
@@ -85,13 +84,6 @@ async def body(request: web.Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidArgument("request body must be a JSON object")
     return data
-
-
-def _bool(data: dict[str, Any], key: str, default: bool) -> bool:
-    value = data.get(key, default)
-    if not isinstance(value, bool):
-        raise InvalidArgument(f"{key} must be true or false")
-    return value
 
 
 def _peer_pid(request: web.Request) -> int:
@@ -173,8 +165,8 @@ class Api:
             subnets=_subnets(data),
             internal=bool(data.get("Internal")),
             options=options,
-            ipv4=_bool(data, "EnableIPv4", True),
-            ipv6=_bool(data, "EnableIPv6", False),
+            ipv4=fields.boolean(data, "EnableIPv4", True),
+            ipv6=fields.boolean(data, "EnableIPv6", False),
         )
         net = await self.engine.create_network(spec)
         return web.json_response({"Id": net.id}, status=201)
@@ -300,13 +292,13 @@ class Api:
             ifname=_str(data, "Ifname") or "eth0",
             owner=Owner(_str(owner, "Kind"), _str(owner, "Id"), _str(owner, "Name")),
             ips=_str_list(data, "IPs"),
-            mac=_mac(_str(data, "MAC")),
+            mac=fields.mac(data, "MAC"),
             aliases=_str_list(data, "Aliases"),
             names=_str_list(data, "Names"),
             ports=portspec.parse_all(_str_list(data, "Ports")),
-            primary=_bool(data, "DefaultRoute", True),
-            gateway=_bool(data, "GatewayBridge", True),
-            dns=_bool(data, "DNS", True),
+            primary=fields.boolean(data, "DefaultRoute", True),
+            gateway=fields.boolean(data, "GatewayBridge", True),
+            dns=fields.boolean(data, "DNS", True),
             upstreams=_str_list(data, "Upstreams"),
         )
         if not req.network:
@@ -405,12 +397,6 @@ def _subnets(data: dict[str, Any]) -> tuple[Subnet, ...]:
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
         raise InvalidArgument("Subnets must be a list of objects")
     return tuple(Subnet(_str(i, "Subnet"), _str(i, "Gateway"), _str(i, "IPRange")) for i in items)
-
-
-def _mac(text: str) -> str:
-    if text and not MAC_RE.fullmatch(text):
-        raise InvalidArgument(f"invalid MAC address {text!r}")
-    return text.lower()
 
 
 def _read_from(path: Path, offset: int, limit: int = 1 << 20) -> bytes:

@@ -16,7 +16,11 @@ from typing import Any
 
 from pontoon.core.model import Network, NetworkSpec, Subnet
 from pontoon.errors import InvalidArgument
+from pontoon.frontends import fields
+from pontoon.frontends.fields import array as _list
+from pontoon.frontends.fields import mapping as _dict
 from pontoon.frontends.fields import string as _str
+from pontoon.frontends.fields import whole_number as _int
 from pontoon.portmap.spec import ANY, ANY6, PortRequest
 
 PLUGIN_NAME = "pontoon"
@@ -43,7 +47,6 @@ POOL_PREFIX = "pontoon:"
 # Where the interface goes once Docker moved it: eth0, eth1, … (Docker adds the index).
 DST_PREFIX = "eth"
 PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
-MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 
 
 def error_key(path: str) -> str:
@@ -249,9 +252,7 @@ def endpoint_create(data: dict[str, Any]) -> EndpointCreate:
     network_id, endpoint_id = _str(data, "NetworkID"), _str(data, "EndpointID")
     if not network_id or not endpoint_id:
         raise InvalidArgument("NetworkID and EndpointID are required")
-    mac = _str(iface, "MacAddress").lower()
-    if mac and not MAC_RE.fullmatch(mac):
-        raise InvalidArgument(f"invalid MAC address {mac!r}")
+    mac = fields.mac(iface, "MacAddress")
     return EndpointCreate(network_id, endpoint_id, address, mac, address6)
 
 
@@ -320,30 +321,6 @@ def _same_binding(a: PortRequest, b: PortRequest) -> bool:
 
 
 # -- helpers ------------------------------------------------------------------------
-
-
-def _dict(data: dict[str, Any], key: str) -> dict[str, Any]:
-    value = data.get(key) or {}
-    if not isinstance(value, dict):
-        raise InvalidArgument(f"{key} must be an object")
-    return value
-
-
-def _list(data: dict[str, Any], key: str) -> list[Any]:
-    value = data.get(key) or []
-    if not isinstance(value, list):
-        raise InvalidArgument(f"{key} must be a list")
-    return value
-
-
-def _int(data: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
-    """A whole number in [low, high]: JSON's, not a float, a bool nor a text."""
-    value = data.get(key)
-    if value is None:
-        value = default
-    if type(value) is not int or not low <= value <= high:
-        raise InvalidArgument(f"{key} must be a whole number from {low} to {high}")
-    return value
 
 
 def _network(text: str, what: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
