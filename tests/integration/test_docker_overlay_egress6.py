@@ -12,9 +12,12 @@ import ipaddress
 import pytest
 
 from tests.integration.test_docker_plugin import (
+    HTTPD,
+    _hostname,
     docker_attachments,
     docker_json,
     docker_lab,  # noqa: F401 (a fixture)
+    fetch,
     pings,
     run,
     wait_until,
@@ -62,7 +65,7 @@ def subnet6_of(info: dict) -> dict:
 def test_docker_overlay_container_reaches_ipv6_outside(docker_lab, make_host):  # noqa: F811
     state, engines = docker_lab
     h1 = engines["h1"]
-    add_outside(make_host, h1.host)
+    outside = add_outside(make_host, h1.host)
     overlay(h1, "ov4", "--subnet", "10.203.1.0/24")
     overlay(h1, "ov6", "--ipv6", "--subnet", "10.203.2.0/24", "--subnet", "fd00:203:2::/64")
 
@@ -100,7 +103,13 @@ def test_docker_overlay_container_reaches_ipv6_outside(docker_lab, make_host):  
     assert gw_endpoint(h1, "c4")["GlobalIPv6Address"]
     wait_until(lambda: tcp6(h1, "c4") == UPLINK_HOST, what="c4's IPv6 way out")
 
-    h1.docker("rm", "-f", "c4", "d6")
+    # A port published by an overlay container answers over IPv6 too (its
+    # pontoon_gwbridge endpoint has an IPv6 address).
+    run(h1, "web6", "ov6", "-p", "8090:80", cmd=HTTPD)
+    gw_endpoint(h1, "web6")
+    assert fetch(outside, f"http://[{UPLINK_HOST}]:8090/") == _hostname(h1, "web6")
+
+    h1.docker("rm", "-f", "c4", "d6", "web6")
     h1.docker("network", "rm", "ov4", "ov6")
     wait_until(lambda: docker_attachments(h1) == [], what="nothing left")
 
