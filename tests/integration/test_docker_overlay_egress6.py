@@ -11,6 +11,8 @@ import ipaddress
 
 import pytest
 
+from pontoon.lab import cluster
+from pontoon.lab.cluster import docker_dns
 from tests.integration.test_docker_plugin import (
     HTTPD,
     _hostname,
@@ -109,7 +111,22 @@ def test_docker_overlay_container_reaches_ipv6_outside(docker_lab, make_host):  
     gw_endpoint(h1, "web6")
     assert fetch(outside, f"http://[{UPLINK_HOST}]:8090/") == _hostname(h1, "web6")
 
-    h1.docker("rm", "-f", "c4", "d6", "web6")
+    # Restarts keep the way out: pontoond's, then dockerd's (d6 joins both
+    # networks again at its start, IPv6 default route included).
+    cluster.restart_daemon(state, "h1")
+    assert tcp6(h1, "d6") == UPLINK_HOST
+    run(h1, "d7", "ov6")
+    assert gw_endpoint(h1, "d7")["GlobalIPv6Address"]
+    wait_until(lambda: tcp6(h1, "d7") == UPLINK_HOST, what="d7's IPv6 way out")
+    h1.stop_dockerd()
+    h1.start_dockerd(*docker_dns(h1.host))
+    h1.docker("start", "d6")
+    assert docker_json(h1, "network", "inspect", GW)["Id"] == info["Id"]
+    wait_until(
+        lambda: tcp6(h1, "d6") == UPLINK_HOST, what="d6's IPv6 way out after dockerd's restart"
+    )
+
+    h1.docker("rm", "-f", "c4", "d6", "d7", "web6")
     h1.docker("network", "rm", "ov4", "ov6")
     wait_until(lambda: docker_attachments(h1) == [], what="nothing left")
 
