@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from pontoon import ipam
@@ -76,11 +76,12 @@ class Engine:
         async with self.lock:
             return await self.networks.create(spec)
 
-    async def gateway_network(self) -> Network:
-        """pontoon_gwbridge, made on first need: for a front end whose runtime
-        plugs the gateway attachment itself (dockerd)."""
+    async def gateway_network(self, families: Iterable[int] = (4,)) -> Network:
+        """pontoon_gwbridge, made on first need, with a subnet of each family
+        asked (added in place): for a front end whose runtime plugs the
+        gateway attachment itself (dockerd)."""
         async with self.lock:
-            return await self.networks.gateway_network()
+            return await self.networks.gateway_network(families)
 
     async def check_network(
         self, spec: NetworkSpec, also_taken: list[str] | None = None

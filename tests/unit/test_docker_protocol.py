@@ -300,6 +300,20 @@ def test_port_requests_refusals() -> None:
         protocol.port_requests({"com.docker.network.portmap": [{"Proto": 1, "Port": 80}]})
 
 
+def test_shows_subnets_of_compares_dockerds_view_with_pontoons() -> None:
+    from pontoon.core.model import Network
+
+    net = Network(id="f" * 64, name="pontoon_gwbridge", driver="bridge",
+                  subnets=[Subnet("172.19.0.0/16", "172.19.0.1"),
+                           Subnet("fd50:6f6e:746f::/64", "fd50:6f6e:746f::1")])  # fmt: skip
+    v4_only = {"IPAM": {"Config": [{"Subnet": "172.19.0.0/16", "Gateway": "172.19.0.1"}]}}
+    assert not protocol.shows_subnets_of(v4_only, net)
+    both = {"IPAM": {"Config": [*v4_only["IPAM"]["Config"], {"Subnet": "fd50:6f6e:746f:0::/64"}]}}
+    assert protocol.shows_subnets_of(both, net)
+    assert protocol.shows_subnets_of(protocol.docker_network_body(net), net)
+    assert not protocol.shows_subnets_of({"IPAM": None}, net)
+
+
 def test_docker_network_body_binds_to_the_pontoon_network() -> None:
     from pontoon.core.model import Network
 

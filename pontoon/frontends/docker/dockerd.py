@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -137,6 +138,16 @@ class Dockerd:
                         yield event["id"]
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise DockerdError(f"dockerd at {self.socket}: {exc or type(exc).__name__}") from None
+
+    async def containers_on(self, *refs: str) -> list[str]:
+        """Every container, running or not, whose configuration names the
+        network (a stopped one included: it joins it at its next start). By
+        its ID and its name: a container never started has only the name."""
+        filters = urllib.parse.quote(json.dumps({"network": list(refs)}))
+        status, data = await self.request("GET", f"/containers/json?all=1&filters={filters}")
+        if status != 200 or not isinstance(data, list):
+            raise DockerdError(f"GET /containers/json: {status} {data}")
+        return [str(c.get("Id", "")) for c in data if isinstance(c, dict)]
 
     async def networks(self, driver: str) -> list[dict[str, Any]]:
         status, data = await self.request("GET", "/networks")

@@ -113,6 +113,13 @@ class Endpoint:
     def ips(self) -> list[str]:
         return [addresses.address_of(a) for a in (self.address, self.address6) if a]
 
+    @property
+    def families(self) -> tuple[int, ...]:
+        """The families Docker gave the endpoint addresses of: those of its
+        network in dockerd, which may lack one pontoon's has (pontoon_gwbridge's
+        IPv6 subnet, added after dockerd's view of it was made)."""
+        return tuple(addresses.family_of(a) for a in self.ips)
+
 
 class DockerPlugin:
     def __init__(self, engine: Engine, dockerd: Dockerd | None) -> None:
@@ -418,11 +425,19 @@ class DockerPlugin:
             await asyncio.wait([task], timeout=NAME_WAIT)
         known = self.networks.get(docker_id)
         if known is not None:
-            with contextlib.suppress(NotFound):  # removed already (pontoon, another host)
-                await self.engine.remove_network(known.network_id)
-            self.networks.pop(docker_id, None)
-            await self.engine.store.delete(NETWORKS + docker_id)
+            net = self.engine.state.networks.get(known.network_id)
+            # pontoon_gwbridge is pontoon's, for every front end, made on
+            # need: dockerd's network is only its view (made again by
+            # _docker_gateway), so it stays.
+            if net is not None and not net.gateway_bridge:
+                with contextlib.suppress(NotFound):  # removed already (pontoon, another host)
+                    await self.engine.remove_network(known.network_id)
+            await self._forget(docker_id)
         return {}
+
+    async def _forget(self, docker_id: str) -> None:
+        self.networks.pop(docker_id, None)
+        await self.engine.store.delete(NETWORKS + docker_id)
 
     # -- endpoints -------------------------------------------------------------------
 
@@ -464,6 +479,7 @@ class DockerPlugin:
             # several networks are one owner, with one DNS view, as pontoon's own.
             owner=Owner(OWNER_DOCKER, Path(sandbox).name, name),
             ips=ep.ips,
+            families=ep.families,  # no gateway, nor address, Docker would not configure
             mac=ep.mac,
             gateway=False,
             dns=False,  # Docker's own resolver serves the container
@@ -560,12 +576,55 @@ class DockerPlugin:
 
     async def _connect_gateway(self, container: str) -> None:
         assert self.dockerd is not None
-        gw = await self.engine.gateway_network()
         async with self._gateway_lock:
-            docker_id = next(
-                (k for k, m in self.networks.items() if m.network_id == gw.id), ""
-            ) or await self.dockerd.create_network(protocol.docker_network_body(gw))
+            gw = await self._gateway_network()
+            docker_id = await self._docker_gateway(gw)
         await self.dockerd.connect(docker_id, container)
+
+    async def _gateway_network(self) -> Network:
+        """pontoon_gwbridge with both families, whatever the overlay has.
+        Docker fixes a network's subnets when it is made, and the Docker
+        network for pontoon_gwbridge outlives pontoond's and dockerd's
+        restarts with containers on it: made IPv4-only, it would keep a
+        later dual-stack overlay container (or pontoon's own and CNI's, which
+        grow the bridge on demand) from ever getting IPv6 out through Docker.
+        So it is made dual-stack from the start, as a docker_gwbridge made
+        with IPv6 is: every Docker overlay container gets an IPv6 address and
+        default route there, masqueraded. IPv4 alone where IPv6 cannot be had
+        (a used-up IPv6 pool, a kernel without IPv6)."""
+        try:
+            return await self.engine.gateway_network((4, 6))
+        except (PontoonError, OSError, NetlinkError) as exc:
+            if "gateway-ipv6" not in self._told:
+                why = exc.message if isinstance(exc, PontoonError) else os_error_text(exc)
+                log.warning("pontoon_gwbridge: no IPv6 for Docker containers: %s", why)
+                self._told.add("gateway-ipv6")
+            return await self.engine.gateway_network((4,))
+
+    async def _docker_gateway(self, gw: Network) -> str:
+        """The Docker network for pontoon_gwbridge, made (again) when it lacks
+        one of the bridge's subnets (a release before this one made it
+        IPv4-only) and no container names it: a stopped one would fail to
+        start once its network's ID is gone. In use, it is connected as it is."""
+        assert self.dockerd is not None
+        docker_id = next((k for k, m in self.networks.items() if m.network_id == gw.id), "")
+        if docker_id:
+            info = await self.dockerd.network(docker_id)
+            if info is not None and protocol.shows_subnets_of(info, gw):
+                return docker_id
+            if info is not None:
+                users = await self.dockerd.containers_on(docker_id, str(info.get("Name", "")))
+                if users:
+                    if docker_id not in self._told:
+                        log.warning("Docker network %s lacks subnets of pontoon's (%s) and "
+                                    "containers use it: no IPv6 out for Docker containers until "
+                                    "none does", gw.name, _subnets(gw))  # fmt: skip
+                        self._told.add(docker_id)
+                    return docker_id
+                log.info("Docker network %s: making it again with %s", gw.name, _subnets(gw))
+                await self.dockerd.remove_network(docker_id)
+            await self._forget(docker_id)  # dockerd's DeleteNetwork did, unless dockerd lost it
+        return await self.dockerd.create_network(protocol.docker_network_body(gw))
 
     async def _moved_ifname(self, att_id: str, mac: str) -> str:
         att = self.engine.state.attachments.get(att_id)
@@ -738,6 +797,10 @@ def _link_with_mac(sandbox: str, mac: str) -> str:
             if str(link.get("IFLA_ADDRESS", "")).lower() == mac:
                 return str(link.get("IFLA_IFNAME", ""))
     return ""
+
+
+def _subnets(net: Network) -> str:
+    return ", ".join(s.subnet for s in net.subnets)
 
 
 def _short(data: dict[str, Any]) -> str:

@@ -225,6 +225,19 @@ def docker_network_body(net: Network) -> dict[str, Any]:
     }
 
 
+def shows_subnets_of(info: dict[str, Any], net: Network) -> bool:
+    """Whether a network as dockerd shows it (GET /networks/ID) has every
+    subnet of the pontoon network it stands for: a Docker network's IPAM
+    configuration is fixed when it is made, so it never learns one added later."""
+    config = _dict(info, "IPAM").get("Config") or []
+    shown = {
+        str(_network(str(c["Subnet"]), "subnet"))
+        for c in config
+        if isinstance(c, dict) and c.get("Subnet")
+    }
+    return all(s.subnet in shown for s in net.subnets)
+
+
 # -- endpoints ----------------------------------------------------------------------
 
 
