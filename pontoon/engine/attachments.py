@@ -222,17 +222,25 @@ class Attachments:
             att.ports = []
             await self.state.save_attachment(att)
 
-    async def learned(self, att: Attachment, aliases: list[str], ifname: str = "") -> None:
+    async def learned(
+        self, att: Attachment, aliases: list[str], ifname: str = "", name: str = ""
+    ) -> None:
         """What the owner's runtime tells after the attach (Docker: a
-        container's aliases once it runs, and the name it gave a handed-over
-        interface); peers on other hosts learn the aliases too."""
+        container's aliases once it runs, the name it gave a handed-over
+        interface, and the container's name, which the join does not wait
+        for); peers on other hosts learn them too. The owner stays the same
+        one: only a name it lacked is filled in."""
         for alias in aliases:
             model.check_name("alias", alias)
-        new = [a for a in dict.fromkeys(aliases) if a not in att.dns_names]
+        named = bool(name) and not att.owner.name
+        new = [a for a in dict.fromkeys(aliases) if a not in att.dns_names and a != name]
         renamed = bool(ifname) and att.handover and ifname != att.ifname
-        if not new and not renamed:
+        if not new and not renamed and not named:
             return
         att.aliases = list(dict.fromkeys([*att.aliases, *new]))
+        if named:
+            att.owner = dataclasses.replace(att.owner, name=name)
+            att.dns_names = [name, *(n for n in att.dns_names if n != name)]
         att.dns_names = [*att.dns_names, *new]
         if renamed:
             att.ifname = ifname

@@ -158,15 +158,18 @@ class Engine:
                 return
             await self.attachments.unpublish(att)
 
-    async def learned(self, att_ref: str, aliases: list[str], ifname: str = "") -> None:
-        """Aliases (and a handed-over interface's final name) the owner's
-        runtime tells after the attach."""
+    async def learned(
+        self, att_ref: str, aliases: list[str], ifname: str = "", name: str = ""
+    ) -> None:
+        """Aliases (and a handed-over interface's final name, and the owner's
+        name when the attach did not know it) the owner's runtime tells after
+        the attach."""
         async with self.lock:
             try:
                 att = self.find_attachment(att_ref)
             except NotFound:
                 return  # detached meanwhile
-            await self.attachments.learned(att, aliases, ifname)
+            await self.attachments.learned(att, aliases, ifname, name)
 
     def find_attachment(self, ref: str) -> Attachment:
         return find(self.state.attachments.values(), ref, "attachment", lambda a: ("", a.id))

@@ -1,9 +1,10 @@
 """What the plugin asks dockerd itself, over its API socket (`--docker-host`).
 
 Docker never tells a driver a network's or a container's name; its API does,
-once the object is stored. Every call is bounded: a plugin call waiting on
-dockerd must never hang (Docker's own calls to us have no timeout), so a
-name that cannot be had in time is simply not known.
+once the object is stored (a container's: once it runs, after the join).
+Every call is bounded: a plugin call waiting on dockerd must never hang
+(Docker's own calls to us have no timeout), so a name that cannot be had in
+time is simply not known.
 """
 
 from __future__ import annotations
@@ -84,16 +85,6 @@ class Dockerd:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
 
-    async def endpoint_name(self, network_id: str, endpoint_id: str) -> str:
-        """The container name behind an endpoint: dockerd stores the endpoint
-        once our CreateEndpoint answered, so Join can ask. (Not the container
-        itself: dockerd holds its lock while it joins it.)"""
-        found = await self.network(network_id)
-        for ep in ((found or {}).get("Containers") or {}).values():
-            if ep.get("EndpointID") == endpoint_id:
-                return str(ep.get("Name", ""))
-        return ""
-
     async def endpoints(self, network_id: str) -> dict[str, str] | None:
         """Endpoint ID -> the container (or "ep-<id>" before its join is
         stored) of every endpoint dockerd has on a network; None if the
@@ -104,16 +95,18 @@ class Dockerd:
         containers = found.get("Containers") or {}
         return {str(ep.get("EndpointID")): key for key, ep in containers.items()}
 
-    async def aliases(self, container: str, endpoint_id: str) -> list[str]:
-        """A container's aliases on the network of one of its endpoints (it
-        runs: dockerd no longer holds its lock)."""
-        status, data = await self.request("GET", f"/containers/{container}/json")
+    async def names(self, container: str, endpoint_id: str) -> tuple[str, list[str]]:
+        """A container's name and its aliases on the network of one of its
+        endpoints. dockerd holds the container's lock while it starts it, so
+        this answers once the container runs."""
+        status, data = await self.request("GET", f"/containers/{container}/json", timeout=30.0)
         if status != 200 or not isinstance(data, dict):
-            return []
+            return "", []
+        name = str(data.get("Name") or "").lstrip("/")
         for net in ((data.get("NetworkSettings") or {}).get("Networks") or {}).values():
             if net.get("EndpointID") == endpoint_id:
-                return [str(a) for a in net.get("Aliases") or []]
-        return []
+                return name, [str(a) for a in net.get("Aliases") or []]
+        return name, []
 
     async def container(self, container: str) -> dict[str, Any] | None:
         return await self._object("containers", container)

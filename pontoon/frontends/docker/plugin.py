@@ -73,6 +73,7 @@ SYNC_SECONDS = 1.0
 COLLECT_EVERY = 10  # sync rounds between looks for endpoints dockerd forgot
 STALE_AFTER = 60.0  # seconds: an endpoint this old that dockerd does not list is gone
 ALIAS_WAIT = 30.0
+FIRST_LOOK = 0.1  # seconds after a join before asking dockerd about the container
 # An address Docker reserved for an endpoint that no CreateEndpoint took this
 # long after: Docker forgot it (dockerd 20.10 keeps the IPv4 address of an
 # endpoint whose IPv6 one it then refuses, e.g. an --ip6 outside the subnet).
@@ -156,12 +157,22 @@ class DockerPlugin:
 
     async def start(self) -> None:
         self._sync = asyncio.create_task(self._sync_loop(), name="docker-sync")
+        self._learn_unnamed()
         if self.dockerd is not None:
             self._background(self._creations_loop())
         try:
             await self.names.start()
         except OSError as exc:
             log.warning("names for Docker's resolver: cannot listen: %s", exc)
+
+    def _learn_unnamed(self) -> None:
+        """Containers joined by a pontoond that stopped before it learned their
+        names (and aliases): learned now."""
+        for ep in self.endpoints.values():
+            att = self.attachment_of(ep.endpoint_id)
+            net = self.engine.state.networks.get(att.network_id) if att is not None else None
+            if att is not None and net is not None and not att.owner.name:
+                self._background(self._after_start(ep, att.id, self._own_gateway(net)))
 
     async def close(self) -> None:
         self.names.close()
@@ -217,7 +228,10 @@ class DockerPlugin:
                 return web.json_response(reply, status=400)
             log.debug("docker %s %s", path, data)
             try:
-                reply = await asyncio.wait_for(handler(data), CALL_TIMEOUT)
+                # In this task, not another (as wait_for would): each hop is
+                # an event loop turn on the critical path of a `docker run`.
+                async with asyncio.timeout(CALL_TIMEOUT):
+                    reply = await handler(data)
             except PontoonError as exc:
                 reply = protocol.error_reply(path, exc.message)
             except TimeoutError:
@@ -469,7 +483,6 @@ class DockerPlugin:
         if not sandbox:
             raise InvalidArgument("SandboxKey is required")
         net = await self._network(ep.docker_network)
-        name = await self._container_name(ep)
         ifname = protocol.interface_name(endpoint_id)
         req = AttachRequest(
             network=net.id,
@@ -477,7 +490,9 @@ class DockerPlugin:
             ifname=ifname,
             # The container (its sandbox), not the endpoint: its attachments on
             # several networks are one owner, with one DNS view, as pontoon's own.
-            owner=Owner(OWNER_DOCKER, Path(sandbox).name, name),
+            # Its name is learned once it runs (_after_start): asking dockerd
+            # here would keep the container waiting.
+            owner=Owner(OWNER_DOCKER, Path(sandbox).name),
             ips=ep.ips,
             families=ep.families,  # no gateway, nor address, Docker would not configure
             mac=ep.mac,
@@ -491,16 +506,20 @@ class DockerPlugin:
         ep.attachment = att.id
         await self._save_endpoint(ep)
         caps = self.engine.drivers.of(net).capabilities
-        # An overlay has no way out: pontoon's gateway bridge is, as in the seed
-        # (docker_gwbridge there), plugged as a Docker network of its own once
-        # the container runs, so its ports go through pontoon too.
-        own_gateway = caps.needs_gateway_bridge and not net.internal
+        own_gateway = self._own_gateway(net)
         self._background(self._after_start(ep, att.id, own_gateway))
         # A gateway wherever the network has a way out, on every endpoint:
         # Docker picks which one a container's default route takes.
         way_out = caps.default_route and not net.internal
         gateways = {addresses.family_of(g): g for g in att.gateways} if way_out else {}
         return protocol.join_reply(ifname, gateways.get(4, ""), own_gateway, gateways.get(6, ""))
+
+    def _own_gateway(self, net: Network) -> bool:
+        """An overlay has no way out: pontoon's gateway bridge is, as in the
+        seed (docker_gwbridge there), plugged as a Docker network of its own
+        once the container runs, so its ports go through pontoon too."""
+        caps = self.engine.drivers.of(net).capabilities
+        return caps.needs_gateway_bridge and not net.internal
 
     def _background(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -509,13 +528,18 @@ class DockerPlugin:
 
     async def _after_start(self, ep: Endpoint, att_id: str, own_gateway: bool) -> None:
         """Once dockerd has joined the container: plug pontoon's gateway bridge
-        into it if its network has no way out; read its aliases
-        (--network-alias reaches the driver nowhere), so that other hosts
-        resolve them too, and the name Docker gave the interface (eth0, ...)."""
+        into it if its network has no way out; read its name and aliases
+        (--network-alias reaches the driver nowhere), so that pontoon's DNS
+        and other hosts resolve them, and the name Docker gave the interface
+        (eth0, ...)."""
         if self.dockerd is None:
             return
         deadline = time.monotonic() + ALIAS_WAIT
-        delay = 0.02
+        # dockerd is still joining the container, then starting it: the first
+        # look waits, not to take the CPU nor dockerd from that start. The
+        # container's own JSON then waits for the start (dockerd's lock).
+        delay = FIRST_LOOK
+        await asyncio.sleep(delay)
         while time.monotonic() < deadline:
             try:
                 found = await self.dockerd.endpoints(ep.docker_network)
@@ -525,9 +549,9 @@ class DockerPlugin:
                 if not container.startswith("ep-"):
                     if own_gateway:
                         await self._connect_gateway(container)
-                    aliases = await self.dockerd.aliases(container, ep.endpoint_id)
+                    name, aliases = await self.dockerd.names(container, ep.endpoint_id)
                     ifname = await self._moved_ifname(att_id, ep.mac)
-                    await self.engine.learned(att_id, aliases, ifname)
+                    await self.engine.learned(att_id, aliases, ifname, name)
                     return
             except (DockerdError, PontoonError) as exc:
                 log.debug("endpoint %s: aliases: %s", ep.endpoint_id[:12], exc)
@@ -545,7 +569,10 @@ class DockerPlugin:
         while True:
             try:
                 async for container in self.dockerd.container_creations():
-                    self._background(self._gateway_before_start(container))
+                    # Most containers need no look (one of dockerd's JSONs
+                    # just as `docker run` starts them): only with overlays.
+                    if any(self._needs_gateway_bridge(k) for k in self.networks):
+                        self._background(self._gateway_before_start(container))
             except DockerdError as exc:
                 log.debug("docker events: %s", exc)  # dockerd is down or restarting
             await asyncio.sleep(SYNC_SECONDS)
@@ -638,15 +665,6 @@ class DockerPlugin:
     def _docker_ipam(self, docker_id: str) -> bool:
         known = self.networks.get(docker_id)
         return known is not None and known.docker_ipam
-
-    async def _container_name(self, ep: Endpoint) -> str:
-        if self.dockerd is None:
-            return ""
-        try:
-            return await self.dockerd.endpoint_name(ep.docker_network, ep.endpoint_id)
-        except DockerdError as exc:
-            log.warning("endpoint %s: container name unknown: %s", ep.endpoint_id[:12], exc)
-            return ""
 
     async def program_external(self, data: dict[str, Any]) -> dict[str, Any]:
         ports = protocol.port_requests(data.get("Options") or {})
