@@ -76,6 +76,11 @@ def v6_of(host: SimHost, container: str, network: str) -> str:
     return inspect(host, container)["NetworkSettings"]["Networks"][network]["GlobalIPv6Address"]
 
 
+def dual_stack(host: SimHost, name: str, v4: str, v6: str) -> None:
+    """A network with an IPv4 and an IPv6 subnet."""
+    host.cli("network", "create", "--ipv6", "--subnet", v4, "--subnet", v6, name)
+
+
 def sleeper(host: SimHost, name: str, *flags: str) -> None:
     host.cli("run", "-d", "--name", name, *flags, "--", "sleep", "infinity")
 
@@ -272,8 +277,7 @@ def test_dns_aaaa_ptr_and_ipv6_upstream_for_an_ipv6_only_container(make_host):
 
 def test_dns_a_and_aaaa_on_a_dual_stack_network(make_host):
     host = make_host()
-    host.cli("network", "create", "--ipv6", "--subnet", "10.68.0.0/24",
-             "--subnet", "fd00:68::/64", "dual")  # fmt: skip
+    dual_stack(host, "dual", "10.68.0.0/24", "fd00:68::/64")
     sleeper(host, "d1", "--net", "dual")
     sleeper(host, "d2", "--net", "dual")
     settings = inspect(host, "d1")["NetworkSettings"]["Networks"]["dual"]
@@ -317,7 +321,7 @@ BAD_COMMANDS = [
 def test_ipv6_bad_input_is_one_error_line_and_leaves_nothing(make_host):
     # A small IPv6 pool: two /64s, both taken below.
     host = make_host("--default-address-pool", "base=fd00:ee::/63,size=64")
-    host.cli("network", "create", "--ipv6", "--subnet", "10.60.0.0/24", "--subnet", V6, "dual")
+    dual_stack(host, "dual", "10.60.0.0/24", V6)
     host.cli("network", "create", "--subnet", "10.61.0.0/24", "v4only")
     host.cli("network", "create", "--ipv6", "--ipv4=false", "p1")
     host.cli("network", "create", "--ipv6", "--ipv4=false", "p2")
@@ -361,8 +365,7 @@ def test_trace_topology_and_metrics_show_ipv6_paths(make_host):
     host = make_host("--metrics-addr", "127.0.0.1:9399")
     host.cli("network", "create", "--ipv6", "--ipv4=false", "--subnet", "fd00:71::/64", "a6")
     host.cli("network", "create", "--ipv6", "--ipv4=false", "--subnet", "fd00:72::/64", "b6")
-    host.cli("network", "create", "--ipv6", "--subnet", "10.73.0.0/24",
-             "--subnet", "fd00:73::/64", "d")  # fmt: skip
+    dual_stack(host, "d", "10.73.0.0/24", "fd00:73::/64")
     sleeper(host, "a1", "--net", "a6")
     echo_server(host, "a2", "--net", "a6")
     sleeper(host, "b1", "--net", "b6")
@@ -470,8 +473,7 @@ def test_macvlan_ipv6_only_network_on_the_parents_lan(make_host):
 @pytest.mark.parametrize("version", ["1.0.0", "0.4.0"])
 def test_cni_plugin_attaches_a_namespace_dual_stack(make_host, foreign_ns, version):
     host = make_host()
-    host.cli("network", "create", "--ipv6", "--subnet", "10.69.0.0/24",
-             "--subnet", "fd00:69::/64", "web")  # fmt: skip
+    dual_stack(host, "web", "10.69.0.0/24", "fd00:69::/64")
     echo_server(host, "srv", "--net", "web")
     ns = foreign_ns(host, "pod")
     conf = plugin_conf(host, "web", version)

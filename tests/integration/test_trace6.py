@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.test_ipv6 import sleeper, v6_of
+from tests.integration.test_ipv6 import dual_stack, sleeper, v6_of
 
 pytestmark = pytest.mark.integration
 
 
 def test_trace_names_the_traced_familys_addresses(make_host):
     host = make_host()
-    host.cli("network", "create", "--ipv6", "--subnet", "10.91.0.0/24",
-             "--subnet", "fd00:91::/64", "d")  # fmt: skip
+    dual_stack(host, "d", "10.91.0.0/24", "fd00:91::/64")
     sleeper(host, "c1", "--net", "d")
     sleeper(host, "c2", "--net", "d")
     c1_6, c2_6 = v6_of(host, "c1", "d"), v6_of(host, "c2", "d")

@@ -10,6 +10,7 @@ import pytest
 from pontoon.core.model import Subnet
 from pontoon.errors import InvalidArgument
 from pontoon.frontends.docker import protocol
+from pontoon.frontends.docker.plugin import DockerNetwork
 from pontoon.portmap.spec import PortRequest
 
 NID = "3f7c1d9e2b4a" + "0" * 52
@@ -465,3 +466,11 @@ def test_network_create_leaves_the_payload_as_it_was() -> None:
     data = copy.deepcopy(CREATE_NETWORK)
     protocol.network_create(data, "x")
     assert data == CREATE_NETWORK
+
+
+def test_a_docker_network_is_named_by_its_name_or_an_id_prefix():
+    known = DockerNetwork("0123456789abcdef" * 4, "pontoon-id", "net1")
+    assert known.is_ref("net1") and known.is_ref(known.docker_id)
+    assert known.is_ref(known.docker_id[:12])
+    assert not known.is_ref(known.docker_id[:11])  # too short to be unambiguous
+    assert not known.is_ref("net2") and not known.is_ref("")

@@ -43,7 +43,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,11 @@ class DockerNetwork:
     # docker-compose makes networks): pontoon takes each one as it comes.
     docker_ipam: bool = False
 
+    def is_ref(self, ref: str) -> bool:
+        """Whether `ref` names this network as dockerd's API does: its name,
+        or its ID or an unambiguous prefix of it (12 characters at least)."""
+        return ref == self.name or (len(ref) >= 12 and self.docker_id.startswith(ref))
+
 
 @dataclasses.dataclass
 class Endpoint:
@@ -135,6 +140,9 @@ class DockerPlugin:
         self.names = DockerDns(self)
         self._tasks: set[asyncio.Task[None]] = set()
         self._gateway_lock = asyncio.Lock()
+        # (Docker network ID, subnets) of pontoon_gwbridge seen complete in
+        # dockerd: a Docker network's subnets never change, so once is enough.
+        self._gateway_shown: tuple[str, frozenset[str]] | None = None
         # (pontoon network, address) -> when Docker reserved it for an endpoint.
         self.unclaimed: dict[tuple[str, str], float] = {}
 
@@ -571,7 +579,7 @@ class DockerPlugin:
                 async for container in self.dockerd.container_creations():
                     # Most containers need no look (one of dockerd's JSONs
                     # just as `docker run` starts them): only with overlays.
-                    if any(self._needs_gateway_bridge(k) for k in self.networks):
+                    if any(self._lacks_way_out(k) for k in self.networks.values()):
                         self._background(self._gateway_before_start(container))
             except DockerdError as exc:
                 log.debug("docker events: %s", exc)  # dockerd is down or restarting
@@ -584,29 +592,30 @@ class DockerPlugin:
             if info is None or (info.get("State") or {}).get("Status") != "created":
                 return  # gone, or started already: _after_start connects it
             on = (info.get("NetworkSettings") or {}).get("Networks") or {}
-            if any(self._needs_gateway_bridge(str(ref)) for ref in on):
+            if any(self._lacks_way_out(k) for k in self._known(on)):
                 await self._connect_gateway(container)
         except (DockerdError, PontoonError) as exc:
             log.debug("container %s: gateway before start: %s", container[:12], exc)
 
-    def _needs_gateway_bridge(self, ref: str) -> bool:
-        """Whether the Docker network `ref` (a name or an ID) is a pontoon
-        network without a way out of its own."""
-        for known in self.networks.values():
-            by_id = len(ref) >= 12 and known.docker_id.startswith(ref)
-            if ref == known.name or by_id:
-                net = self.engine.state.networks.get(known.network_id)
-                if net is None or net.internal:
-                    return False
-                return self.engine.drivers.of(net).capabilities.needs_gateway_bridge
-        return False
+    def _known(self, refs: Iterable[str]) -> list[DockerNetwork]:
+        """The pontoon networks among Docker network references (names or IDs)."""
+        wanted = [str(r) for r in refs]
+        return [known for known in self.networks.values() if any(map(known.is_ref, wanted))]
+
+    def _lacks_way_out(self, known: DockerNetwork) -> bool:
+        net = self.engine.state.networks.get(known.network_id)
+        return net is not None and self._own_gateway(net)
 
     async def _connect_gateway(self, container: str) -> None:
         assert self.dockerd is not None
         async with self._gateway_lock:
             gw = await self._gateway_network()
             docker_id = await self._docker_gateway(gw)
-        await self.dockerd.connect(docker_id, container)
+        try:
+            await self.dockerd.connect(docker_id, container)
+        except DockerdError:
+            self._gateway_shown = None  # look again: dockerd may have lost it
+            raise
 
     async def _gateway_network(self) -> Network:
         """pontoon_gwbridge with both families, whatever the overlay has.
@@ -635,9 +644,13 @@ class DockerPlugin:
         start once its network's ID is gone. In use, it is connected as it is."""
         assert self.dockerd is not None
         docker_id = next((k for k, m in self.networks.items() if m.network_id == gw.id), "")
+        subnets = frozenset(s.subnet for s in gw.subnets)
+        if docker_id and self._gateway_shown == (docker_id, subnets):
+            return docker_id
         if docker_id:
             info = await self.dockerd.network(docker_id)
             if info is not None and protocol.shows_subnets_of(info, gw):
+                self._gateway_shown = (docker_id, subnets)
                 return docker_id
             if info is not None:
                 users = await self.dockerd.containers_on(docker_id, str(info.get("Name", "")))
